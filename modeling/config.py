@@ -1,0 +1,74 @@
+"""Model configuration: one typed schema for every architecture switch."""
+
+import dataclasses
+
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
+POSITIONS = ("learned", "rope")
+FAMILIES = ("gpt",)
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """Shapes and architecture switches of a transformer stack.
+
+  Each switch lives here and nowhere else: an ablation is one override, e.g.
+  `--config.model.norm=rmsnorm`.
+  """
+  family: str = "gpt"          # gpt: causal decoder with a tied LM head
+  vocab_size: int = 0          # 0: the tokenizer's vocabulary rounded up to a multiple of 128
+  max_seq_len: int = 1024      # rows of the learned position table (and the longest input)
+  num_layers: int = 12
+  num_heads: int = 12
+  d_model: int = 768
+  d_ff: int = 0                # MLP hidden width; 0: 4 * d_model
+  head_dim: int = 0            # 0: d_model // num_heads
+  norm: str = "layernorm"      # layernorm | rmsnorm
+  norm_position: str = "pre"   # pre (GPT-2: norm inside the residual branch) | post (original Transformer)
+  norm_eps: float = 1e-5
+  activation: str = "gelu_tanh"  # gelu_tanh (GPT-2) | gelu (erf) | relu | swiglu | geglu (gated MLPs)
+  position: str = "learned"    # learned (GPT-2 table) | rope (rotary, no table)
+  rope_theta: float = 10_000.0
+  use_bias: bool = True        # biases on dense layers and norms (GPT-2 has them)
+  dropout: float = 0.0         # on embeddings and residual branches, training only
+  attention_dropout: float = 0.0
+  init_std: float = 0.02       # normal init; residual output projections use init_std / sqrt(2 * num_layers)
+  dtype: str = "float32"       # compute dtype (float32 | bfloat16); parameters always stay float32
+
+  @property
+  def causal(self) -> bool:
+    return self.family == "gpt"
+
+  @property
+  def mlp_dim(self) -> int:
+    return self.d_ff or 4 * self.d_model
+
+  @property
+  def attn_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  def validate(self) -> None:
+    """Raises ValueError naming the field when the shapes or switches are inconsistent."""
+    choices = {"family": FAMILIES, "norm": NORMS, "norm_position": NORM_POSITIONS,
+               "activation": ACTIVATIONS, "position": POSITIONS, "dtype": DTYPES}
+    for name, allowed in choices.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"config.model.{name}={value!r} is not one of {', '.join(allowed)}")
+    for name in ("num_layers", "num_heads", "d_model", "max_seq_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"config.model.{name} must be positive, got {getattr(self, name)}")
+    for name in ("vocab_size", "d_ff", "head_dim"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"config.model.{name} must be >= 0, got {getattr(self, name)}")
+    if not self.head_dim and self.d_model % self.num_heads:
+      raise ValueError(
+          f"config.model.d_model={self.d_model} is not divisible by config.model.num_heads="
+          f"{self.num_heads}; change one of them or set config.model.head_dim explicitly")
+    if self.position == "rope" and self.attn_head_dim % 2:
+      raise ValueError(f"rotary positions need an even head dimension, got {self.attn_head_dim}")
+    for name in ("dropout", "attention_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"config.model.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -1,0 +1,295 @@
+"""The run configuration: typed dataclasses, presets loaded from files, command-line overrides.
+
+A run is described by `--config=configs/gpt.py:tiny` (a Python file whose `get_config(variant)`
+returns a `Config`) plus any number of `--config.SECTION.FIELD=VALUE` overrides. Overrides are
+checked against the schema before anything else happens: a misspelled key or a value of the wrong
+type is a `ConfigError` that names the key.
+"""
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import os
+import types
+import typing
+
+from pretrax.data.config import DataConfig
+from pretrax.modeling.config import ModelConfig
+
+# Logical axis name -> mesh axes. The one table that decides where every parameter and
+# activation lives; `None` replicates.
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("position", None),
+)
+
+
+class ConfigError(ValueError):
+  """A config key, value or combination that cannot run; the message says what to change."""
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+  learning_rate: float = 3e-4   # peak, reached at the end of warmup
+  warmup_steps: int = 100       # linear warmup from 0
+  decay: str = "cosine"         # cosine | linear | constant, from the peak down to min_lr_ratio * peak
+  min_lr_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1     # decoupled (AdamW); applied to matrices only, never biases or norms
+  grad_clip: float = 1.0        # global-norm clipping; 0 disables
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  steps: int = 1_000            # optimizer steps
+  batch_size: int = 32          # global sequences per optimizer step, across all processes
+  grad_accum_steps: int = 1     # micro-batches per step; batch_size must divide evenly
+  seed: int = 0                 # parameter init, dropout and data shuffling
+  log_every: int = 10           # steps between metrics.jsonl lines (metrics leave the device only then)
+  eval_every: int = 200         # steps between validation evals; 0 disables
+  eval_steps: int = 20          # validation batches per eval (same batches each time)
+  peak_flops: float = 0.0       # peak FLOP/s of one device for MFU; 0: from a table, or measured on CPU
+
+
+@dataclasses.dataclass
+class MeshConfig:
+  data: int = -1                # -1: all devices left after the other axes
+  fsdp: int = 1
+  tensor: int = 1
+  axis_rules: tuple = DEFAULT_AXIS_RULES  # (logical name, mesh axis | tuple of axes | None) pairs
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  every: int = 500              # steps between saves (a final save always happens)
+  keep: int = 3                 # most recent checkpoints kept
+  async_save: bool = True       # write in the background while training continues
+
+
+@dataclasses.dataclass
+class Config:
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading presets and applying overrides.
+
+
+def load_preset(spec: str) -> Config:
+  """Loads `path/to/file.py[:variant]` by calling the file's `get_config(variant)`."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config: no such file {path!r} (expected e.g. configs/gpt.py:tiny)")
+  module_spec = importlib.util.spec_from_file_location(f"pretrax_preset_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"--config: {path} defines no get_config(variant)")
+  try:
+    config = module.get_config(variant or None)
+  except KeyError as e:
+    raise ConfigError(f"--config: {path} has no variant {variant!r}: {e}") from None
+  if not isinstance(config, Config):
+    raise ConfigError(f"--config: {path}:get_config returned {type(config).__name__}, not Config")
+  return config
+
+
+def _field_types(obj) -> dict[str, typing.Any]:
+  hints = typing.get_type_hints(type(obj))
+  return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _parse_value(key: str, raw: str, kind, current):
+  """Parses the command-line string `raw` as the type of the field `key`."""
+  if kind is bool:
+    lowered = raw.lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key}={raw!r}: expected a boolean (true/false)")
+  if kind is int:
+    try:
+      return int(raw.replace("_", ""))
+    except ValueError:
+      raise ConfigError(f"--config.{key}={raw!r}: expected an integer") from None
+  if kind is float:
+    try:
+      return float(raw)
+    except ValueError:
+      raise ConfigError(f"--config.{key}={raw!r}: expected a number") from None
+  if kind is str:
+    return raw
+  if kind is tuple or typing.get_origin(kind) is tuple:
+    try:
+      value = json.loads(raw)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"--config.{key}: expected a JSON list, got {raw!r} ({e})") from None
+    if not isinstance(value, list):
+      raise ConfigError(f"--config.{key}: expected a JSON list, got {raw!r}")
+    return _to_tuple(value)
+  raise ConfigError(f"--config.{key}: fields of type {kind} cannot be set from the command line")
+
+
+def _to_tuple(value):
+  if isinstance(value, list):
+    return tuple(_to_tuple(v) for v in value)
+  return value
+
+
+def _unknown_key(key: str, name: str, candidates) -> ConfigError:
+  close = difflib.get_close_matches(name, list(candidates), n=1)
+  hint = f"; did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?" if close else ""
+  valid = ", ".join(sorted(candidates))
+  return ConfigError(f"unknown config key {key!r}{hint} (valid here: {valid})")
+
+
+def set_value(config: Config, key: str, raw: str) -> None:
+  """Sets the dotted `key` (e.g. "model.num_layers") from its command-line string `raw`."""
+  parts = key.split(".")
+  node = config
+  for depth, name in enumerate(parts):
+    types_here = _field_types(node)
+    if name not in types_here:
+      raise _unknown_key(".".join(parts[:depth + 1]), name, types_here)
+    if depth == len(parts) - 1:
+      if dataclasses.is_dataclass(getattr(node, name)):
+        raise ConfigError(f"--config.{key} is a section; set one of its fields, e.g. "
+                          f"--config.{key}.{next(iter(_field_types(getattr(node, name))))}=...")
+      setattr(node, name, _parse_value(key, raw, types_here[name], getattr(node, name)))
+      return
+    node = getattr(node, name)
+    if not dataclasses.is_dataclass(node):
+      raise ConfigError(f"--config.{key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+
+
+def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
+  """Returns a copy of `config` with `{"model.num_layers": "2", ...}` applied."""
+  config = from_dict(to_dict(config))
+  for key, raw in overrides.items():
+    set_value(config, key, raw)
+  return config
+
+
+def split_overrides(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
+  """Separates `--config=...` and `--config.KEY=VALUE` from the other arguments."""
+  preset, overrides, rest = None, {}, []
+  args = iter(argv)
+  for arg in args:
+    if arg.startswith("--config=") or arg == "--config":
+      preset = arg.partition("=")[2] if "=" in arg else next(args, "")
+    elif arg.startswith("--config."):
+      key, eq, raw = arg[len("--config."):].partition("=")
+      if not eq:
+        raw = next(args, None)
+        if raw is None:
+          raise ConfigError(f"--config.{key} needs a value: --config.{key}=VALUE")
+      overrides[key] = raw
+    else:
+      rest.append(arg)
+  return preset, overrides, rest
+
+
+# --------------------------------------------------------------------------------------------
+# Serialization: the resolved config is written to WORKDIR/config.json and read back by eval.
+
+
+def to_dict(config) -> dict:
+  return dataclasses.asdict(config)
+
+
+def _build(cls, values: dict, prefix: str):
+  types_here = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(values) - names
+  if unknown:
+    key = f"{prefix}{sorted(unknown)[0]}"
+    raise _unknown_key(key, sorted(unknown)[0], names)
+  kwargs = {}
+  for name, value in values.items():
+    kind = types_here[name]
+    if dataclasses.is_dataclass(kind):
+      kwargs[name] = _build(kind, value, f"{prefix}{name}.")
+    elif kind is tuple or typing.get_origin(kind) is tuple:
+      kwargs[name] = _to_tuple(list(value))
+    else:
+      kwargs[name] = value
+  return cls(**kwargs)
+
+
+def from_dict(values: dict) -> Config:
+  return _build(Config, values, "")
+
+
+def save_json(config: Config, path: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(to_dict(config), f, indent=2)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def load_json(path: str) -> Config:
+  with open(path) as f:
+    return from_dict(json.load(f))
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field validation, before any compute.
+
+
+def validate(config: Config) -> None:
+  """Raises ConfigError naming the field for every combination that cannot run."""
+  try:
+    config.model.validate()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  t, d, o = config.train, config.data, config.optimizer
+  for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_steps"):
+    if getattr(t, name) <= 0:
+      raise ConfigError(f"config.train.{name} must be positive, got {getattr(t, name)}")
+  if t.batch_size % t.grad_accum_steps:
+    raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                      f"config.train.grad_accum_steps={t.grad_accum_steps}")
+  if d.seq_len <= 0:
+    raise ConfigError(f"config.data.seq_len must be positive, got {d.seq_len}")
+  if config.model.position == "learned" and d.seq_len > config.model.max_seq_len:
+    raise ConfigError(f"config.data.seq_len={d.seq_len} is longer than the position table "
+                      f"config.model.max_seq_len={config.model.max_seq_len}; lower seq_len or "
+                      "raise max_seq_len")
+  if not (d.source == "default" or d.source.startswith(("text:", "tfds:"))):
+    raise ConfigError(f"config.data.source={d.source!r}: expected default, text:PATH or "
+                      "tfds:NAME[:FEATURE]")
+  if d.tokenizer_model_type not in ("unigram", "bpe"):
+    raise ConfigError(f"config.data.tokenizer_model_type={d.tokenizer_model_type!r}: expected "
+                      "unigram or bpe")
+  if not 0.0 < d.validation_fraction < 1.0:
+    raise ConfigError(f"config.data.validation_fraction must be in (0, 1), got "
+                      f"{d.validation_fraction}")
+  if o.decay not in ("cosine", "linear", "constant"):
+    raise ConfigError(f"config.optimizer.decay={o.decay!r}: expected cosine, linear or constant")
+  if o.learning_rate <= 0 or o.warmup_steps < 0 or not 0.0 <= o.min_lr_ratio <= 1.0:
+    raise ConfigError("config.optimizer: learning_rate must be > 0, warmup_steps >= 0 and "
+                      "min_lr_ratio in [0, 1]")
+  for name in ("data", "fsdp", "tensor"):
+    value = getattr(config.mesh, name)
+    if value == 0 or value < -1:
+      raise ConfigError(f"config.mesh.{name}={value}: expected a positive size or -1")
+  if sum(getattr(config.mesh, n) == -1 for n in ("data", "fsdp", "tensor")) > 1:
+    raise ConfigError("config.mesh: at most one of data, fsdp, tensor may be -1")
+  if config.checkpoint.every <= 0 or config.checkpoint.keep <= 0:
+    raise ConfigError("config.checkpoint.every and config.checkpoint.keep must be positive")
