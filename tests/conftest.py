@@ -1,0 +1,11 @@
+"""Test setup: 8 fake CPU devices so sharded meshes can be exercised on one machine."""
+
+import os
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_platforms", "cpu")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")

@@ -1,0 +1,106 @@
+"""Config presets, command-line overrides and the errors they raise."""
+
+import dataclasses
+import glob
+import os
+
+import jax
+import pytest
+from flax import nnx
+
+from pretrax.modeling.gpt import GPT
+from pretrax.training import cli, config as config_lib
+from pretrax.training.config import ConfigError
+from tests.conftest import REPO
+
+PRESET_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+def _variants():
+  for path in PRESET_FILES:
+    if os.path.basename(path) == "__init__.py":
+      continue
+    module = {}
+    exec(open(path).read(), module)
+    for variant in module["VARIANTS"]:
+      yield f"{path}:{variant}"
+
+
+@pytest.mark.parametrize("spec", list(_variants()), ids=lambda s: os.path.basename(s))
+def test_every_preset_loads_validates_and_builds(spec):
+  config = config_lib.load_preset(spec)
+  config.model.vocab_size = config.model.vocab_size or 384
+  config_lib.validate(config)
+  abstract = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract))) > 0
+
+
+def test_gpt2_124m_has_gpt2_small_parameter_count():
+  config = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:gpt2_124m"))
+  config.model.vocab_size = 50_257  # GPT-2's own vocabulary: 124,439,808 parameters
+  abstract = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract))) == 124_439_808
+
+
+def test_overrides_are_typed():
+  base = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny"))
+  config = config_lib.apply_overrides(base, {
+      "model.num_layers": "3", "optimizer.learning_rate": "1e-4", "data.shuffle": "false",
+      "data.source": "text:/tmp/x.txt", "mesh.axis_rules": '[["batch", ["data"]], ["embed", null]]'})
+  assert config.model.num_layers == 3 and base.model.num_layers == 2  # the preset is untouched
+  assert config.optimizer.learning_rate == 1e-4
+  assert config.data.shuffle is False
+  assert config.data.source == "text:/tmp/x.txt"
+  assert config.mesh.axis_rules == (("batch", ("data",)), ("embed", None))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model.num_layer", "2", "unknown config key 'model.num_layer'; did you mean model.num_layers"),
+    ("modle.num_layers", "2", "unknown config key 'modle'; did you mean model"),
+    ("train.steps", "ten", r"--config.train.steps='ten': expected an integer"),
+    ("data.shuffle", "maybe", "expected a boolean"),
+    ("optimizer.learning_rate", "fast", "expected a number"),
+    ("model", "3", "is a section"),
+    ("model.d_model.x", "3", "is a value, not a section"),
+])
+def test_bad_override_names_the_key(key, value, match):
+  base = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny"))
+  with pytest.raises(ConfigError, match=match):
+    config_lib.apply_overrides(base, {key: value})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"data.seq_len": "4096"}, "longer than the position table config.model.max_seq_len"),
+    ({"model.num_heads": "3"}, "not divisible by config.model.num_heads"),
+    ({"train.grad_accum_steps": "5"}, "not divisible by config.train.grad_accum_steps"),
+    ({"data.source": "s3://bucket"}, "config.data.source"),
+    ({"mesh.data": "-1", "mesh.fsdp": "-1"}, "at most one of data, fsdp, tensor may be -1"),
+    ({"optimizer.decay": "step"}, "config.optimizer.decay"),
+])
+def test_invalid_combinations_fail_validation(overrides, match):
+  config = config_lib.apply_overrides(
+      config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny")), overrides)
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(config)
+
+
+def test_json_round_trip(tmp_path):
+  config = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:small"))
+  config_lib.save_json(config, str(tmp_path / "config.json"))
+  assert config_lib.load_json(str(tmp_path / "config.json")) == config
+
+
+def test_unknown_variant_and_missing_file():
+  with pytest.raises(ConfigError, match="no variant 'huge'"):
+    config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:huge"))
+  with pytest.raises(ConfigError, match="no such file"):
+    config_lib.load_preset("configs/nope.py:tiny")
+
+
+def test_cli_rejects_a_typo_before_any_compute(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  code = cli.main(["train", f"--config={REPO}/configs/gpt.py:tiny", f"--workdir={workdir}",
+                   "--config.model.num_layer=2"])
+  assert code == 2
+  assert "model.num_layer" in capsys.readouterr().err
+  assert not workdir.exists()  # nothing was created

@@ -1,0 +1,130 @@
+"""The `pretrax` command line.
+
+  pretrax train --config=configs/gpt.py:tiny --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
+  pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
+  pretrax score --workdir=DIR --text=FILE [--step=N]
+  pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
+  pretrax tokenizer train --input=PATH [PATH ...] --output=PREFIX --vocab_size=N [--model_type=unigram|bpe]
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _quiet_logs() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # Grain worker processes read absl flags
+    flags.FLAGS.mark_as_parsed()
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="pretrax", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("train", help="train or resume a run",
+                     description="Train (or resume) a run. Any config field can be overridden "
+                                 "with --config.SECTION.FIELD=VALUE.")
+  p.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
+
+  p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--split", default=None, help="default: validation (or test)")
+  p.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
+  p.add_argument("--batches", type=int, default=None,
+                 help="validation batches (default: config.train.eval_steps; 0 = whole split)")
+
+  p = sub.add_parser("score", help="loss and bits per byte of a text file; prints one JSON line")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--text", required=True, help="UTF-8 text file scored as one document")
+  p.add_argument("--step", type=int, default=None)
+
+  p = sub.add_parser("sample", help="print a continuation of a prompt")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--prompt", default="")
+  p.add_argument("--max_new_tokens", type=int, default=200)
+  p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+  p.add_argument("--top_k", type=int, default=0, help="0 = off")
+  p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--step", type=int, default=None)
+
+  p = sub.add_parser("tokenizer", help="tokenizer tools")
+  tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+  t = tsub.add_parser("train", help="train a SentencePiece tokenizer with pretrax's special tokens")
+  t.add_argument("--input", required=True, nargs="+",
+                 help=".txt/.jsonl files or directories (same rules as config.data.source=text:)")
+  t.add_argument("--output", required=True, help="writes PREFIX.model and PREFIX.vocab")
+  t.add_argument("--vocab_size", type=int, required=True)
+  t.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
+  return parser
+
+
+def _train(args, preset, overrides) -> None:
+  from pretrax.training import config as config_lib, trainer
+  if not preset:
+    raise config_lib.ConfigError("pretrax train needs --config=PATH[:VARIANT], e.g. "
+                                 "--config=configs/gpt.py:tiny")
+  config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
+  trainer.train(config, args.workdir)
+
+
+def _tokenizer_train(args) -> None:
+  from pretrax.data import corpora, tokenizers
+  texts = (text for path in args.input for _, text in corpora.read_local_documents(path))
+  tokenizer = tokenizers.train_sentencepiece(texts, args.output, vocab_size=args.vocab_size,
+                                             model_type=args.model_type)
+  print(json.dumps({"model": f"{args.output}.model", **tokenizer.describe()}))
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  from pretrax.training.config import ConfigError, split_overrides
+  try:
+    preset, overrides, rest = split_overrides(argv)
+  except ConfigError as e:
+    print(f"pretrax: error: {e}", file=sys.stderr)
+    return 2
+  args = _parser().parse_args(rest)
+  if (preset or overrides) and args.command != "train":
+    print(f"pretrax: error: --config applies to `pretrax train` only; `{args.command}` reads the "
+          "config saved in --workdir", file=sys.stderr)
+    return 2
+  _quiet_logs()
+  try:
+    if args.command == "train":
+      _train(args, preset, overrides)
+    elif args.command == "eval":
+      from pretrax.training import evaluate
+      print(json.dumps(evaluate.eval_run(args.workdir, args.split, args.step, args.batches)))
+    elif args.command == "score":
+      from pretrax.training import evaluate
+      with open(args.text, "rb") as f:
+        raw = f.read()
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{args.text}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+      print(json.dumps(evaluate.score_text(args.workdir, text, args.step)))
+    elif args.command == "sample":
+      from pretrax.training import generate
+      print(args.prompt + generate.sample(
+          args.workdir, args.prompt, args.max_new_tokens, temperature=args.temperature,
+          top_k=args.top_k, top_p=args.top_p, seed=args.seed, step=args.step))
+    elif args.command == "tokenizer":
+      _tokenizer_train(args)
+  except (ConfigError, ValueError, FileNotFoundError) as e:
+    print(f"pretrax: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,92 @@
+"""`pretrax eval` (validation metrics of a checkpoint) and `pretrax score` (a text file's loss)."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pretrax.training import checkpointing, mesh as mesh_lib, step as step_lib, trainer
+
+
+def _token_bytes(run: checkpointing.Run) -> jax.Array:
+  table = jnp.asarray(run.tokenizer.token_byte_lengths(), jnp.float32)
+  return jnp.pad(table, (0, run.config.model.vocab_size - table.shape[0]))
+
+
+def eval_run(workdir: str, split: str | None = None, step: int | None = None,
+             max_batches: int | None = None) -> dict:
+  """Loss, perplexity, accuracy and bits per byte of checkpoint `step` on `split`.
+
+  `max_batches` None uses config.train.eval_steps batches (what training reports); 0 uses the
+  whole split.
+  """
+  run = checkpointing.load_run(workdir, step)
+  if max_batches is None:
+    max_batches = run.config.train.eval_steps
+  split = split or trainer.sources.eval_split(run.config.data)
+  batches = trainer.eval_batches(run.config, run.tokenizer, split, max_batches or None)
+  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef))
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  metrics = trainer.evaluate(eval_step, run.params, batches, _token_bytes(run), sharding)
+  return {"step": run.step, "split": split, **metrics}
+
+
+def score_windows(ids: np.ndarray, window: int, stride: int):
+  """Splits [n] target-bearing ids (ids[0] is BOS) into sliding windows.
+
+  Returns (inputs [W, window], targets [W, window], weights [W, window]): every id after the
+  first is a weighted target exactly once, predicted with as much left context as fits (the first
+  window scores all its targets; each later window, shifted by `stride`, scores only the targets
+  the previous one did not reach).
+  """
+  n = len(ids) - 1  # targets
+  rows_in, rows_tg, rows_w = [], [], []
+  scored_until, start = 0, 0  # targets [0, scored_until) are done; target j is ids[j + 1]
+  while scored_until < n:
+    end = min(start + window, n)
+    inputs = ids[start:end]
+    targets = ids[start + 1:end + 1]
+    weights = (np.arange(start, end) >= scored_until).astype(np.float32)
+    pad = window - len(inputs)
+    rows_in.append(np.pad(inputs, (0, pad)))
+    rows_tg.append(np.pad(targets, (0, pad)))
+    rows_w.append(np.pad(weights, (0, pad)))
+    scored_until = end
+    start += stride
+  return np.stack(rows_in), np.stack(rows_tg), np.stack(rows_w)
+
+
+def score_text(workdir: str, text: str, step: int | None = None, batch_size: int = 8) -> dict:
+  """Mean loss per token (nats) and bits per byte of `text` scored as one document."""
+  run = checkpointing.load_run(workdir, step)
+  tok = run.tokenizer
+  ids = np.concatenate([[tok.bos_id], tok.encode(text)]).astype(np.int32)
+  if len(ids) < 2:
+    raise ValueError("the text to score is empty")
+  window = run.config.data.seq_len
+  stride = max(window // 2, 1)
+  inputs, targets, weights = score_windows(ids, window, stride)
+  model_call = jax.jit(functools.partial(_logits, run.graphdef))
+  sums = {"loss_sum": 0.0, "weight_sum": 0.0}
+  for i in range(0, len(inputs), batch_size):
+    rows = slice(i, i + batch_size)
+    x, t, w = (np.pad(a[rows], ((0, batch_size - len(a[rows])), (0, 0)))
+               for a in (inputs, targets, weights))
+    logits = model_call(run.params, jnp.asarray(x))
+    s = step_lib.cross_entropy_sums(logits, jnp.asarray(t), jnp.asarray(w))
+    sums["loss_sum"] += float(s["loss_sum"])
+    sums["weight_sum"] += float(s["weight_sum"])
+  n_bytes = len(text.encode("utf-8"))
+  loss = sums["loss_sum"] / sums["weight_sum"]
+  return {"step": run.step, "tokens": int(sums["weight_sum"]), "bytes": n_bytes, "loss": loss,
+          "bits_per_byte": sums["loss_sum"] / math.log(2) / n_bytes,
+          "window": window, "stride": stride, "windows": len(inputs),
+          "note": f"scored with a sliding window of {window} tokens advancing by {stride}"
+                  if len(inputs) > 1 else "fits in one window"}
+
+
+def _logits(graphdef, params, inputs_bt):
+  return nnx.merge(graphdef, params)(inputs_bt)

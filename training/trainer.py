@@ -1,0 +1,253 @@
+"""The training loop: set up the run directory, the mesh and the state, then step, log, eval, save.
+
+The loop reads top to bottom; every periodic action is an explicit `if step % every == 0` block.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from pretrax.data import pipeline, sources, tokenizers
+from pretrax.modeling import sharding
+from pretrax.training import checkpointing, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
+from pretrax.training import optimizer as optimizer_lib, step as step_lib
+from pretrax.training.config import Config, ConfigError
+
+log = logging.getLogger("pretrax")
+
+TOKENIZER_TRAIN_DOCUMENTS = 200_000  # documents read to train a tokenizer when data.tokenizer=train
+
+
+# --------------------------------------------------------------------------------------------
+# Run directory: tokenizer and resolved config.
+
+
+def _prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
+  """The run's tokenizer: the workdir's own when resuming, else the configured one, copied in."""
+  if any(os.path.exists(os.path.join(workdir, f)) for f in ("tokenizer.model", "tokenizer.json")):
+    return tokenizers.load_from_directory(workdir)
+  spec = config.data.tokenizer
+  if spec == "train":
+    print(f"Training a {config.data.tokenizer_model_type} SentencePiece tokenizer "
+          f"(vocab {config.data.tokenizer_vocab_size}) on {config.data.source} ...", flush=True)
+    texts = sources.iter_texts(config.data, config.data.train_split,
+                               max_documents=TOKENIZER_TRAIN_DOCUMENTS)
+    tokenizer = tokenizers.train_sentencepiece(
+        texts, os.path.join(workdir, "tokenizer"), vocab_size=config.data.tokenizer_vocab_size,
+        model_type=config.data.tokenizer_model_type)
+    for suffix in (".vocab",):
+      if os.path.exists(os.path.join(workdir, "tokenizer" + suffix)):
+        os.remove(os.path.join(workdir, "tokenizer" + suffix))
+    return tokenizer
+  tokenizer = tokenizers.load_tokenizer(spec)
+  tokenizer.save(workdir)
+  return tokenizer
+
+
+def resolve_vocab(config: Config, tokenizer: tokenizers.Tokenizer) -> Config:
+  """Fills model.vocab_size from the tokenizer (rounded up to 128) and checks it is big enough."""
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = -(-tokenizer.vocab_size // 128) * 128
+  elif config.model.vocab_size < tokenizer.vocab_size:
+    raise ConfigError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
+                      f"tokenizer's vocabulary ({tokenizer.vocab_size}); set it to 0 (automatic) "
+                      f"or at least {tokenizer.vocab_size}")
+  return config
+
+
+def _check_same_model(saved: Config, config: Config, workdir: str) -> None:
+  differing = [f"model.{k}: saved {v!r}, requested {getattr(config.model, k)!r}"
+               for k, v in config_lib.to_dict(saved)["model"].items()
+               if getattr(config.model, k) != v]
+  if differing:
+    raise ConfigError(f"{workdir} holds a run with a different model; refusing to resume it "
+                      f"with this config ({'; '.join(differing)}). Use a new --workdir.")
+
+
+def prepare_workdir(config: Config, workdir: str) -> tuple[Config, tokenizers.Tokenizer]:
+  """Validates, creates the workdir, resolves tokenizer and vocabulary, writes config.json."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = _prepare_tokenizer(config, workdir)
+  config = resolve_vocab(config, tokenizer)
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    _check_same_model(config_lib.load_json(config_path), config, workdir)
+  if jax.process_index() == 0:
+    config_lib.save_json(config, config_path)
+  return config, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+
+
+def train_iterator(config: Config, tokenizer):
+  process_count = jax.process_count()
+  if config.train.batch_size % process_count:
+    raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
+                      f"the {process_count} processes")
+  source = sources.open_source(config.data, config.data.train_split)
+  dataset = pipeline.lm_batches(
+      source, tokenizer, seq_len=config.data.seq_len,
+      batch_size=config.train.batch_size // process_count, seed=config.train.seed,
+      shuffle=config.data.shuffle, repeat=True, process_index=jax.process_index(),
+      process_count=process_count, num_workers=config.data.num_workers)
+  return iter(dataset)
+
+
+def eval_batches(config: Config, tokenizer, split: str | None = None, max_batches: int | None = None):
+  """Yields the first `max_batches` validation batches, the same ones every time (no shuffle)."""
+  split = split or sources.eval_split(config.data)
+  source = sources.open_source(config.data, split)
+  dataset = pipeline.lm_batches(
+      source, tokenizer, seq_len=config.data.seq_len,
+      batch_size=config.train.batch_size // jax.process_count(), seed=0, shuffle=False,
+      repeat=False, process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_final_batch=True)
+  for i, batch in enumerate(dataset):
+    if max_batches is not None and i >= max_batches:
+      return
+    yield batch
+
+
+def evaluate(eval_step, params, batches, token_bytes_v, batch_sharding) -> dict[str, float]:
+  totals = None
+  for batch in batches:
+    sums = eval_step(params, mesh_lib.global_batch(batch, batch_sharding), token_bytes_v)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError("the validation split produced no batch")
+  return step_lib.summarize(jax.device_get(totals))
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops metrics.jsonl records past `step` (written after the checkpoint we resume from)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(path + ".tmp", path)
+
+
+def train(config: Config, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+  config, tokenizer = prepare_workdir(config, workdir)
+  tc = config.train
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = config.mesh.axis_rules
+  if tc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    raise ConfigError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
+                      f"data*fsdp mesh size {mesh.shape['data'] * mesh.shape['fsdp']}")
+
+  # Model and optimizer state, created directly in their shardings.
+  graphdef, abstract_state = checkpointing.abstract_model(config.model)
+  abstract_params = nnx.to_pure_dict(abstract_state)
+  optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
+  params_specs = mesh_lib.param_specs(abstract_state, rules, mesh)
+  state_specs = {"step": jax.sharding.PartitionSpec(), "params": params_specs,
+                 "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs)}
+  state_sharding = mesh_lib.named(mesh, state_specs)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+
+  def init_state():
+    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": optimizer.init(params)}
+
+  train_step = step_lib.make_train_step(
+      graphdef, optimizer, schedule, grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
+      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0)
+  with jax.set_mesh(mesh), sharding.axis_rules(rules):
+    abstract = jax.eval_shape(init_state)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, state_sharding)
+    p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                           out_shardings=(state_sharding, None), donate_argnums=0)
+    p_eval_step = jax.jit(step_lib.make_eval_step(graphdef))
+
+    data_iter = train_iterator(config, tokenizer)
+    checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
+    writer = metrics_lib.MetricsWriter(workdir)
+    start = checkpointer.latest_step()
+    if start is not None:
+      state = checkpointer.restore(start, abstract, data_iter)
+      _truncate_metrics(writer.path, start)
+      print(f"Resumed from {checkpointer.directory}/{start}", flush=True)
+    else:
+      state = jax.jit(init_state, out_shardings=state_sharding)()
+      start = 0
+
+    n_params = metrics_lib.num_params(abstract_params)
+    flops_token = metrics_lib.flops_per_token(config.model, n_params, config.data.seq_len)
+    peak = metrics_lib.device_peak_flops(tc.peak_flops) * jax.device_count()
+    token_bytes_v = jnp.asarray(tokenizer.token_byte_lengths(), jnp.float32)
+    token_bytes_v = jnp.pad(token_bytes_v, (0, config.model.vocab_size - token_bytes_v.shape[0]))
+    if jax.process_index() == 0:
+      print(f"pretrax: {config.model.family} {n_params / 1e6:.2f}M params, mesh "
+            f"{dict(mesh.shape)}, {tc.batch_size}x{config.data.seq_len} tokens/step, "
+            f"{jax.device_count()} {jax.devices()[0].platform} device(s), workdir {workdir}",
+            flush=True)
+
+    bar = tqdm.tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0,
+                    dynamic_ncols=True, mininterval=1.0)
+    last, tick, tick_step = {}, time.perf_counter(), start
+    step = start
+    while step < tc.steps:
+      batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
+      state, step_metrics = p_train_step(state, batch)
+      step += 1
+      bar.update(1)
+      if step == start + 1:  # keep compilation out of the throughput figures
+        jax.block_until_ready(state)
+        tick, tick_step = time.perf_counter(), step
+
+      do_log = step % tc.log_every == 0 or step == tc.steps
+      do_eval = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps)
+      if do_log or do_eval:
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        elapsed = time.perf_counter() - tick
+        if not np.isfinite(values["loss"]):
+          raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}; no "
+                                   "checkpoint was written for it")
+        tokens_per_sec = (step - tick_step) * tc.batch_size * config.data.seq_len / elapsed
+        record = {"step": step, "loss": values["loss"], "accuracy": values["accuracy"],
+                  "lr": values["lr"], "grad_norm": values["grad_norm"],
+                  "tokens_per_sec": tokens_per_sec, "mfu": tokens_per_sec * flops_token / peak}
+        if do_eval:
+          eval_metrics = evaluate(p_eval_step, state["params"],
+                                  eval_batches(config, tokenizer, max_batches=tc.eval_steps),
+                                  token_bytes_v, batch_sharding)
+          record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+          if jax.process_index() == 0:
+            bar.write(f"step {step}: eval loss {record['eval_loss']:.4f}, bits/byte "
+                      f"{record.get('eval_bits_per_byte', float('nan')):.4f}")
+        writer.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                        tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}", refresh=False)
+        last = record
+        tick, tick_step = time.perf_counter(), step
+
+      if step % config.checkpoint.every == 0 or step == tc.steps:
+        checkpointer.save(step, state, data_iter)
+
+    bar.close()
+    checkpointer.close()
+  if jax.process_index() == 0:
+    print(json.dumps({k: v for k, v in last.items()} | {"step": step}), flush=True)
+  return last
