@@ -1,0 +1,180 @@
+"""Pack tokenized documents into fixed-length causal-LM rows (concatenate-then-split).
+
+A row holds `seq_len + 1` token slots, filled with documents one after another (each document is
+already `[bos] + ids + [eos]`). A row `r` with segment ids `s` and positions `p` becomes one
+example of length `seq_len`:
+
+  inputs = r[:-1]   targets = r[1:]   segment_ids = s[:-1]   positions = p[:-1]
+  loss_weights = (s[1:] == s[:-1]) & (s[:-1] > 0)
+
+so no token predicts across a document boundary and padding (segment 0, token 0) weighs 0.
+Segment ids count 1, 2, ... within a row; positions restart at 0 in each segment.
+
+A document that does not fit the space left in a row fills the row, and its continuation starts
+the next row as a new segment that repeats the last token placed: every token of a document after
+its first is a weighted target exactly once. When fewer than 2 slots are left, the rest of the
+row is padding.
+
+`pack_documents` packs a list (pure numpy, for tests and offline use); `PackedLMIterDataset` packs
+a Grain stream lazily, one row per `next`, with a small checkpointable state.
+"""
+
+import copy
+from typing import Any, Iterable
+
+import grain
+import numpy as np
+
+FEATURES = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
+
+
+class _Row:
+  """One row being filled: `seq_len + 1` token slots with segment ids and positions."""
+
+  def __init__(self, seq_len: int):
+    self.tokens = np.zeros(seq_len + 1, np.int32)
+    self.segments = np.zeros(seq_len + 1, np.int32)
+    self.positions = np.zeros(seq_len + 1, np.int32)
+    self.fill = 0          # slots used
+    self.num_segments = 0  # segments placed so far
+
+  def space(self) -> int:
+    return len(self.tokens) - self.fill
+
+  def add(self, doc: np.ndarray, offset: int) -> int | None:
+    """Places `doc[offset:]` as a new segment, as much as fits in the row.
+
+    Returns None if it all fit, else the offset where its continuation starts (the last token
+    placed, so the continuation overlaps this row by one token). Needs `space() >= 2`.
+    """
+    n = len(doc) - offset
+    if n <= 0:
+      return None  # an empty document adds nothing
+    space = self.space()
+    assert space >= 2, space
+    take = min(n, space)
+    self.num_segments += 1
+    end = self.fill + take
+    self.tokens[self.fill:end] = doc[offset:offset + take]
+    self.segments[self.fill:end] = self.num_segments
+    self.positions[self.fill:end] = np.arange(take, dtype=np.int32)
+    self.fill = end
+    return None if take == n else offset + take - 1
+
+  def example(self) -> dict[str, np.ndarray]:
+    """-> dict of [seq_len] arrays: inputs, targets, segment_ids, positions int32; loss_weights f32."""
+    t, s, p = self.tokens, self.segments, self.positions
+    return {
+        "inputs": t[:-1],
+        "targets": t[1:],
+        "loss_weights": ((s[1:] == s[:-1]) & (s[:-1] > 0)).astype(np.float32),
+        "segment_ids": s[:-1],
+        "positions": p[:-1],
+    }
+
+
+def _check_seq_len(seq_len: int):
+  if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+    raise ValueError(f"seq_len must be a positive int (data.seq_len), got {seq_len!r}")
+
+
+def _as_tokens(doc: Any) -> np.ndarray:
+  doc = np.asarray(doc)
+  if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
+    raise ValueError(
+        f"packing expects 1-D integer token arrays ([bos] + ids + [eos]), got shape {doc.shape} "
+        f"dtype {doc.dtype}")
+  return doc
+
+
+def pack_documents(docs: Iterable[np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+  """Packs token arrays (each [len_i] int) -> dict of [num_rows, seq_len] arrays (see module doc).
+
+  The last partial row is padded; no rows gives arrays of shape [0, seq_len].
+  """
+  _check_seq_len(seq_len)
+  rows, row = [], _Row(seq_len)
+  for doc in docs:
+    doc, offset = _as_tokens(doc), 0
+    while offset is not None:
+      if row.space() < 2:
+        rows.append(row.example())
+        row = _Row(seq_len)
+      offset = row.add(doc, offset)
+  if row.fill:
+    rows.append(row.example())
+  if not rows:
+    empty = _Row(seq_len).example()
+    return {k: np.zeros((0, seq_len), v.dtype) for k, v in empty.items()}
+  return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
+
+
+class PackedLMIterDataset(grain.IterDataset):
+  """Packs a stream of token arrays ([len_i] int) into examples of [seq_len] arrays.
+
+  Each element is a dict with `FEATURES` keys (see module doc). At the end of a finite parent the
+  last partial row is emitted padded.
+  """
+
+  def __init__(self, parent: grain.IterDataset, seq_len: int):
+    super().__init__(parent)
+    _check_seq_len(seq_len)
+    self._seq_len = int(seq_len)
+
+  def __iter__(self) -> "PackedLMDatasetIterator":
+    return PackedLMDatasetIterator(self._parent.__iter__(), self._seq_len)
+
+  def __str__(self) -> str:
+    return f"PackedLMIterDataset(seq_len={self._seq_len})"
+
+
+class PackedLMDatasetIterator(grain.DatasetIterator):
+  """Builds one row per `next`.
+
+  Between rows the only thing carried over is the document being split (if any), so the state is
+  `{"parent": parent state just before that document was fetched, "doc_offset": where its
+  continuation starts}`, or `{"parent": current parent state, "doc_offset": -1}` when no document
+  is pending. Restoring re-fetches the document from the parent.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, seq_len: int):
+    super().__init__(parent)
+    self._seq_len = seq_len
+    self._doc = None          # [len] tokens of the pending document; None if not fetched yet
+    self._doc_offset = -1     # where the pending document continues; -1: no pending document
+    self._doc_state = None    # parent state just before the pending document was fetched
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._doc_offset >= 0 and self._doc is None:  # just restored: fetch the pending document
+      self._doc = _as_tokens(next(self._parent))
+    row = _Row(self._seq_len)
+    while row.space() >= 2:
+      if self._doc_offset < 0:
+        state = copy.deepcopy(self._parent.get_state())
+        try:
+          doc = next(self._parent)
+        except StopIteration:
+          break
+        self._doc, self._doc_offset, self._doc_state = _as_tokens(doc), 0, state
+      offset = row.add(self._doc, self._doc_offset)
+      if offset is None:
+        self._doc, self._doc_offset, self._doc_state = None, -1, None
+      else:
+        self._doc_offset = offset
+    if row.fill == 0:
+      raise StopIteration
+    return row.example()
+
+  def get_state(self) -> dict[str, Any]:
+    if self._doc_offset >= 0:
+      return {"parent": copy.deepcopy(self._doc_state), "doc_offset": self._doc_offset}
+    return {"parent": self._parent.get_state(), "doc_offset": -1}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._doc = None
+    self._doc_offset = int(state["doc_offset"])
+    self._doc_state = copy.deepcopy(state["parent"]) if self._doc_offset >= 0 else None
+
+  def __str__(self) -> str:
+    return f"PackedLMDatasetIterator(seq_len={self._seq_len})"
