@@ -38,7 +38,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   Dropout keys derive from (seed, step), so a resumed run draws the same masks.
   """
 
-  def loss_fn(params, micro_batch, rngs):
+  def loss_fn(params, micro_batch, dropout_key):
+    rngs = nnx.Rngs(dropout=dropout_key) if dropout else None
     sums = _forward_sums(graphdef, params, micro_batch, rngs)
     return sums["loss_sum"], sums
 
@@ -46,28 +47,28 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
 
   def train_step(state, batch):
     step = state["step"]
-    rngs = nnx.Rngs(dropout=jax.random.fold_in(jax.random.key(seed), step)) if dropout else None
-    micro = jax.tree.map(
-        lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
-        batch)
-
-    def accumulate(carry, micro_batch):
-      grads, sums = carry
-      g, s = grad_fn(state["params"], micro_batch, rngs)
-      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
-
-    zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
-             {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")})
+    step_key = jax.random.fold_in(jax.random.key(seed), step)
     if grad_accum_steps == 1:
-      grads, sums = grad_fn(state["params"], batch, rngs)
+      grads, sums = grad_fn(state["params"], batch, step_key)
     else:
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+      micro = jax.tree.map(
+          lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+          batch)
+
+      def accumulate(carry, index_and_batch):
+        index, micro_batch = index_and_batch
+        g, s = grad_fn(state["params"], micro_batch, jax.random.fold_in(step_key, index))
+        return jax.tree.map(jnp.add, carry, (g, s)), None
+
+      zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
+               {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")})
+      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
     denom = jnp.maximum(sums["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": sums["loss_sum"] / denom, "accuracy": sums["correct_sum"] / denom,
-               "grad_norm": optax.global_norm(grads), "lr": schedule(step),
+               "grad_norm": optax.tree.norm(grads), "lr": schedule(step),
                "tokens": sums["weight_sum"]}
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 

@@ -144,11 +144,17 @@ def _truncate_metrics(path: str, step: int) -> None:
   os.replace(path + ".tmp", path)
 
 
-def train(config: Config, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+def train(config: Config, workdir: str, *, stop_after: int | None = None,
+          devices=None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
+
+  `stop_after` ends this invocation after that step (saving a checkpoint) as if the process had
+  been stopped there; the schedule still spans config.train.steps, so a later call resumes the
+  very same run. `devices` (default: all) are the devices the mesh is built from.
+  """
   config, tokenizer = prepare_workdir(config, workdir)
   tc = config.train
-  mesh = mesh_lib.make_mesh(config.mesh)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = config.mesh.axis_rules
   if tc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
     raise ConfigError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
@@ -195,20 +201,21 @@ def train(config: Config, workdir: str) -> dict:
 
     n_params = metrics_lib.num_params(abstract_params)
     flops_token = metrics_lib.flops_per_token(config.model, n_params, config.data.seq_len)
-    peak = metrics_lib.device_peak_flops(tc.peak_flops) * jax.device_count()
+    peak = metrics_lib.device_peak_flops(tc.peak_flops) * mesh.size
     token_bytes_v = jnp.asarray(tokenizer.token_byte_lengths(), jnp.float32)
     token_bytes_v = jnp.pad(token_bytes_v, (0, config.model.vocab_size - token_bytes_v.shape[0]))
     if jax.process_index() == 0:
       print(f"pretrax: {config.model.family} {n_params / 1e6:.2f}M params, mesh "
             f"{dict(mesh.shape)}, {tc.batch_size}x{config.data.seq_len} tokens/step, "
-            f"{jax.device_count()} {jax.devices()[0].platform} device(s), workdir {workdir}",
+            f"{mesh.size} {mesh.devices.flat[0].platform} device(s), workdir {workdir}",
             flush=True)
 
     bar = tqdm.tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0,
                     dynamic_ncols=True, mininterval=1.0)
     last, tick, tick_step = {}, time.perf_counter(), start
     step = start
-    while step < tc.steps:
+    end = tc.steps if stop_after is None else min(stop_after, tc.steps)
+    while step < end:
       batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
       state, step_metrics = p_train_step(state, batch)
       step += 1
@@ -243,7 +250,7 @@ def train(config: Config, workdir: str) -> dict:
         last = record
         tick, tick_step = time.perf_counter(), step
 
-      if step % config.checkpoint.every == 0 or step == tc.steps:
+      if step % config.checkpoint.every == 0 or step == end:
         checkpointer.save(step, state, data_iter)
 
     bar.close()
