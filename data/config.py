@@ -13,6 +13,6 @@ class DataConfig:
   data_dir: str = ""           # where corpora are built as TFDS datasets; "": $PRETRAX_DATA_DIR or ~/.cache/pretrax/tfds
   train_split: str = "train"
   eval_split: str = ""         # "": validation if the dataset has one, else test
-  validation_fraction: float = 0.1  # share of a local text corpus held out (its last documents)
+  validation_fraction: float = 0.1  # share of a local corpus's bytes held out as validation (its last documents)
   shuffle: bool = True         # shuffle training documents (seeded by config.train.seed; reshuffled each epoch)
   num_workers: int = 0         # Grain worker processes for tokenizing; 0 runs in the training process

@@ -1,0 +1,185 @@
+"""Where documents come from: one random-access `TextSource` per split, whatever the corpus.
+
+`config.data.source` takes three forms:
+  default               the embedded Python-docs corpus (`corpora.PydocCorpus`), built once
+  text:PATH[,PATH...]   a user's .txt/.jsonl files or directories (`corpora.LocalText`)
+  tfds:NAME[:FEATURE]   any TFDS dataset, read with `tfds.data_source`; FEATURE defaults to
+                        "text". NAME may carry a config and version: `tfds:c4/en:3.1.0:text`.
+The first two are built into `data_dir(config)`; a TFDS dataset lives in `config.data_dir`, else
+in TFDS's own default (`$TFDS_DATA_DIR` or ~/tensorflow_datasets).
+"""
+
+import difflib
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from pretrax.data import corpora
+from pretrax.data.config import DataConfig
+
+_SOURCE_FORMS = ("'default' (the embedded Python docs corpus), 'text:PATH' (.txt/.jsonl files "
+                 "or directories, comma-separated) or 'tfds:NAME[:FEATURE]' (a TFDS dataset; "
+                 "FEATURE defaults to 'text')")
+_VERSION = re.compile(r"^\d+\.\d+\.(\d+|\*)$")  # a TFDS version, as in `c4/en:3.1.0`
+
+
+class TextSource:
+  """The documents of one split: `len(source)`, `source[i] -> str`. Picklable (for Grain workers).
+
+  Wraps a TFDS `ArrayRecordDataSource` and returns one feature of each record as a decoded str.
+  """
+
+  def __init__(self, records, feature: str, name: str):
+    self._records = records  # a TFDS data source: random access to example dicts
+    self._feature = feature
+    self.name = name  # for logs, e.g. "default[train]"
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def _text(self, example) -> str:
+    value = example[self._feature]
+    if isinstance(value, np.ndarray):  # a string Tensor feature may come back as a 0-d array
+      value = value.item()
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+  def _index(self, i) -> int:
+    i = int(i)
+    n = len(self._records)
+    if i < 0:
+      i += n
+    if not 0 <= i < n:
+      raise IndexError(f"{self.name}: document {i} out of range (it has {n})")
+    return i
+
+  def __getitem__(self, i) -> str:
+    return self._text(self._records[self._index(i)])
+
+  def __getitems__(self, indices) -> list[str]:
+    """Batched access, as Grain's data sources allow."""
+    return [self._text(x) for x in self._records.__getitems__([self._index(i) for i in indices])]
+
+  def __repr__(self) -> str:
+    return f"TextSource({self.name}, {len(self)} documents)"
+
+
+def data_dir(config: DataConfig) -> str:
+  """Where local corpora are built: data.data_dir, else $PRETRAX_DATA_DIR, else ~/.cache."""
+  return (config.data_dir or os.environ.get("PRETRAX_DATA_DIR")
+          or os.path.expanduser("~/.cache/pretrax/tfds"))
+
+
+def _parse(source: str) -> tuple[str, str, str]:
+  """`config.data.source` -> (kind, argument, feature) with kind default | text | tfds."""
+  if source == "default":
+    return "default", "", "text"
+  kind, _, rest = source.partition(":")
+  if kind == "text" and rest.strip():
+    return "text", rest, "text"
+  if kind == "tfds" and rest:
+    parts = rest.split(":")
+    name, parts = parts[0], parts[1:]
+    if parts and _VERSION.match(parts[0]):
+      name, parts = f"{name}:{parts[0]}", parts[1:]
+    if name and len(parts) <= 1 and all(parts):
+      return "tfds", name, parts[0] if parts else "text"
+  raise ValueError(f"config.data.source={source!r} is not one of {_SOURCE_FORMS}")
+
+
+def _base_splits(split: str) -> list[str]:
+  """The split names in a TFDS split spec: `train[:90%]+test` -> [train, test]."""
+  return [part.split("[")[0].strip() for part in split.split("+")]
+
+
+def _check_split(source: str, split: str, available) -> None:
+  available = sorted(available)
+  for name in _base_splits(split):
+    if available and name not in available:
+      raise ValueError(f"config.data.source={source!r} has no split {name!r}; it has "
+                       f"{', '.join(available)} (set config.data.train_split / eval_split)")
+
+
+def _tfds_data_source(name: str, split: str | None, tfds_dir: str | None):
+  # TFDS picks ArrayRecord (random access, no TensorFlow) only when given neither data_dir nor
+  # builder_kwargs; say it always, or a data_dir would make it write TFRecords.
+  return tfds.data_source(name, split=split, data_dir=tfds_dir,
+                          builder_kwargs={"file_format": "array_record"})
+
+
+def _open_tfds(source: str, name: str, feature: str, split: str, tfds_dir: str | None):
+  try:
+    records = _tfds_data_source(name, split, tfds_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    base = name.split("/")[0].split(":")[0]
+    builders = sorted(set(tfds.list_builders(with_community_datasets=False)))
+    close = difflib.get_close_matches(base, builders, n=5)
+    raise ValueError(f"config.data.source={source!r}: TFDS has no dataset {base!r}"
+                     + (f"; did you mean {', '.join(close)}?" if close else "")) from None
+  except ValueError as e:
+    if "split" not in str(e).lower():
+      raise
+    _check_split(source, split, tfds.builder(name, data_dir=tfds_dir).info.splits.keys())
+    raise
+  features = records.dataset_info.features
+  if feature not in features.keys():
+    raise ValueError(f"config.data.source={source!r}: {name} has no feature {feature!r}; its "
+                     f"features are {', '.join(sorted(features.keys()))} (use tfds:{name}:FEATURE)")
+  spec = features[feature]
+  if not (isinstance(spec, (tfds.features.Text, tfds.features.Tensor))
+          and spec.shape == () and spec.np_dtype == np.object_):
+    raise ValueError(f"config.data.source={source!r}: feature {feature!r} of {name} is {spec}, "
+                     "not text; name a text feature with tfds:NAME:FEATURE")
+  return records
+
+
+def open_source(config: DataConfig, split: str) -> TextSource:
+  """The documents of `split` (e.g. "train", "validation", "train[:1000]") of config.source.
+
+  Builds the default or local-text corpus into `data_dir(config)` the first time.
+  """
+  kind, argument, feature = _parse(config.source)
+  if kind == "tfds":
+    records = _open_tfds(config.source, argument, feature, split, config.data_dir or None)
+  else:
+    if kind == "default":
+      builder = corpora.pydoc_builder(data_dir(config))
+    else:
+      builder = corpora.local_text_builder(argument, config.validation_fraction, data_dir(config))
+    builder = corpora.build(builder)
+    _check_split(config.source, split, builder.info.splits.keys())
+    records = builder.as_data_source(split=split)
+  return TextSource(records, feature, name=f"{config.source}[{split}]")
+
+
+def _tfds_split_names(name: str, tfds_dir: str | None) -> list[str]:
+  splits = list(tfds.builder(name, data_dir=tfds_dir).info.splits.keys())
+  if not splits:  # not prepared yet: prepare it (as open_source would) and ask again
+    splits = list(_tfds_data_source(name, None, tfds_dir).keys())
+  return splits
+
+
+def eval_split(config: DataConfig) -> str:
+  """config.eval_split if set; else "validation" if the dataset has it; else "test"."""
+  if config.eval_split:
+    return config.eval_split
+  kind, argument, _ = _parse(config.source)
+  if kind != "tfds":
+    return "validation"  # both local corpora always hold one out
+  splits = _tfds_split_names(argument, config.data_dir or None)
+  for name in ("validation", "test"):
+    if name in splits:
+      return name
+  raise ValueError(f"config.data.source={config.source!r} has no validation or test split "
+                   f"(its splits: {', '.join(sorted(splits)) or 'unknown'}); set "
+                   "config.data.eval_split, e.g. to 'train[-1%:]'")
+
+
+def iter_texts(config: DataConfig, split: str, max_documents: int | None = None) -> Iterator[str]:
+  """The documents of a split in order, at most `max_documents` (for training a tokenizer)."""
+  source = open_source(config, split)
+  n = len(source) if max_documents is None else min(max_documents, len(source))
+  for i in range(n):
+    yield source[i]
