@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,14 +48,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert checkpointing.Checkpointer(split, config.checkpoint).latest_step() == 4
   trainer.train(config, split)
 
-  a, b = checkpointing.load_run(whole), checkpointing.load_run(split)
-  assert a.step == b.step == 8
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  ma, mb = _metrics(whole), _metrics(split)
-  assert [m["step"] for m in ma] == [m["step"] for m in mb] == [2, 4, 6, 8]
-  for ra, rb in zip(ma, mb):
-    assert {k: ra.get(k) for k in DETERMINISTIC} == {k: rb.get(k) for k in DETERMINISTIC}
+  # A crash after the mid-run checkpoint: that async save happened while training went on, so
+  # it proves the saved data position is the one at step 4, not a later one.
+  crashed = str(tmp_path / "crashed")
+  shutil.copytree(whole, crashed)
+  shutil.rmtree(os.path.join(crashed, "checkpoints", "8"))
+  trainer.train(config, crashed)
+
+  a = checkpointing.load_run(whole)
+  assert a.step == 8
+  for other in (split, crashed):
+    b = checkpointing.load_run(other)
+    assert b.step == 8
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    ma, mb = _metrics(whole), _metrics(other)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] == [2, 4, 6, 8]
+    for ra, rb in zip(ma, mb):
+      assert {k: ra.get(k) for k in DETERMINISTIC} == {k: rb.get(k) for k in DETERMINISTIC}
 
 
 def test_sharded_meshes_match_one_device(tmp_path):
@@ -134,3 +145,35 @@ def test_cli_train_eval_score_sample_on_default_corpus(tmp_path):
   out = "\n".join(pretrax("sample", f"--workdir={workdir}", "--prompt=The module",
                           "--max_new_tokens=40", "--seed=1"))
   assert out.startswith("The module") and len(out.strip()) > len("The module") + 5
+
+
+def test_trained_tokenizer_run_reports_bits_per_byte(tmp_path):
+  """data.tokenizer=train: a SentencePiece model is trained on the corpus and kept in the run."""
+  config = _tiny(tmp_path, **{"data.tokenizer": "train", "data.tokenizer_vocab_size": "512",
+                              "train.steps": "4", "train.eval_every": "4"})
+  workdir = str(tmp_path / "spm_run")
+  trainer.train(config, workdir)
+  assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
+  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  assert saved.model.vocab_size == 512  # 512 pieces, already a multiple of 128
+  record = _metrics(workdir)[-1]
+  # A subword tokenizer covers several bytes per token: bits/byte < bits/token.
+  assert record["eval_bits_per_byte"] < record["eval_loss"] / np.log(2)
+  assert record["eval_bytes"] > record["eval_tokens"]
+
+
+def test_tokenizer_train_cli(tmp_path, capsys):
+  from pretrax.training import cli
+  corpus = tmp_path / "corpus.txt"
+  with open(SHAKESPEARE) as f:
+    corpus.write_text(f.read(100_000))
+  code = cli.main(["tokenizer", "train", f"--input={corpus}", f"--output={tmp_path}/tok/spm",
+                   "--vocab_size=600", "--model_type=bpe"])
+  assert code == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["vocab_size"] == 600 and os.path.exists(tmp_path / "tok" / "spm.model")
+  from pretrax.data import tokenizers
+  tok = tokenizers.load_tokenizer(str(tmp_path / "tok" / "spm.model"))
+  assert tok.decode(tok.encode("To be, or not to be")) == "To be, or not to be"
+  assert cli.main(["tokenizer", "train", f"--input={tmp_path}/missing.txt",
+                   f"--output={tmp_path}/x", "--vocab_size=600"]) == 2

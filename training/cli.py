@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "tokenizer":
       _tokenizer_train(args)
   except (ConfigError, ValueError, FileNotFoundError) as e:
-    print(f"pretrax: error: {e}", file=sys.stderr)
+    if os.environ.get("PRETRAX_TRACEBACK"):
+      raise
+    print(f"pretrax: error: {e}\n(set PRETRAX_TRACEBACK=1 to see where it was raised)",
+          file=sys.stderr)
     return 2
   return 0
 

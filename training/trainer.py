@@ -105,18 +105,32 @@ def train_iterator(config: Config, tokenizer):
 
 
 def eval_batches(config: Config, tokenizer, split: str | None = None, max_batches: int | None = None):
-  """Yields the first `max_batches` validation batches, the same ones every time (no shuffle)."""
+  """Yields the first `max_batches` validation batches, the same ones every time (no shuffle).
+
+  With several processes each one reads its own shard of documents; shards can yield different
+  numbers of batches, so a process that runs out yields all-padding batches (weight 0) until
+  `max_batches`, keeping every process in the same collective steps.
+  """
   split = split or sources.eval_split(config.data)
+  process_count = jax.process_count()
+  if process_count > 1 and not max_batches:
+    raise ConfigError("evaluating the whole split with several processes is not supported; "
+                      "give a number of batches (config.train.eval_steps / --batches)")
   source = sources.open_source(config.data, split)
+  batch_size = config.train.batch_size // process_count
   dataset = pipeline.lm_batches(
-      source, tokenizer, seq_len=config.data.seq_len,
-      batch_size=config.train.batch_size // jax.process_count(), seed=0, shuffle=False,
-      repeat=False, process_index=jax.process_index(), process_count=jax.process_count(),
-      pad_final_batch=True)
-  for i, batch in enumerate(dataset):
-    if max_batches is not None and i >= max_batches:
+      source, tokenizer, seq_len=config.data.seq_len, batch_size=batch_size, seed=0,
+      shuffle=False, repeat=False, process_index=jax.process_index(),
+      process_count=process_count, pad_final_batch=True)
+  count = 0
+  for batch in dataset:
+    if max_batches and count >= max_batches:
       return
+    count += 1
     yield batch
+  while process_count > 1 and count < max_batches:
+    count += 1
+    yield jax.tree.map(np.zeros_like, batch)
 
 
 def evaluate(eval_step, params, batches, token_bytes_v, batch_sharding) -> dict[str, float]:
@@ -193,7 +207,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
     start = checkpointer.latest_step()
     if start is not None:
       state = checkpointer.restore(start, abstract, data_iter)
-      _truncate_metrics(writer.path, start)
+      if writer.enabled:
+        _truncate_metrics(writer.path, start)
       print(f"Resumed from {checkpointer.directory}/{start}", flush=True)
     else:
       state = jax.jit(init_state, out_shardings=state_sharding)()

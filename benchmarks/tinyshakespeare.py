@@ -1,0 +1,76 @@
+"""Train presets on tinyshakespeare and print a table of throughput and final validation quality.
+
+  python benchmarks/tinyshakespeare.py --presets=configs/gpt.py:tiny,configs/gpt.py:small \
+      --steps=300 [--text=../shared/data/tinyshakespeare.txt] [--workdir=/tmp/bench] [-- --config.X=Y ...]
+
+The last 10% of the file (its final blank-line-separated passages) is held out as validation
+(`config.data.validation_fraction=0.1`). Columns:
+  tokens/s   training tokens per second (median over log intervals, compile excluded)
+  ms/step    median milliseconds per optimizer step
+  MFU        model FLOPs utilization, 6N + 12·L·d·T FLOPs per token against the device peak
+  val bpb    bits per byte on the whole held-out 10% after training
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--presets", default="configs/gpt.py:tiny")
+  parser.add_argument("--steps", type=int, default=0, help="0: each preset's own train.steps")
+  parser.add_argument("--text", default=os.path.join(REPO, "..", "shared", "data",
+                                                     "tinyshakespeare.txt"))
+  parser.add_argument("--workdir", default="/tmp/pretrax_bench")
+  args, extra = parser.parse_known_args()
+
+  from pretrax.training import cli, config as config_lib, evaluate, trainer
+  cli._quiet_logs()
+  _, overrides, rest = config_lib.split_overrides(extra)
+  if rest:
+    parser.error(f"unrecognized arguments: {rest}")
+  if not os.path.isfile(args.text):
+    parser.error(f"--text: no such file {args.text}")
+
+  rows = []
+  for preset in args.presets.split(","):
+    config = config_lib.load_preset(os.path.join(REPO, preset) if not os.path.isabs(preset)
+                                    else preset)
+    base = {"data.source": f"text:{os.path.abspath(args.text)}",
+            "data.validation_fraction": "0.1",
+            "data.data_dir": os.path.join(args.workdir, "tfds")}
+    if args.steps:
+      base["train.steps"] = str(args.steps)
+    config = config_lib.apply_overrides(config, base | overrides)
+    workdir = os.path.join(args.workdir, preset.replace("/", "_").replace(":", "_"))
+    shutil.rmtree(workdir, ignore_errors=True)
+    trainer.train(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+    timed = [r for r in records[1:] if "eval_loss" not in r] or records[1:] or records
+    tokens_per_step = config.train.batch_size * config.data.seq_len
+    tok_s = statistics.median(r["tokens_per_sec"] for r in timed)
+    result = evaluate.eval_run(workdir, max_batches=0)
+    rows.append((preset, config.train.steps, f"{config.train.batch_size}x{config.data.seq_len}",
+                 f"{tok_s:,.0f}", f"{1000 * tokens_per_step / tok_s:.1f}",
+                 f"{statistics.median(r['mfu'] for r in timed):.1%}",
+                 f"{records[-1]['loss']:.3f}", f"{result['bits_per_byte']:.3f}"))
+
+  import jax
+  header = ("preset", "steps", "batch", "tokens/s", "ms/step", "MFU", "train loss", "val bpb")
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  print(f"\ndevice: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}")
+  for row in [header, tuple("-" * w for w in widths), *rows]:
+    print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
