@@ -16,3 +16,12 @@ class DataConfig:
   validation_fraction: float = 0.1  # share of a local corpus's bytes held out as validation (its last documents)
   shuffle: bool = True         # shuffle training documents (seeded by config.train.seed; reshuffled each epoch)
   num_workers: int = 0         # Grain worker processes for tokenizing; 0 runs in the training process
+  # What the batches teach. causal: next-token targets (GPT). mlm: masked tokens in packed rows
+  # (RoBERTa style). mlm+nsp: masked tokens in [CLS] A [SEP] B [SEP] pairs, B the true next
+  # span or a random one (original BERT). mlm+sop: the same pairs, B after A or swapped (ALBERT).
+  objective: str = "causal"
+  mask_rate: float = 0.15      # share of non-special tokens chosen for prediction
+  mask_token_rate: float = 0.8   # of the chosen: replaced by [MASK]
+  random_token_rate: float = 0.1  # of the chosen: replaced by a random token (the rest stay)
+  max_predictions_per_seq: int = 20  # at most this many chosen per row (BERT: 20 at 128, 80 at 512)
+  whole_word_masking: bool = False   # choose whole words (all their pieces) instead of pieces

@@ -6,7 +6,8 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
 POSITIONS = ("learned", "rope")
-FAMILIES = ("gpt",)
+FAMILIES = ("gpt", "bert")
+ATTENTION_IMPLS = ("einsum", "dot_product")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -17,7 +18,7 @@ class ModelConfig:
   Each switch lives here and nowhere else: an ablation is one override, e.g.
   `--config.model.norm=rmsnorm`.
   """
-  family: str = "gpt"          # gpt: causal decoder with a tied LM head
+  family: str = "gpt"          # gpt: causal decoder, tied LM head | bert: bidirectional encoder, MLM + NSP heads
   vocab_size: int = 0          # 0: the tokenizer's vocabulary rounded up to a multiple of 128
   max_seq_len: int = 1024      # rows of the learned position table (and the longest input)
   num_layers: int = 12
@@ -32,6 +33,9 @@ class ModelConfig:
   position: str = "learned"    # learned (GPT-2 table) | rope (rotary, no table)
   rope_theta: float = 10_000.0
   use_bias: bool = True        # biases on dense layers and norms (GPT-2 has them)
+  type_vocab_size: int = 0     # token-type (sentence A/B) embeddings; 0: none (GPT), 2: BERT
+  embed_norm: bool = False     # a norm right after the summed embeddings (BERT)
+  attention_impl: str = "einsum"  # einsum (reference path) | dot_product (jax.nn.dot_product_attention)
   dropout: float = 0.0         # on embeddings and residual branches, training only
   attention_dropout: float = 0.0
   init_std: float = 0.02       # normal init; residual output projections use init_std / sqrt(2 * num_layers)
@@ -51,7 +55,7 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ValueError naming the field when the shapes or switches are inconsistent."""
-    choices = {"family": FAMILIES, "norm": NORMS, "norm_position": NORM_POSITIONS,
+    choices = {"family": FAMILIES, "attention_impl": ATTENTION_IMPLS, "norm": NORMS, "norm_position": NORM_POSITIONS,
                "activation": ACTIVATIONS, "position": POSITIONS, "dtype": DTYPES}
     for name, allowed in choices.items():
       value = getattr(self, name)
@@ -60,7 +64,7 @@ class ModelConfig:
     for name in ("num_layers", "num_heads", "d_model", "max_seq_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"config.model.{name} must be positive, got {getattr(self, name)}")
-    for name in ("vocab_size", "d_ff", "head_dim"):
+    for name in ("vocab_size", "d_ff", "head_dim", "type_vocab_size"):
       if getattr(self, name) < 0:
         raise ValueError(f"config.model.{name} must be >= 0, got {getattr(self, name)}")
     if not self.head_dim and self.d_model % self.num_heads:
