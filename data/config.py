@@ -25,3 +25,6 @@ class DataConfig:
   random_token_rate: float = 0.1  # of the chosen: replaced by a random token (the rest stay)
   max_predictions_per_seq: int = 20  # at most this many chosen per row (BERT: 20 at 128, 80 at 512)
   whole_word_masking: bool = False   # choose whole words (all their pieces) instead of pieces
+  # Fine-tuning examples: a JSONL file ({"text", optional "text_b", "label"}) or tfds:NAME[:SPLIT].
+  train: str = ""
+  eval: str = ""

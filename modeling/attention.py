@@ -1,4 +1,13 @@
-"""Multi-head self-attention and the one function that decides who may attend to whom."""
+"""Multi-head self-attention and the one function that decides who may attend to whom.
+
+Two implementations of the same softmax(q·k / sqrt(K) masked) · v, chosen by
+`config.attention_impl`:
+  einsum       the reference: explicit einsums, float32 logits and softmax. Supports dropout.
+  dot_product  `jax.nn.dot_product_attention` with the same boolean mask. No attention dropout.
+               With `implementation=None` JAX picks the backend; in jax 0.10 that is always the
+               XLA composition (cuDNN flash attention is only used when asked for by name).
+Both give finite outputs for queries that see no key (padding): a uniform average over all keys.
+"""
 
 import math
 
@@ -42,6 +51,12 @@ class MultiHeadAttention(nnx.Module):
       self.b_k_hk = sharding.param(zeros, rngs.params(), (h, k), ("heads", "kv"))
       self.b_v_hk = sharding.param(zeros, rngs.params(), (h, k), ("heads", "kv"))
       self.b_o_d = sharding.param(zeros, rngs.params(), (d,), ("embed",))
+    if config.attention_impl == "dot_product" and config.attention_dropout > 0:
+      raise ValueError(
+          f"config.model.attention_impl='dot_product' does not support attention dropout "
+          f"(config.model.attention_dropout={config.attention_dropout}): "
+          "jax.nn.dot_product_attention has no dropout. Set config.model.attention_dropout=0 or "
+          "config.model.attention_impl=einsum")
     self.dropout = nnx.Dropout(config.attention_dropout)
 
   def __call__(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
@@ -63,15 +78,24 @@ class MultiHeadAttention(nnx.Module):
       q_bthk = apply_rope(q_bthk, positions_bt, cfg.rope_theta)
       k_bshk = apply_rope(k_bshk, positions_bt, cfg.rope_theta)
 
-    scale = 1.0 / math.sqrt(cfg.attn_head_dim)
-    logits_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk,
-                             preferred_element_type=jnp.float32) * scale
-    # A finite minimum keeps rows with no visible key (padding queries) NaN-free.
-    logits_bhts = jnp.where(mask_b1ts, logits_bhts, jnp.finfo(jnp.float32).min)
-    probs_bhts = jax.nn.softmax(logits_bhts, axis=-1).astype(dtype)
-    probs_bhts = self.dropout(probs_bhts, deterministic=rngs is None, rngs=rngs)
-    out_bthk = jnp.einsum("bhts,bshk->bthk", probs_bhts, v_bshk)
+    if cfg.attention_impl == "dot_product":
+      out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, mask=mask_b1ts,
+                                              scale=1.0 / math.sqrt(cfg.attn_head_dim))
+    else:
+      out_bthk = self._einsum_attention(q_bthk, k_bshk, v_bshk, mask_b1ts, rngs)
     out_btd = jnp.einsum("bthk,hkd->btd", out_bthk, self.w_o_hkd[...].astype(dtype))
     if cfg.use_bias:
       out_btd = out_btd + self.b_o_d[...].astype(dtype)
     return sharding.constrain(out_btd, ("batch", "length", "embed"))
+
+  def _einsum_attention(self, q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
+                        mask_b1ts: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    """The reference path: [B, T, H, K] queries, [B, S, H, K] keys/values -> [B, T, H, K]."""
+    scale = 1.0 / math.sqrt(self.config.attn_head_dim)
+    logits_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk,
+                             preferred_element_type=jnp.float32) * scale
+    # A finite minimum keeps rows with no visible key (padding queries) NaN-free.
+    logits_bhts = jnp.where(mask_b1ts, logits_bhts, jnp.finfo(jnp.float32).min)
+    probs_bhts = jax.nn.softmax(logits_bhts, axis=-1).astype(q_bthk.dtype)
+    probs_bhts = self.dropout(probs_bhts, deterministic=rngs is None, rngs=rngs)
+    return jnp.einsum("bhts,bshk->bthk", probs_bhts, v_bshk)

@@ -43,7 +43,8 @@ class Norm(nnx.Module):
     return x.astype(compute_dtype(cfg))
 
 
-def _activation(name: str, x: jax.Array) -> jax.Array:
+def activation(name: str, x: jax.Array) -> jax.Array:
+  """The nonlinearity of `config.activation`; for gated names (swiglu, geglu), their gate's."""
   if name in ("gelu_tanh", "geglu"):
     return jax.nn.gelu(x, approximate=True)
   if name == "gelu":
@@ -53,6 +54,23 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
   if name == "swiglu":
     return jax.nn.silu(x)
   raise ValueError(f"unknown activation {name!r}")
+
+
+class Dense(nnx.Module):
+  """[..., I] -> [..., O]: x @ w (+ b when config.use_bias), in the compute dtype."""
+
+  def __init__(self, config: ModelConfig, in_dim: int, out_dim: int,
+               names: tuple[str | None, str | None], *, rngs: nnx.Rngs):
+    self.config = config
+    self.w_io = sharding.param(nnx.initializers.normal(config.init_std), rngs.params(),
+                               (in_dim, out_dim), names)
+    if config.use_bias:
+      self.b_o = sharding.param(nnx.initializers.zeros, rngs.params(), (out_dim,), names[1:])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = compute_dtype(self.config)
+    y = jnp.einsum("...i,io->...o", x.astype(dtype), self.w_io[...].astype(dtype))
+    return y + self.b_o[...].astype(dtype) if self.config.use_bias else y
 
 
 class MLP(nnx.Module):
@@ -87,9 +105,9 @@ class MLP(nnx.Module):
     h_btf = dense_in(self.w_in_df, getattr(self, "b_in_f", None))
     if self.gated:
       gate_btf = dense_in(self.w_gate_df, getattr(self, "b_gate_f", None))
-      h_btf = _activation(cfg.activation, gate_btf) * h_btf
+      h_btf = activation(cfg.activation, gate_btf) * h_btf
     else:
-      h_btf = _activation(cfg.activation, h_btf)
+      h_btf = activation(cfg.activation, h_btf)
     h_btf = sharding.constrain(h_btf, ("batch", "length", "mlp"))
     out_btd = jnp.einsum("btf,fd->btd", h_btf, self.w_out_fd[...].astype(dtype))
     if cfg.use_bias:

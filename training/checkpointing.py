@@ -17,7 +17,7 @@ from flax import nnx
 
 from pretrax.data import tokenizers
 from pretrax.modeling.config import ModelConfig
-from pretrax.modeling.gpt import GPT
+from pretrax.modeling import models
 from pretrax.training import config as config_lib
 from pretrax.training.config import CheckpointConfig, Config
 
@@ -70,8 +70,8 @@ class Checkpointer:
     self.manager.close()
 
 
-def build_model(config: ModelConfig, seed: int = 0) -> GPT:
-  return GPT(config, rngs=nnx.Rngs(params=seed))
+def build_model(config: ModelConfig, seed: int = 0):
+  return models.build(config, nnx.Rngs(params=seed))
 
 
 def abstract_model(config: ModelConfig):
@@ -88,7 +88,7 @@ class Run:
   params: dict
   step: int
 
-  def model(self) -> GPT:
+  def model(self):
     return nnx.merge(self.graphdef, self.params)
 
 
@@ -116,3 +116,9 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   params = checkpointer.restore_params(step, abstract_params)
   checkpointer.close()
   return Run(config=config, tokenizer=tokenizer, graphdef=graphdef, params=params, step=step)
+
+
+def require_causal(run: Run, command: str, workdir: str) -> None:
+  if run.config.model.family != "gpt":
+    raise ValueError(f"pretrax {command} needs a causal language model; {workdir} holds a "
+                     f"{run.config.model.family!r} model (use `pretrax eval` for its metrics)")

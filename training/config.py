@@ -76,6 +76,15 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
+class FinetuneConfig:
+  task: str = ""                # "": pretraining | classify: a label per example from [CLS] / last token
+  init: str = ""                # the pretrained run directory (set by `pretrax finetune --init=DIR`)
+  num_labels: int = 0           # 0: the number of distinct labels in the training data
+  lm_weight: float = 0.5        # GPT only: weight λ of the auxiliary language-modelling loss
+  classifier_dropout: float = 0.1  # on the pooled / last-token vector before the linear classifier
+
+
+@dataclasses.dataclass
 class Config:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -83,6 +92,7 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ def eval_run(workdir: str, split: str | None = None, step: int | None = None,
     max_batches = run.config.train.eval_steps
   split = split or trainer.sources.eval_split(run.config.data)
   batches = trainer.eval_batches(run.config, run.tokenizer, split, max_batches or None)
-  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef))
+  objective = run.config.data.objective
+  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef, objective))
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  metrics = trainer.evaluate(eval_step, run.params, batches, _token_bytes(run), sharding)
+  metrics = trainer.evaluate(eval_step, run.params, batches, _token_bytes(run), sharding, objective)
   return {"step": run.step, "split": split, **metrics}
 
 
@@ -62,6 +63,7 @@ def score_windows(ids: np.ndarray, window: int, stride: int):
 def score_text(workdir: str, text: str, step: int | None = None, batch_size: int = 8) -> dict:
   """Mean loss per token (nats) and bits per byte of `text` scored as one document."""
   run = checkpointing.load_run(workdir, step)
+  checkpointing.require_causal(run, "score", workdir)
   tok = run.tokenizer
   ids = np.concatenate([[tok.bos_id], tok.encode(text)]).astype(np.int32)
   if len(ids) < 2:

@@ -48,6 +48,7 @@ def sample(workdir: str, prompt: str, max_new_tokens: int, *, temperature: float
            stop_at_eos: bool = True) -> str:
   """Returns the continuation of `prompt` (without the prompt)."""
   run = checkpointing.load_run(workdir, step)
+  checkpointing.require_causal(run, "sample", workdir)
   tok = run.tokenizer
   context = run.config.model.max_seq_len if run.config.model.position == "learned" \
       else run.config.data.seq_len

@@ -28,11 +28,22 @@ def num_params(params, *, exclude_positions: bool = True) -> int:
   return total
 
 
-def flops_per_token(config: ModelConfig, n_params: int, seq_len: int) -> float:
-  """Training FLOPs per token: 6N + 12·L·d·T (forward + backward; N excludes position table,
-  includes the tied embedding since it is the LM head matmul; d = heads × head_dim)."""
+def flops_per_token(config: ModelConfig, n_params: int, seq_len: int, data=None) -> float:
+  """Training FLOPs per token (forward + backward = 3 × forward, 2 FLOPs per multiply-add).
+
+  Decoder: 6N + 12·L·d·T, with N the parameters without the position table (the tied token
+  embedding counts: it is the LM head's matmul), d = heads × head_dim, T = sequence length.
+  Encoder (MLM): the MLM head (d×d transform + the tied d×V projection) runs only at the P masked
+  positions of a T-token row, so it counts P/T times: 6(N − H) + 12·L·d·T + 6·H·P/T with
+  H = d² + V·d (the pooler and NSP head, once per row, are left out).
+  """
   d_attn = config.num_heads * config.attn_head_dim
-  return 6.0 * n_params + 12.0 * config.num_layers * d_attn * seq_len
+  attention = 12.0 * config.num_layers * d_attn * seq_len
+  if config.family == "gpt":
+    return 6.0 * n_params + attention
+  head = config.d_model ** 2 + config.vocab_size * config.d_model
+  predictions = data.max_predictions_per_seq if data is not None else seq_len
+  return 6.0 * (n_params - head) + attention + 6.0 * head * predictions / seq_len
 
 
 def device_peak_flops(override: float = 0.0) -> float:
