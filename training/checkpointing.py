@@ -46,9 +46,12 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state, data_iterator=None):
-    """Restores `state` (shaped and sharded like `abstract_state`) and, in place, the iterator."""
+    """Restores `state` (shaped and sharded like `abstract_state`) and, in place, the iterator.
+
+    A checkpoint without a data item (e.g. imported weights) leaves the iterator at its start.
+    """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]

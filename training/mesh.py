@@ -80,8 +80,9 @@ def named(mesh: Mesh, specs):
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
-  """[B, T] batches: the batch dimension over the axes "batch" maps to."""
-  return NamedSharding(mesh, sharding.logical_to_spec(("batch", "length"), rules))
+  """Batch arrays of any rank ([B], [B, T], [B, P]): the leading dimension over the axes "batch"
+  maps to, the rest replicated."""
+  return NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
 
 
 def global_batch(local_batch: dict[str, np.ndarray], sharding_: NamedSharding) -> dict:

@@ -1,8 +1,16 @@
 """The pure train and eval steps: `train_step(state, batch) -> (state, metrics)`.
 
-`state` is a dict {"step": int32 [], "params": pure-dict tree, "opt_state": optax state}; a batch
-is a dict of [B, T] arrays: inputs, targets, loss_weights, segment_ids, positions.
+`state` is a dict {"step": int32 [], "params": pure-dict tree, "opt_state": optax state}.
+Batches depend on the objective:
+  causal (GPT):  inputs, targets, loss_weights, segment_ids, positions           [B, T]
+  mlm* (BERT):   input_ids, segment_ids, token_type_ids, positions              [B, T]
+                 masked_positions, masked_ids, masked_weights                   [B, P]
+                 nsp_label                                                      [B]
+Each loss term is a weighted sum divided by its weight over the whole batch, so splitting the
+batch into micro-batches (gradient accumulation) gives exactly the same update.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -10,46 +18,78 @@ import optax
 from flax import nnx
 
 
-def cross_entropy_sums(logits_btv: jax.Array, targets_bt: jax.Array,
-                       weights_bt: jax.Array) -> dict[str, jax.Array]:
+def cross_entropy_sums(logits_xv: jax.Array, targets_x: jax.Array,
+                       weights_x: jax.Array) -> dict[str, jax.Array]:
   """Weighted sums of token loss (nats), correct argmax predictions and weights, all float32."""
-  logits_btv = logits_btv.astype(jnp.float32)
-  log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)
-  target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
-  loss_bt = log_z_bt - target_logit_bt
-  correct_bt = (jnp.argmax(logits_btv, axis=-1) == targets_bt).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(loss_bt * weights_bt),
-          "correct_sum": jnp.sum(correct_bt * weights_bt),
-          "weight_sum": jnp.sum(weights_bt)}
+  logits_xv = logits_xv.astype(jnp.float32)
+  log_z_x = jax.nn.logsumexp(logits_xv, axis=-1)
+  target_logit_x = jnp.take_along_axis(logits_xv, targets_x[..., None], axis=-1)[..., 0]
+  correct_x = (jnp.argmax(logits_xv, axis=-1) == targets_x).astype(jnp.float32)
+  return {"loss_sum": jnp.sum((log_z_x - target_logit_x) * weights_x),
+          "correct_sum": jnp.sum(correct_x * weights_x),
+          "weight_sum": jnp.sum(weights_x).astype(jnp.float32)}
 
 
-def _forward_sums(graphdef, params, batch, rngs=None):
-  model = nnx.merge(graphdef, params)
-  logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"], rngs=rngs)
-  return cross_entropy_sums(logits_btv, batch["targets"], batch["loss_weights"])
+def loss_terms(objective: str) -> tuple[str, ...]:
+  """Metric prefixes of the losses an objective adds up."""
+  return {"causal": ("",), "mlm": ("mlm_",), "mlm+nsp": ("mlm_", "nsp_"),
+          "mlm+sop": ("mlm_", "nsp_")}[objective]
+
+
+def _nsp_weights(batch) -> jax.Array:
+  """[B] 1 for real pairs, 0 for all-padding rows (eval batches are padded with them)."""
+  return (batch["segment_ids"][:, 0] > 0).astype(jnp.float32)
+
+
+def weights(batch, objective: str) -> dict[str, jax.Array]:
+  """The weight of each loss term over `batch`: its normalizer."""
+  if objective == "causal":
+    return {"": jnp.sum(batch["loss_weights"])}
+  out = {"mlm_": jnp.sum(batch["masked_weights"])}
+  if "nsp_" in loss_terms(objective):
+    out["nsp_"] = jnp.sum(_nsp_weights(batch))
+  return out
+
+
+def model_sums(model, batch, objective: str, rngs=None) -> dict[str, jax.Array]:
+  """Forward pass -> {PREFIX + loss_sum / correct_sum / weight_sum} for each loss term."""
+  if objective == "causal":
+    logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"], rngs=rngs)
+    return cross_entropy_sums(logits_btv, batch["targets"], batch["loss_weights"])
+  mlm_bpv, nsp_b2 = model(batch["input_ids"], batch["masked_positions"], batch["segment_ids"],
+                          batch["positions"], batch["token_type_ids"], rngs=rngs)
+  sums = {f"mlm_{k}": v for k, v in cross_entropy_sums(
+      mlm_bpv, batch["masked_ids"], batch["masked_weights"]).items()}
+  if "nsp_" in loss_terms(objective):
+    sums |= {f"nsp_{k}": v for k, v in cross_entropy_sums(
+        nsp_b2, batch["nsp_label"], _nsp_weights(batch)).items()}
+  return sums
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, grad_accum_steps: int, seed: int, dropout: bool):
+                    *, objective: str, grad_accum_steps: int, seed: int, dropout: bool):
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
-  With grad_accum_steps = A, the [B, T] batch is split into A micro-batches of B/A rows whose
-  summed-loss gradients are added; the update then equals one step on the whole batch.
-  Dropout keys derive from (seed, step), so a resumed run draws the same masks.
+  With grad_accum_steps = A, the batch is split into A micro-batches whose gradients are added.
+  Dropout keys derive from (seed, step, micro-batch), so a resumed run draws the same masks.
   """
+  terms = loss_terms(objective)
 
-  def loss_fn(params, micro_batch, dropout_key):
+  def loss_fn(params, micro_batch, totals, dropout_key):
+    model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=dropout_key) if dropout else None
-    sums = _forward_sums(graphdef, params, micro_batch, rngs)
-    return sums["loss_sum"], sums
+    sums = model_sums(model, micro_batch, objective, rngs)
+    loss = sum(sums[f"{t}loss_sum"] / jnp.maximum(totals[t], 1.0) for t in terms)
+    return loss, sums
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def train_step(state, batch):
     step = state["step"]
     step_key = jax.random.fold_in(jax.random.key(seed), step)
+    totals = weights(batch, objective)
     if grad_accum_steps == 1:
-      grads, sums = grad_fn(state["params"], batch, step_key)
+      grads, sums = grad_fn(state["params"], batch, totals, step_key)
     else:
       micro = jax.tree.map(
           lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
@@ -57,47 +97,59 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
 
       def accumulate(carry, index_and_batch):
         index, micro_batch = index_and_batch
-        g, s = grad_fn(state["params"], micro_batch, jax.random.fold_in(step_key, index))
+        g, s = grad_fn(state["params"], micro_batch, totals, jax.random.fold_in(step_key, index))
         return jax.tree.map(jnp.add, carry, (g, s)), None
 
-      zeros = (jax.tree.map(jnp.zeros_like, state["params"]),
-               {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")})
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, state["params"], jax.tree.map(lambda x: x[0], micro), totals, step_key))
       (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
-    denom = jnp.maximum(sums["weight_sum"], 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": sums["loss_sum"] / denom, "accuracy": sums["correct_sum"] / denom,
-               "grad_norm": optax.tree.norm(grads), "lr": schedule(step),
-               "tokens": sums["weight_sum"]}
+    metrics = term_metrics(sums, objective)
+    metrics |= {"grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
   return train_step
 
 
-def make_eval_step(graphdef):
-  """Returns `eval_step(params, batch, token_bytes_v) -> sums` (loss, correct, weights, bytes).
+def make_eval_step(graphdef, objective: str):
+  """Returns `eval_step(params, batch, token_bytes_v) -> sums` to be added over batches.
 
-  `token_bytes_v` [V] is how many UTF-8 bytes each token id stands for, so bits per byte can be
-  computed independently of the tokenizer.
+  `token_bytes_v` [V] is how many UTF-8 bytes each token id stands for, so a causal model's bits
+  per byte can be computed independently of the tokenizer.
   """
 
   def eval_step(params, batch, token_bytes_v):
-    sums = _forward_sums(graphdef, params, batch)
-    sums["byte_sum"] = jnp.sum(token_bytes_v[batch["targets"]] * batch["loss_weights"])
+    sums = model_sums(nnx.merge(graphdef, params), batch, objective)
+    if objective == "causal":
+      sums["byte_sum"] = jnp.sum(token_bytes_v[batch["targets"]] * batch["loss_weights"])
     return sums
 
   return eval_step
 
 
-def summarize(sums: dict) -> dict[str, float]:
-  """Eval sums -> loss (nats/token), perplexity, accuracy, bits_per_byte, tokens."""
-  import math
-  w = max(float(sums["weight_sum"]), 1.0)
-  loss = float(sums["loss_sum"]) / w
-  out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-         "accuracy": float(sums["correct_sum"]) / w, "tokens": int(sums["weight_sum"])}
-  if "byte_sum" in sums and float(sums["byte_sum"]) > 0:
+def term_metrics(sums: dict, objective: str) -> dict:
+  """Sums -> `loss` (the sum of the terms' mean losses) and PREFIX loss / accuracy per term."""
+  out, total = {}, 0.0
+  for t in loss_terms(objective):
+    w = jnp.maximum(sums[f"{t}weight_sum"], 1.0)
+    loss = sums[f"{t}loss_sum"] / w
+    total = total + loss
+    if t:
+      out[f"{t}loss"] = loss
+    out[f"{t}accuracy"] = sums[f"{t}correct_sum"] / w
+  out["loss"] = total
+  return out
+
+
+def summarize(sums: dict, objective: str) -> dict[str, float]:
+  """Eval sums -> term metrics plus perplexity, tokens and (causal) bits per byte, as floats."""
+  sums = jax.device_get(sums)
+  out = {k: float(v) for k, v in term_metrics(sums, objective).items()}
+  main = "" if objective == "causal" else "mlm_"
+  out[f"{main}perplexity"] = math.exp(min(out[f"{main}loss" if main else "loss"], 50.0))
+  out["tokens"] = int(sums[f"{main}weight_sum"])
+  if float(sums.get("byte_sum", 0.0)) > 0:
     out["bits_per_byte"] = float(sums["loss_sum"]) / math.log(2) / float(sums["byte_sum"])
     out["bytes"] = int(sums["byte_sum"])
   return out

@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from pretrax.data import pipeline, sources, tokenizers
+from pretrax.data import bert_pipeline, pipeline, sources, tokenizers
 from pretrax.modeling import sharding
 from pretrax.training import checkpointing, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
 from pretrax.training import optimizer as optimizer_lib, step as step_lib
@@ -90,18 +90,21 @@ def prepare_workdir(config: Config, workdir: str) -> tuple[Config, tokenizers.To
 # Data.
 
 
-def train_iterator(config: Config, tokenizer):
+def batches(config: Config, tokenizer, split: str, *, shuffle: bool, repeat: bool,
+            pad_final_batch: bool = False):
+  """This process's batches of `split` for config.data.objective (a Grain IterDataset)."""
   process_count = jax.process_count()
   if config.train.batch_size % process_count:
     raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
                       f"the {process_count} processes")
-  source = sources.open_source(config.data, config.data.train_split)
-  dataset = pipeline.lm_batches(
-      source, tokenizer, seq_len=config.data.seq_len,
-      batch_size=config.train.batch_size // process_count, seed=config.train.seed,
-      shuffle=config.data.shuffle, repeat=True, process_index=jax.process_index(),
-      process_count=process_count, num_workers=config.data.num_workers)
-  return iter(dataset)
+  kwargs = dict(batch_size=config.train.batch_size // process_count, seed=config.train.seed,
+                shuffle=shuffle, repeat=repeat, process_index=jax.process_index(),
+                process_count=process_count, num_workers=config.data.num_workers,
+                pad_final_batch=pad_final_batch)
+  source = sources.open_source(config.data, split)
+  if config.data.objective == "causal":
+    return pipeline.lm_batches(source, tokenizer, seq_len=config.data.seq_len, **kwargs)
+  return bert_pipeline.bert_batches(source, tokenizer, config.data, **kwargs)
 
 
 def eval_batches(config: Config, tokenizer, split: str | None = None, max_batches: int | None = None):
@@ -116,14 +119,8 @@ def eval_batches(config: Config, tokenizer, split: str | None = None, max_batche
   if process_count > 1 and not max_batches:
     raise ConfigError("evaluating the whole split with several processes is not supported; "
                       "give a number of batches (config.train.eval_steps / --batches)")
-  source = sources.open_source(config.data, split)
-  batch_size = config.train.batch_size // process_count
-  dataset = pipeline.lm_batches(
-      source, tokenizer, seq_len=config.data.seq_len, batch_size=batch_size, seed=0,
-      shuffle=False, repeat=False, process_index=jax.process_index(),
-      process_count=process_count, pad_final_batch=True)
   count = 0
-  for batch in dataset:
+  for batch in batches(config, tokenizer, split, shuffle=False, repeat=False, pad_final_batch=True):
     if max_batches and count >= max_batches:
       return
     count += 1
@@ -133,14 +130,15 @@ def eval_batches(config: Config, tokenizer, split: str | None = None, max_batche
     yield jax.tree.map(np.zeros_like, batch)
 
 
-def evaluate(eval_step, params, batches, token_bytes_v, batch_sharding) -> dict[str, float]:
+def evaluate(eval_step, params, eval_data, token_bytes_v, batch_sharding,
+             objective: str) -> dict[str, float]:
   totals = None
-  for batch in batches:
+  for batch in eval_data:
     sums = eval_step(params, mesh_lib.global_batch(batch, batch_sharding), token_bytes_v)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError("the validation split produced no batch")
-  return step_lib.summarize(jax.device_get(totals))
+  return step_lib.summarize(totals, objective)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +189,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
             "opt_state": optimizer.init(params)}
 
   train_step = step_lib.make_train_step(
-      graphdef, optimizer, schedule, grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
+      graphdef, optimizer, schedule, objective=config.data.objective,
+      grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
       dropout=config.model.dropout > 0 or config.model.attention_dropout > 0)
   with jax.set_mesh(mesh), sharding.axis_rules(rules):
     abstract = jax.eval_shape(init_state)
@@ -199,9 +198,10 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
                             abstract, state_sharding)
     p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                            out_shardings=(state_sharding, None), donate_argnums=0)
-    p_eval_step = jax.jit(step_lib.make_eval_step(graphdef))
+    p_eval_step = jax.jit(step_lib.make_eval_step(graphdef, config.data.objective))
 
-    data_iter = train_iterator(config, tokenizer)
+    data_iter = iter(batches(config, tokenizer, config.data.train_split,
+                             shuffle=config.data.shuffle, repeat=True))
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
     start = checkpointer.latest_step()
@@ -215,7 +215,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
       start = 0
 
     n_params = metrics_lib.num_params(abstract_params)
-    flops_token = metrics_lib.flops_per_token(config.model, n_params, config.data.seq_len)
+    flops_token = metrics_lib.flops_per_token(config.model, n_params, config.data.seq_len,
+                                              config.data)
     peak = metrics_lib.device_peak_flops(tc.peak_flops) * mesh.size
     token_bytes_v = jnp.asarray(tokenizer.token_byte_lengths(), jnp.float32)
     token_bytes_v = jnp.pad(token_bytes_v, (0, config.model.vocab_size - token_bytes_v.shape[0]))
@@ -248,17 +249,16 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
           raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}; no "
                                    "checkpoint was written for it")
         tokens_per_sec = (step - tick_step) * tc.batch_size * config.data.seq_len / elapsed
-        record = {"step": step, "loss": values["loss"], "accuracy": values["accuracy"],
-                  "lr": values["lr"], "grad_norm": values["grad_norm"],
-                  "tokens_per_sec": tokens_per_sec, "mfu": tokens_per_sec * flops_token / peak}
+        record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
+                  "mfu": tokens_per_sec * flops_token / peak}
         if do_eval:
           eval_metrics = evaluate(p_eval_step, state["params"],
                                   eval_batches(config, tokenizer, max_batches=tc.eval_steps),
-                                  token_bytes_v, batch_sharding)
+                                  token_bytes_v, batch_sharding, config.data.objective)
           record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
           if jax.process_index() == 0:
-            bar.write(f"step {step}: eval loss {record['eval_loss']:.4f}, bits/byte "
-                      f"{record.get('eval_bits_per_byte', float('nan')):.4f}")
+            bar.write(f"step {step}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in eval_metrics.items() if isinstance(v, float)))
         writer.write(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                         tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}", refresh=False)
