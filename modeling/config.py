@@ -8,6 +8,7 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
 POSITIONS = ("learned", "rope")
 FAMILIES = ("gpt", "bert")
 ATTENTION_IMPLS = ("einsum", "dot_product")
+REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -36,6 +37,8 @@ class ModelConfig:
   type_vocab_size: int = 0     # token-type (sentence A/B) embeddings; 0: none (GPT), 2: BERT
   embed_norm: bool = False     # a norm right after the summed embeddings (BERT)
   attention_impl: str = "einsum"  # einsum (reference path) | dot_product (jax.nn.dot_product_attention)
+  remat: str = "none"          # activation rematerialization per block: none | full | dots (keep matmul outputs)
+  scan_layers: bool = False    # run the blocks with lax.scan (one compiled block: faster compiles for deep models)
   dropout: float = 0.0         # on embeddings and residual branches, training only
   attention_dropout: float = 0.0
   init_std: float = 0.02       # normal init; residual output projections use init_std / sqrt(2 * num_layers)
@@ -55,7 +58,8 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ValueError naming the field when the shapes or switches are inconsistent."""
-    choices = {"family": FAMILIES, "attention_impl": ATTENTION_IMPLS, "norm": NORMS, "norm_position": NORM_POSITIONS,
+    choices = {"family": FAMILIES, "attention_impl": ATTENTION_IMPLS, "remat": REMAT_POLICIES,
+               "norm": NORMS, "norm_position": NORM_POSITIONS,
                "activation": ACTIVATIONS, "position": POSITIONS, "dtype": DTYPES}
     for name, allowed in choices.items():
       value = getattr(self, name)
