@@ -31,7 +31,7 @@ class _Tokenize:
     return np.concatenate([np.array([bos], np.int32), ids, np.array([eos], np.int32)])
 
 
-def _stack_padded(rows: Sequence[dict[str, np.ndarray]], batch_size: int) -> dict[str, np.ndarray]:
+def stack_padded(rows: Sequence[dict[str, np.ndarray]], batch_size: int) -> dict[str, np.ndarray]:
   """Stacks up to `batch_size` examples of [seq_len] -> [batch_size, seq_len], zero rows after."""
   out = {}
   for k in rows[0]:
@@ -41,20 +41,20 @@ def _stack_padded(rows: Sequence[dict[str, np.ndarray]], batch_size: int) -> dic
   return out
 
 
-def _shuffle_seed(seed: int) -> int:
+def shuffle_seed(seed: int) -> int:
   # Grain's shuffle uses seed + epoch for each epoch; hashing the user seed keeps seed=0 epoch 1
   # from being the same order as seed=1 epoch 0.
   return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])
 
 
-def _allow_unparsed_absl_flags():
+def allow_unparsed_absl_flags():
   # Grain's multiprocess prefetch reads its absl flags (at their defaults); outside
   # `absl.app.run` (our CLI, pytest) they are unparsed and reading raises UnparsedFlagAccessError.
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
-def _describe(source: Any) -> str:
+def describe_source(source: Any) -> str:
   if isinstance(source, (list, tuple)):
     return f"the given {type(source).__name__}"
   text = repr(source)
@@ -86,7 +86,7 @@ def lm_batches(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, s
     positions int32; loss_weights float32 (see data/packing.py).
   """
   if len(source) == 0:
-    raise ValueError(f"no documents in {_describe(source)}: the data source is empty "
+    raise ValueError(f"no documents in {describe_source(source)}: the data source is empty "
                      "(check data.source and the split)")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -98,10 +98,10 @@ def lm_batches(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, s
 
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) == 0:
-    raise ValueError(f"no documents in {_describe(source)} for process {process_index} of "
+    raise ValueError(f"no documents in {describe_source(source)} for process {process_index} of "
                      f"{process_count}: it has only {len(source)} documents")
   if shuffle:
-    ds = ds.shuffle(seed=_shuffle_seed(seed))
+    ds = ds.shuffle(seed=shuffle_seed(seed))
   if repeat:
     ds = ds.repeat()  # MapDataset.repeat passes the epoch on to shuffle: a new order each epoch
   ds = ds.map(_Tokenize(tokenizer))
@@ -109,11 +109,11 @@ def lm_batches(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, s
   ds = packing.PackedLMIterDataset(ds, seq_len)
   if pad_final_batch:
     ds = ds.batch(batch_size, drop_remainder=False,
-                  batch_fn=functools.partial(_stack_padded, batch_size=batch_size))
+                  batch_fn=functools.partial(stack_padded, batch_size=batch_size))
   else:
     ds = ds.batch(batch_size, drop_remainder=True)
   if num_workers > 0:
-    _allow_unparsed_absl_flags()
+    allow_unparsed_absl_flags()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
 
