@@ -28,7 +28,9 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist"],
+        # Export/import and parity tests. Install torch first: pip install torch==2.13.0
+        "hf": ["transformers>=4.40", "safetensors", "torch"],
+        "test": ["pytest>=8", "pytest-xdist", "transformers>=4.40", "safetensors", "torch"],
     },
     entry_points={"console_scripts": ["pretrax = pretrax.training.cli:main"]},
 )

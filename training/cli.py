@@ -4,6 +4,8 @@
   pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
   pretrax score --workdir=DIR --text=FILE [--step=N]
   pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
+  pretrax export --workdir=DIR --format=hf|params --output=OUT [--step=N]
+  pretrax import --format=hf --input=HF_DIR --workdir=DIR [--tokenizer=byte|PATH.model]
   pretrax tokenizer train --input=PATH [PATH ...] --output=PREFIX --vocab_size=N [--model_type=unigram|bpe]
 """
 
@@ -56,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None)
 
+  p = sub.add_parser("export", help="export a checkpoint; prints one JSON line",
+                     description="--format=hf: a folder transformers loads (GPT2LMHeadModel / "
+                                 "BertForPreTraining); --format=params: a params-only run "
+                                 "directory that eval, score and sample accept as --workdir.")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--format", required=True, choices=("hf", "params"))
+  p.add_argument("--output", required=True)
+  p.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
+
+  p = sub.add_parser("import", help="turn a local Hugging Face GPT-2/BERT folder into a run")
+  p.add_argument("--format", required=True, choices=("hf",))
+  p.add_argument("--input", required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--tokenizer", default=None,
+                 help="byte | PATH.model (needed unless the folder came from pretrax export)")
+
   p = sub.add_parser("tokenizer", help="tokenizer tools")
   tsub = p.add_subparsers(dest="tokenizer_command", required=True)
   t = tsub.add_parser("train", help="train a SentencePiece tokenizer with pretrax's special tokens")
@@ -69,11 +87,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args, preset, overrides) -> None:
   from pretrax.training import config as config_lib, trainer
-  if not preset:
+  saved = os.path.join(args.workdir, "config.json")
+  if preset:
+    base = config_lib.load_preset(preset)
+  elif os.path.exists(saved):  # continue a run (or an imported model) with its own config
+    base = config_lib.load_json(saved)
+  else:
     raise config_lib.ConfigError("pretrax train needs --config=PATH[:VARIANT], e.g. "
-                                 "--config=configs/gpt.py:tiny")
-  config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
-  trainer.train(config, args.workdir)
+                                 "--config=configs/gpt.py:tiny (or a --workdir holding a run)")
+  trainer.train(config_lib.apply_overrides(base, overrides), args.workdir)
 
 
 def _tokenizer_train(args) -> None:
@@ -86,6 +108,7 @@ def _tokenizer_train(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  from pretrax.training.checkpointing import CheckpointError
   from pretrax.training.config import ConfigError, split_overrides
   try:
     preset, overrides, rest = split_overrides(argv)
@@ -118,8 +141,18 @@ def main(argv: list[str] | None = None) -> int:
       print(args.prompt + generate.sample(
           args.workdir, args.prompt, args.max_new_tokens, temperature=args.temperature,
           top_k=args.top_k, top_p=args.top_p, seed=args.seed, step=args.step))
+    elif args.command == "export":
+      from pretrax.training import export
+      write = export.export_hf if args.format == "hf" else export.export_params
+      print(json.dumps(write(args.workdir, args.output, args.step)))
+    elif args.command == "import":
+      from pretrax.training import export
+      print(json.dumps(export.import_hf(args.input, args.workdir, args.tokenizer)))
     elif args.command == "tokenizer":
       _tokenizer_train(args)
+  except (CheckpointError, FloatingPointError) as e:
+    print(f"pretrax: error: {e}", file=sys.stderr)
+    return 1
   except (ConfigError, ValueError, FileNotFoundError) as e:
     if os.environ.get("PRETRAX_TRACEBACK"):
       raise
