@@ -3,12 +3,23 @@
 A run directory holds:
   config.json        the fully resolved config
   tokenizer.model    (SentencePiece) or tokenizer.json (byte tokenizer)
-  checkpoints/N/     state (params, optimizer state, step) and data (Grain iterator state)
+  checkpoints/N/     state (params, optimizer state, step) and data (Grain iterator state),
+                     plus pretrax_manifest.json: size and CRC32 of every file, written once the
+                     save is complete, checked before the checkpoint is read
+  checkpoints_corrupt/N/  checkpoints found corrupt, moved aside (never deleted)
   metrics.jsonl      one JSON object per log step
+  .lock              held by the run training in this directory
 """
 
 import dataclasses
+import fcntl
+import json
+import logging
 import os
+import socket
+import sys
+import time
+import zlib
 
 import grain
 import jax
@@ -22,16 +33,89 @@ from pretrax.training import config as config_lib
 from pretrax.training.config import CheckpointConfig, Config
 
 
+log = logging.getLogger("pretrax")
+
+MANIFEST = "pretrax_manifest.json"
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint, or one could not be written; the message says which and what to do."""
+
+
+def _digest(path: str) -> tuple[int, int]:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      crc = zlib.crc32(chunk, crc)
+  return os.path.getsize(path), crc
+
+
+def _files(step_dir: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(step_dir):
+    out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names if n != MANIFEST]
+  return sorted(out)
+
+
+def write_manifest(step_dir: str) -> None:
+  """Records size and CRC32 of every file of a complete checkpoint (atomically)."""
+  manifest = {name: _digest(os.path.join(step_dir, name)) for name in _files(step_dir)}
+  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(manifest, f)
+  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def verify_manifest(step_dir: str) -> str | None:
+  """None if the checkpoint matches its manifest (or has none yet), else what is wrong."""
+  path = os.path.join(step_dir, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    return f"{path}: unreadable manifest ({e})"
+  for name, (size, crc) in sorted(manifest.items()):
+    file = os.path.join(step_dir, name)
+    if not os.path.exists(file):
+      return f"{file}: missing"
+    actual_size, actual_crc = _digest(file)
+    if actual_size != size:
+      return f"{file}: {actual_size} bytes, {size} when written (truncated or extended)"
+    if actual_crc != crc:
+      return f"{file}: contents differ from when it was written (CRC32 mismatch)"
+  return None
+
+
 class Checkpointer:
   """Async, keep-N saves of {state, data iterator} under WORKDIR/checkpoints/STEP."""
 
   def __init__(self, workdir: str, config: CheckpointConfig, *, read_only: bool = False):
+    self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.config = config
+    self.read_only = read_only
+    self.manager = self._manager()
+
+  def _manager(self) -> ocp.CheckpointManager:
     # Readers (eval, score, sample) never create, save or delete anything.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else config.keep,
-        enable_async_checkpointing=config.async_save and not read_only, create=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+        max_to_keep=None if self.read_only else self.config.keep,
+        enable_async_checkpointing=self.config.async_save and not self.read_only,
+        create=not self.read_only)
+    return ocp.CheckpointManager(self.directory, options=options)
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def write_manifests(self) -> None:
+    """Writes the manifest of every complete checkpoint that lacks one (process 0)."""
+    if self.read_only or jax.process_index() != 0 or self.manager.is_saving_in_progress():
+      return
+    for step in self.manager.all_steps():
+      if not os.path.exists(os.path.join(self.step_dir(step), MANIFEST)):
+        write_manifest(self.step_dir(step))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -40,10 +124,59 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None) -> None:
+    """Starts an (async) save; an error of this or the previous save is a CheckpointError."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+      self.write_manifests()
+    except Exception as e:
+      raise self._write_error(step, e) from e
+
+  def _write_error(self, step: int, error: Exception) -> CheckpointError:
+    good = [s for s in self.manager.all_steps() if s != step]
+    kept = f"the latest complete one is step {max(good)}" if good else "none was complete yet"
+    return CheckpointError(
+        f"writing the checkpoint of step {step} under {self.directory} failed: "
+        f"{type(error).__name__}: {error}. Training stopped; earlier checkpoints are untouched "
+        f"({kept}). Free disk space or fix the directory, then rerun the same command.")
+
+  def restore_latest(self, abstract_state, data_iterator=None):
+    """(step, state) of the newest checkpoint that verifies and loads, or (None, None) if there
+    is none at all. Corrupt ones are reported, moved to checkpoints_corrupt/ and skipped; if every
+    checkpoint is corrupt this is a CheckpointError, never a silent fresh start."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    problems = []
+    for step in steps:
+      problem = verify_manifest(self.step_dir(step))
+      if problem is None:
+        try:
+          return step, self.restore(step, abstract_state, data_iterator)
+        except Exception as e:  # anything the reader trips over: this checkpoint is unusable
+          problem = f"{self.step_dir(step)}: cannot be read ({type(e).__name__}: {e})"
+      problems.append(f"step {step}: {problem}")
+      log.warning("checkpoint of step %d is corrupt: %s; falling back to an earlier one", step,
+                  problem)
+      print(f"WARNING: checkpoint of step {step} is corrupt: {problem}; falling back to an "
+            "earlier checkpoint", flush=True)
+      self._quarantine(step)
+    if problems:
+      raise CheckpointError(
+          f"no usable checkpoint in {self.directory}: " + "; ".join(problems) +
+          ". Refusing to start a fresh run over an existing one: move the run directory away to "
+          "start over, or restore a good copy of a checkpoint.")
+    return None, None
+
+  def _quarantine(self, step: int) -> None:
+    """Moves a corrupt checkpoint out of the manager's sight, keeping it for inspection."""
+    if jax.process_index() == 0:
+      target = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt",
+                            f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(self.step_dir(step), target)
+    self.manager.close()
+    self.manager = self._manager()
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores `state` (shaped and sharded like `abstract_state`) and, in place, the iterator.
@@ -66,11 +199,56 @@ class Checkpointer:
     return restored["state"]["params"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until pending saves are on disk (and have manifests)."""
+    step = self.manager.latest_step()
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:
+      raise self._write_error(step, e) from e
+    self.write_manifests()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+class WorkdirLock:
+  """An exclusive lock on WORKDIR/.lock for the duration of a run (process 0 only).
+
+  The operating system drops it when the process dies, even by SIGKILL, so a crash never leaves a
+  stale lock behind.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self.file = None
+
+  def __enter__(self):
+    if jax.process_index() != 0:
+      return self
+    self.file = open(self.path, "a+")
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self.file.seek(0)
+      holder = self.file.read().strip() or "another process"
+      self.file.close()
+      raise CheckpointError(f"{os.path.dirname(self.path) or '.'} is in use by another pretrax "
+                            f"run ({holder}); wait for it to finish or use another --workdir")
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    self.file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self.file is not None:
+      fcntl.flock(self.file, fcntl.LOCK_UN)
+      self.file.close()
 
 
 def build_model(config: ModelConfig, seed: int = 0):
@@ -107,10 +285,17 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   steps = checkpointer.all_steps()
   if not steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint under {checkpointer.directory}")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint for step {step}; available: {sorted(steps)}")
+  for candidate in ([step] if step is not None else sorted(steps, reverse=True)):
+    problem = verify_manifest(checkpointer.step_dir(candidate))
+    if problem is None:
+      step = candidate
+      break
+    print(f"WARNING: checkpoint of step {candidate} is corrupt: {problem}", file=sys.stderr)
+  else:
+    raise CheckpointError(f"no usable checkpoint in {checkpointer.directory} (see the warnings "
+                          "above)")
   graphdef, abstract_state = abstract_model(config.model)
   abstract_params = jax.tree.map(
       lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype,

@@ -66,6 +66,17 @@ def model_sums(model, batch, objective: str, rngs=None) -> dict[str, jax.Array]:
   return sums
 
 
+def initial_state(params, optimizer: optax.GradientTransformation) -> dict:
+  """The train state at step 0 for `params`."""
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params),
+          "nonfinite_streak": jnp.zeros((), jnp.int32), "nonfinite_steps": jnp.zeros((), jnp.int32)}
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every element of every leaf is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     *, objective: str, grad_accum_steps: int, seed: int, dropout: bool):
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
@@ -107,7 +118,17 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
     params = optax.apply_updates(state["params"], updates)
     metrics = term_metrics(sums, objective)
     metrics |= {"grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
-    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+    # A non-finite loss, gradient or result is never applied: the state stays the last finite
+    # one (the batch is dropped) and the streak tells the host when to give up.
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & all_finite(params)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    streak = jnp.where(finite, 0, state["nonfinite_streak"] + 1)
+    skipped = state["nonfinite_steps"] + (1 - finite.astype(jnp.int32))
+    metrics |= {"skipped": 1 - finite.astype(jnp.int32), "nonfinite_streak": streak,
+                "nonfinite_steps": skipped}
+    return {"step": step + 1, "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]), "nonfinite_streak": streak,
+            "nonfinite_steps": skipped}, metrics
 
   return train_step
 

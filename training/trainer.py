@@ -6,7 +6,8 @@ The loop reads top to bottom; every periodic action is an explicit `if step % ev
 import json
 import logging
 import os
-import shutil
+import signal
+import threading
 import time
 
 import jax
@@ -73,9 +74,7 @@ def _check_same_model(saved: Config, config: Config, workdir: str) -> None:
 
 
 def prepare_workdir(config: Config, workdir: str) -> tuple[Config, tokenizers.Tokenizer]:
-  """Validates, creates the workdir, resolves tokenizer and vocabulary, writes config.json."""
-  config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  """Resolves tokenizer and vocabulary, checks a resumed run's model, writes config.json."""
   tokenizer = _prepare_tokenizer(config, workdir)
   config = resolve_vocab(config, tokenizer)
   config_path = os.path.join(workdir, "config.json")
@@ -146,14 +145,68 @@ def evaluate(eval_step, params, eval_data, token_bytes_v, batch_sharding,
 
 
 def _truncate_metrics(path: str, step: int) -> None:
-  """Drops metrics.jsonl records past `step` (written after the checkpoint we resume from)."""
+  """Drops metrics.jsonl records past `step` (written after the checkpoint we resume from), and a
+  last line cut short by a crash."""
   if not os.path.exists(path):
     return
+  kept = []
   with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+    for line in f:
+      try:
+        if json.loads(line).get("step", 0) <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except ValueError:
+        continue  # a line the crash cut short
   with open(path + ".tmp", "w") as f:
-    f.writelines(lines)
+    f.writelines(kept)
   os.replace(path + ".tmp", path)
+
+
+class StopRequest:
+  """Turns SIGTERM / SIGINT into a request to checkpoint and exit at the end of the current step.
+
+  A second SIGINT interrupts at once (KeyboardInterrupt).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signal_name and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self, step: int, every: int) -> bool:
+    if jax.process_count() > 1:  # all processes must stop at the same step: agree every few steps
+      if step % every:
+        return False
+      from jax.experimental import multihost_utils
+      return bool(multihost_utils.process_allgather(np.int32(self.signal_name is not None)).any())
+    return self.signal_name is not None
+
+
+def _check_writable(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} cannot be written: {e.strerror or e}") from None
 
 
 def train(config: Config, workdir: str, *, stop_after: int | None = None,
@@ -164,6 +217,13 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
   been stopped there; the schedule still spans config.train.steps, so a later call resumes the
   very same run. `devices` (default: all) are the devices the mesh is built from.
   """
+  config_lib.validate(config)
+  _check_writable(workdir)
+  with checkpointing.WorkdirLock(workdir), StopRequest() as stop:
+    return _train(config, workdir, stop, stop_after, devices)
+
+
+def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices) -> dict:
   config, tokenizer = prepare_workdir(config, workdir)
   tc = config.train
   mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -178,15 +238,16 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
   optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
   params_specs = mesh_lib.param_specs(abstract_state, rules, mesh)
-  state_specs = {"step": jax.sharding.PartitionSpec(), "params": params_specs,
-                 "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs)}
+  scalar = jax.sharding.PartitionSpec()
+  state_specs = {"step": scalar, "params": params_specs,
+                 "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs),
+                 "nonfinite_streak": scalar, "nonfinite_steps": scalar}
   state_sharding = mesh_lib.named(mesh, state_specs)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
 
   def init_state():
     params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": optimizer.init(params)}
+    return step_lib.initial_state(params, optimizer)
 
   train_step = step_lib.make_train_step(
       graphdef, optimizer, schedule, objective=config.data.objective,
@@ -204,9 +265,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
                              shuffle=config.data.shuffle, repeat=True))
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
-    start = checkpointer.latest_step()
+    start, state = checkpointer.restore_latest(abstract, data_iter)
     if start is not None:
-      state = checkpointer.restore(start, abstract, data_iter)
       if writer.enabled:
         _truncate_metrics(writer.path, start)
       print(f"Resumed from {checkpointer.directory}/{start}", flush=True)
@@ -229,47 +289,85 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
     bar = tqdm.tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0,
                     dynamic_ncols=True, mininterval=1.0)
     last, tick, tick_step = {}, time.perf_counter(), start
-    step = start
+    step, saved_step, previous_metrics = start, start, None
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)
-    while step < end:
-      batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
-      state, step_metrics = p_train_step(state, batch)
-      step += 1
-      bar.update(1)
-      if step == start + 1:  # keep compilation out of the throughput figures
-        jax.block_until_ready(state)
-        tick, tick_step = time.perf_counter(), step
+    try:
+      while step < end:
+        batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
+        state, step_metrics = p_train_step(state, batch)
+        step += 1
+        bar.update(1)
+        if step == start + 1:  # keep compilation out of the throughput figures
+          jax.block_until_ready(state)
+          tick, tick_step = time.perf_counter(), step
 
-      do_log = step % tc.log_every == 0 or step == tc.steps
-      do_eval = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps)
-      if do_log or do_eval:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        elapsed = time.perf_counter() - tick
-        if not np.isfinite(values["loss"]):
-          raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}; no "
-                                   "checkpoint was written for it")
-        tokens_per_sec = (step - tick_step) * tc.batch_size * config.data.seq_len / elapsed
-        record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
-                  "mfu": tokens_per_sec * flops_token / peak}
-        if do_eval:
-          eval_metrics = evaluate(p_eval_step, state["params"],
-                                  eval_batches(config, tokenizer, max_batches=tc.eval_steps),
-                                  token_bytes_v, batch_sharding, config.data.objective)
-          record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-          if jax.process_index() == 0:
-            bar.write(f"step {step}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in eval_metrics.items() if isinstance(v, float)))
-        writer.write(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                        tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}", refresh=False)
-        last = record
-        tick, tick_step = time.perf_counter(), step
+        # Non-finite steps were not applied (see step.py); read the previous step's verdict,
+        # which is done by now, so this never stalls the device.
+        if previous_metrics is not None:
+          _check_nonfinite(jax.device_get(previous_metrics), step - 1, tc, checkpointer)
+        previous_metrics = {k: step_metrics[k] for k in ("skipped", "nonfinite_streak")}
 
-      if step % config.checkpoint.every == 0 or step == end:
-        checkpointer.save(step, state, data_iter)
+        do_log = step % tc.log_every == 0 or step == tc.steps
+        do_eval = tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps)
+        if do_log or do_eval:
+          values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          elapsed = time.perf_counter() - tick
+          tokens_per_sec = (step - tick_step) * tc.batch_size * config.data.seq_len / elapsed
+          record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
+                    "mfu": tokens_per_sec * flops_token / peak}
+          if do_eval:
+            eval_metrics = evaluate(p_eval_step, state["params"],
+                                    eval_batches(config, tokenizer, max_batches=tc.eval_steps),
+                                    token_bytes_v, batch_sharding, config.data.objective)
+            record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+            if jax.process_index() == 0:
+              bar.write(f"step {step}: " + ", ".join(
+                  f"{k} {v:.4f}" for k, v in eval_metrics.items() if isinstance(v, float)))
+          writer.write(record)
+          bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                          tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}",
+                          refresh=False)
+          last = record
+          tick, tick_step = time.perf_counter(), step
 
-    bar.close()
+        if step % config.checkpoint.every == 0 or step == end:
+          checkpointer.save(step, state, data_iter)
+          saved_step = step
+
+        if stop.requested(step, tc.log_every):
+          if saved_step != step:
+            checkpointer.save(step, state, data_iter)
+          checkpointer.close()
+          bar.close()
+          print(f"pretrax: received {stop.signal_name or 'a stop request'} at step {step}: "
+                f"checkpointed to {checkpointer.step_dir(step)}; run the same command again to "
+                "resume", flush=True)
+          return last
+      if previous_metrics is not None:
+        _check_nonfinite(jax.device_get(previous_metrics), step, tc, checkpointer)
+    finally:
+      bar.close()
     checkpointer.close()
   if jax.process_index() == 0:
     print(json.dumps({k: v for k, v in last.items()} | {"step": step}), flush=True)
   return last
+
+
+def _check_nonfinite(flags: dict, step: int, tc, checkpointer) -> None:
+  """Stops the run when config.train.nonfinite says so; the state kept is the last finite one."""
+  streak = int(flags["nonfinite_streak"])
+  if not flags["skipped"]:
+    return
+  if tc.nonfinite == "stop" or streak >= tc.max_nonfinite_skips:
+    why = ("config.train.nonfinite=stop" if tc.nonfinite == "stop" else
+           f"{streak} consecutive steps (config.train.max_nonfinite_skips="
+           f"{tc.max_nonfinite_skips})")
+    checkpointer.close()
+    raise FloatingPointError(
+        f"non-finite loss or gradients at step {step} ({why}). Those updates were not applied; "
+        "the checkpoints hold only finite states. Lower the learning rate or inspect the data, "
+        "then rerun.")
+  print(f"WARNING: non-finite loss or gradients at step {step}: update skipped "
+        f"({streak} in a row)", flush=True)
+
+
