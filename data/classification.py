@@ -1,0 +1,259 @@
+"""Labelled examples for fine-tuning a classifier: JSONL files or TFDS datasets -> padded arrays.
+
+`config.data.train` / `config.data.eval` take two forms:
+  PATH                 a JSONL file, one object a line: {"text": str, "text_b": str (optional),
+                       "label": int | str}. Blank lines are skipped.
+  tfds:NAME[:SPLIT]    a TFDS dataset, read with `tfds.data_source` (ArrayRecord, as
+                       data/sources.py does). NAME may carry a version (`glue/sst2:2.0.0`);
+                       SPLIT defaults to train (data.train) or validation (data.eval). The text
+                       fields are the first pair in TFDS_TEXT_FIELDS present (e.g. GLUE's `sentence`,
+                       `sentence1`/`sentence2`, `premise`/`hypothesis`); the label is `label`.
+
+Labels (`label_vocabulary`): all ints or all strings within a run. Ints are class indices
+0..max (a negative one, e.g. GLUE's -1 for unlabelled test examples, is an error); strings are
+mapped to 0..K-1 in sorted order. The mapping (a list, index = class id) is saved as labels.json
+in the fine-tuned workdir; an eval label not in it is an error naming FILE:LINE and the label.
+
+Framing (`encode_examples`, T = config.data.seq_len), per model family:
+  bert  [CLS] a [SEP]            token types 0                        (BERT paper, §3)
+        [CLS] a [SEP] b [SEP]    token types 0 on [CLS] a [SEP], 1 on b [SEP]
+  gpt   <s> a </s>               token types all 0 (GPT has no type embeddings)
+        <s> a [SEP] b </s>       GPT-1's start / delimiter / extract tokens are <s>, [SEP] and
+                                 </s>; the classifier reads the hidden state of the final </s>.
+A pair longer than T loses tokens from the end of the longer of a and b (b on ties), one at a
+time, as BERT's `_truncate_seq_pair`; a single text loses tokens from its end. Rows are
+left-aligned: segment ids are 1 on the tokens and 0 on the padding after them.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+# (text, text_b) field names tried in order on a TFDS dataset's features; None: single text.
+TFDS_TEXT_FIELDS = (("text", "text_b"), ("sentence1", "sentence2"), ("question1", "question2"),
+                    ("premise", "hypothesis"), ("question", "sentence"), ("question", "passage"),
+                    ("text", None), ("sentence", None))
+TFDS_LABEL_FIELD = "label"
+FEATURES = ("input_ids", "segment_ids", "token_type_ids")  # [N, T] int32; plus "label" [N] int32
+_VERSION = re.compile(r"^\d+\.\d+\.(\d+|\*)$")
+
+
+@dataclasses.dataclass
+class Example:
+  text: str
+  text_b: str | None
+  label: int | str
+  where: str  # "FILE:LINE" or "tfds:NAME[SPLIT] example I": where error messages point
+
+
+# --------------------------------------------------------------------------------------------
+# Reading.
+
+
+def read_examples(spec: str, *, default_split: str, data_dir: str | None = None,
+                  field: str = "config.data.train") -> list[Example]:
+  """The examples of a JSONL file or `tfds:NAME[:SPLIT]`; `field` names the setting in errors."""
+  if not spec:
+    raise ValueError(f"{field} is empty: give a JSONL file or tfds:NAME[:SPLIT], e.g. "
+                     f"--{field}=train.jsonl")
+  if spec.startswith("tfds:"):
+    return _read_tfds(spec, default_split, data_dir, field)
+  return read_jsonl(spec, field)
+
+
+def read_jsonl(path: str, field: str = "config.data.train") -> list[Example]:
+  """One Example per non-blank line; errors name PATH:LINE."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{field}={path!r}: no such file (expected a JSONL file with "
+                            '{"text": ..., "label": ...} lines, or tfds:NAME[:SPLIT])')
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{number}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with \"text\" and \"label\", got "
+                         f"{type(record).__name__}")
+      for name in ("text", "label"):
+        if name not in record:
+          raise ValueError(f"{where}: missing field {name!r} (each line needs \"text\" and "
+                           "\"label\"; \"text_b\" is optional)")
+      examples.append(_example(record["text"], record.get("text_b"), record["label"], where))
+  if not examples:
+    raise ValueError(f"{field}={path!r} holds no examples")
+  return examples
+
+
+def _example(text, text_b, label, where: str) -> Example:
+  for name, value in (("text", text), ("text_b", text_b)):
+    if value is not None and not isinstance(value, str):
+      raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+  if isinstance(label, bool) or not isinstance(label, (int, str)):
+    raise ValueError(f"{where}: label {label!r} must be an int (class index) or a string")
+  if isinstance(label, int) and label < 0:
+    raise ValueError(f"{where}: label {label} is negative; int labels are class indices 0, 1, ..."
+                     " (TFDS/GLUE test splits mark unlabelled examples with -1: evaluate on "
+                     "a labelled split)")
+  return Example(text, text_b, label, where)
+
+
+def parse_tfds(spec: str, default_split: str) -> tuple[str, str]:
+  """`tfds:NAME[:VERSION][:SPLIT]` -> (name with version, split)."""
+  parts = spec[len("tfds:"):].split(":")
+  name, parts = parts[0], parts[1:]
+  if parts and _VERSION.match(parts[0]):
+    name, parts = f"{name}:{parts[0]}", parts[1:]
+  if not name or len(parts) > 1 or not all(parts):
+    raise ValueError(f"{spec!r}: expected tfds:NAME[:SPLIT], e.g. tfds:glue/sst2:validation")
+  return name, parts[0] if parts else default_split
+
+
+def _read_tfds(spec: str, default_split: str, data_dir: str | None, field: str) -> list[Example]:
+  import tensorflow_datasets.text  # noqa: F401  registers TFDS's legacy text builders (glue, ...)
+  name, split = parse_tfds(spec, default_split)
+  try:
+    records = tfds.data_source(name, split=split, data_dir=data_dir,
+                               builder_kwargs={"file_format": "array_record"})
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"{field}={spec!r}: TFDS has no dataset {name!r}") from None
+  features = records.dataset_info.features
+  names = set(features.keys())
+  fields = next(((a, b) for a, b in TFDS_TEXT_FIELDS if a in names and (b is None or b in names)),
+                None)
+  if fields is None or TFDS_LABEL_FIELD not in names:
+    raise ValueError(f"{field}={spec!r}: found no text and label fields among {sorted(names)} "
+                     f"(text fields tried: {', '.join(sorted({a for a, _ in TFDS_TEXT_FIELDS}))}; "
+                     f"label: {TFDS_LABEL_FIELD!r})")
+  a, b = fields
+  examples = []
+  for i in range(len(records)):
+    record = records[i]
+    label = record[TFDS_LABEL_FIELD]
+    label = label.item() if isinstance(label, np.ndarray) else label
+    label = label.decode("utf-8") if isinstance(label, bytes) else label
+    label = int(label) if isinstance(label, (int, np.integer)) else label
+    examples.append(_example(_text(record[a]), _text(record[b]) if b else None, label,
+                             f"tfds:{name}[{split}] example {i}"))
+  if not examples:
+    raise ValueError(f"{field}={spec!r}: split {split!r} holds no examples")
+  return examples
+
+
+def _text(value) -> str:
+  if isinstance(value, np.ndarray):
+    value = value.item()
+  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Labels.
+
+
+def label_vocabulary(examples: list[Example]) -> list:
+  """The class of each id: [0, 1, ..., max] for int labels, sorted distinct strings otherwise."""
+  kind = type(examples[0].label)
+  for ex in examples:
+    if type(ex.label) is not kind:
+      raise ValueError(f"{ex.where}: label {ex.label!r} ({type(ex.label).__name__}) is not of "
+                       f"the kind of {examples[0].where}'s label {examples[0].label!r} "
+                       f"({kind.__name__}); use ints or strings throughout")
+  if kind is int:
+    return list(range(max(ex.label for ex in examples) + 1))
+  return sorted({ex.label for ex in examples})
+
+
+def label_ids(examples: list[Example], labels: list, known_from: str) -> np.ndarray:
+  """[N] int32 class ids of `examples` under `labels`; `known_from` says where those came from
+  (e.g. "the training data (config.data.train=...)") for the error on an unknown label."""
+  index = {(type(l), l): i for i, l in enumerate(labels)}
+  ids = np.empty(len(examples), np.int32)
+  for n, ex in enumerate(examples):
+    i = index.get((type(ex.label), ex.label))
+    if i is None:
+      shown = ", ".join(map(repr, labels[:20])) + (", ..." if len(labels) > 20 else "")
+      raise ValueError(f"{ex.where}: label {ex.label!r} does not occur in {known_from}; its "
+                       f"labels: {shown}")
+    ids[n] = i
+  return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Token ids.
+
+
+def _truncate(a: np.ndarray, b: np.ndarray | None, budget: int):
+  if b is None:
+    return a[:budget], None
+  la, lb = len(a), len(b)
+  while la + lb > budget:  # BERT's _truncate_seq_pair: pop from the longer, b on ties
+    if la > lb:
+      la -= 1
+    else:
+      lb -= 1
+  return a[:la], b[:lb]
+
+
+def frame(tokenizer, family: str, a: np.ndarray, b: np.ndarray | None,
+          seq_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+  """Token ids of a (and b) -> (ids [n], token types [n], truncated?) with n <= seq_len."""
+  specials = 2 if b is None else 3
+  if seq_len < specials + (1 if b is None else 2):
+    raise ValueError(f"config.data.seq_len={seq_len} leaves no room for text after "
+                     f"{specials} special tokens")
+  total = len(a) + (0 if b is None else len(b))
+  a, b = _truncate(a, b, seq_len - specials)
+  truncated = len(a) + (0 if b is None else len(b)) < total
+  if family == "bert":
+    first = [tokenizer.cls_id, *a, tokenizer.sep_id]
+    second = [] if b is None else [*b, tokenizer.sep_id]
+  else:
+    end = [tokenizer.eos_id] if b is None else [tokenizer.sep_id]
+    first = [tokenizer.bos_id, *a, *end]
+    second = [] if b is None else [*b, tokenizer.eos_id]
+  ids = np.asarray(first + second, np.int32)
+  types = np.concatenate([np.zeros(len(first), np.int32), np.ones(len(second), np.int32)])
+  if family != "bert":
+    types[:] = 0
+  return ids, types, truncated
+
+
+def encode_examples(tokenizer, examples: list[Example], *, family: str,
+                    seq_len: int) -> tuple[dict[str, np.ndarray], int]:
+  """Examples -> ({input_ids, segment_ids, token_type_ids: [N, T] int32}, number truncated)."""
+  n = len(examples)
+  out = {k: np.zeros((n, seq_len), np.int32) for k in FEATURES}
+  truncated = 0
+  for i, ex in enumerate(examples):
+    a = np.asarray(tokenizer.encode(ex.text), np.int32)
+    b = None if ex.text_b is None else np.asarray(tokenizer.encode(ex.text_b), np.int32)
+    ids, types, cut = frame(tokenizer, family, a, b, seq_len)
+    out["input_ids"][i, :len(ids)] = ids
+    out["segment_ids"][i, :len(ids)] = 1
+    out["token_type_ids"][i, :len(ids)] = types
+    truncated += cut
+  return out, truncated
+
+
+def batch_indices(step: int, num_examples: int, batch_size: int, seed: int,
+                  shuffle: bool = True) -> np.ndarray:
+  """[batch_size] example indices of global batch `step`: epochs of seeded permutations.
+
+  A pure function of its arguments, so a resumed run reads exactly the batches it would have.
+  """
+  positions = step * batch_size + np.arange(batch_size)
+  epochs, offsets = np.divmod(positions, num_examples)
+  out = np.empty(batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    order = (np.random.default_rng([seed, 0xF17E, int(epoch)]).permutation(num_examples)
+             if shuffle else np.arange(num_examples))
+    out[epochs == epoch] = order[offsets[epochs == epoch]]
+  return out
