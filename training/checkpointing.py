@@ -280,6 +280,9 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     raise FileNotFoundError(f"{workdir} is not a pretrax run directory: no config.json "
                             "(train one with `pretrax train --workdir=...`)")
   config = config_lib.load_json(config_path)
+  if config.finetune.task:
+    raise ValueError(f"{workdir} is a fine-tuned {config.finetune.task} run: `pretrax eval` "
+                     "evaluates it; score and sample need a pretrained language model")
   tokenizer = tokenizers.load_from_directory(workdir)
   checkpointer = Checkpointer(workdir, config.checkpoint, read_only=True)
   steps = checkpointer.all_steps()

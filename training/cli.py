@@ -1,6 +1,8 @@
 """The `pretrax` command line.
 
   pretrax train --config=configs/gpt.py:tiny --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
+  pretrax finetune --config=configs/finetune.py:classify --init=PRETRAINED_DIR --workdir=DIR \
+      --config.data.train=FILE --config.data.eval=FILE
   pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
   pretrax score --workdir=DIR --text=FILE [--step=N]
   pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
@@ -35,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
                      description="Train (or resume) a run. Any config field can be overridden "
                                  "with --config.SECTION.FIELD=VALUE.")
   p.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
+
+  p = sub.add_parser("finetune", help="fine-tune a pretrained run as a classifier",
+                     description="Fine-tune the run in --init on labelled examples "
+                                 "(--config.data.train / --config.data.eval).")
+  p.add_argument("--init", required=True, help="pretrained run directory")
+  p.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it exists)")
 
   p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
   p.add_argument("--workdir", required=True)
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 2
   args = _parser().parse_args(rest)
-  if (preset or overrides) and args.command != "train":
+  if (preset or overrides) and args.command not in ("train", "finetune"):
     print(f"pretrax: error: --config applies to `pretrax train` only; `{args.command}` reads the "
           "config saved in --workdir", file=sys.stderr)
     return 2
@@ -124,9 +132,21 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "train":
       _train(args, preset, overrides)
+    elif args.command == "finetune":
+      from pretrax.training import config as config_lib, finetune
+      if not preset:
+        raise ConfigError("pretrax finetune needs --config=configs/finetune.py:classify")
+      config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
+      finetune.run_finetune(config, args.init, args.workdir)
     elif args.command == "eval":
-      from pretrax.training import evaluate
-      print(json.dumps(evaluate.eval_run(args.workdir, args.split, args.step, args.batches)))
+      from pretrax.training import evaluate, finetune
+      if finetune.is_classifier_run(args.workdir):
+        if args.batches is not None:
+          raise ConfigError("--batches does not apply to a classifier: it is evaluated on the "
+                            "whole eval set")
+        print(json.dumps(finetune.eval_classifier(args.workdir, args.split, args.step)))
+      else:
+        print(json.dumps(evaluate.eval_run(args.workdir, args.split, args.step, args.batches)))
     elif args.command == "score":
       from pretrax.training import evaluate
       with open(args.text, "rb") as f:

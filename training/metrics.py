@@ -82,3 +82,21 @@ class MetricsWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
       f.flush()
+
+
+def truncate_after(path: str, step: int) -> None:
+  """Drops metrics.jsonl records past `step` (written after the checkpoint we resume from), and a
+  last line cut short by a crash."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line).get("step", 0) <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except ValueError:
+        continue  # a line the crash cut short
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)

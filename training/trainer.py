@@ -144,24 +144,6 @@ def evaluate(eval_step, params, eval_data, token_bytes_v, batch_sharding,
 # Training.
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-  """Drops metrics.jsonl records past `step` (written after the checkpoint we resume from), and a
-  last line cut short by a crash."""
-  if not os.path.exists(path):
-    return
-  kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line).get("step", 0) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-      except ValueError:
-        continue  # a line the crash cut short
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
-
-
 class StopRequest:
   """Turns SIGTERM / SIGINT into a request to checkpoint and exit at the end of the current step.
 
@@ -268,7 +250,7 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices)
     start, state = checkpointer.restore_latest(abstract, data_iter)
     if start is not None:
       if writer.enabled:
-        _truncate_metrics(writer.path, start)
+        metrics_lib.truncate_after(writer.path, start)
       print(f"Resumed from {checkpointer.directory}/{start}", flush=True)
     else:
       state = jax.jit(init_state, out_shardings=state_sharding)()

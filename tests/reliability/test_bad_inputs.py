@@ -1,0 +1,75 @@
+"""Promises 6 and 7: bad configs and bad data are clear errors before compute, or documented."""
+
+import os
+
+import pytest
+
+from pretrax.training import cli
+from tests.conftest import REPO
+from tests.reliability.conftest import TINY
+
+
+def _train(tmp_path, *args, source=None, name="run"):
+  corpus = tmp_path / "ok.txt"
+  corpus.write_text("\n\n".join(f"Paragraph {i} of a small but real corpus." for i in range(40)))
+  workdir = tmp_path / name
+  argv = ["train", f"--config={REPO}/configs/gpt.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={tmp_path / 'tfds'}", *TINY, "--config.train.steps=2",
+          f"--config.data.source={source or f'text:{corpus}'}", *args]
+  return cli.main(argv), workdir
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.model.num_layer=2"], "unknown config key 'model.num_layer'; did you mean model.num_layers"),
+    (["--config.train.batch_size=eight"], "--config.train.batch_size='eight': expected an integer"),
+    (["--config.model.num_heads=3"], "config.model.d_model=32 is not divisible by config.model.num_heads=3"),
+    (["--config.data.seq_len=64"], "config.data.seq_len=64 is longer than the position table"),
+    (["--config.model.vocab_size=128"], "config.model.vocab_size=128 is smaller than the tokenizer's vocabulary (263)"),
+    (["--config.mesh.data=3"], "config.mesh: data*fsdp*tensor = 3*1*1 = 3, but there are 8 devices"),
+    (["--config.mesh.tensor=4", "--config.mesh.data=2"], "is not divisible by mesh axes ('tensor',)"),
+])
+def test_bad_config_is_a_clear_error_before_compute(tmp_path, capsys, args, message):
+  code, workdir = _train(tmp_path, *args)
+  err = capsys.readouterr().err
+  assert code == 2 and message in err, err
+  assert "Traceback" not in err
+  assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: f"text:{d}/missing.txt", "missing.txt"),
+    (lambda d: (d / "empty.txt").write_text("") and None or f"text:{d}/empty.txt", "empty.txt: file has no documents"),
+    (lambda d: (d / "emptydir").mkdir() or f"text:{d}/emptydir", "emptydir"),
+    (lambda d: (d / "one.txt").write_text("just one paragraph") and None or f"text:{d}/one.txt", "found 1 document"),
+    (lambda d: (d / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "oops"}\n') and None or f"text:{d}/bad.jsonl", "bad.jsonl:2"),
+])
+def test_bad_corpus_names_the_file(tmp_path, capsys, make, message):
+  source = make(tmp_path)
+  code, _ = _train(tmp_path, source=source)
+  err = capsys.readouterr().err
+  assert code == 2 and message in err, err
+  assert "Traceback" not in err
+
+
+def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, capsys, caplog):
+  corpus = tmp_path / "latin1.txt"
+  corpus.write_bytes(b"\n\n".join(b"caf\xe9 number %d, fa\xe7ade" % i for i in range(30)))
+  code, workdir = _train(tmp_path, source=f"text:{corpus}")
+  assert code == 0
+  logged = caplog.text + capsys.readouterr().err
+  assert "latin1.txt" in logged and "60" in logged  # 2 bad bytes in each of 30 documents
+
+
+def test_one_enormous_document_trains(tmp_path):
+  big = tmp_path / "big.txt"
+  big.write_text("word " * 200_000 + "\n\n" + "a short second document")  # 1 MB, no blank line
+  code, workdir = _train(tmp_path, source=f"text:{big}", name="big")
+  assert code == 0 and (workdir / "checkpoints" / "2").is_dir()
+
+
+def test_a_corpus_smaller_than_one_batch_is_repeated(tmp_path):
+  """Documented: the training stream repeats the corpus (reshuffled) to fill every batch."""
+  small = tmp_path / "small.txt"
+  small.write_text("tiny one\n\ntiny two")  # far fewer tokens than one 8x32 batch
+  code, workdir = _train(tmp_path, source=f"text:{small}", name="small")
+  assert code == 0 and (workdir / "checkpoints" / "2").is_dir()

@@ -1,0 +1,68 @@
+"""Promise 3: a corrupt checkpoint is detected, named, set aside; never a silent fresh start."""
+
+import glob
+import os
+
+import pytest
+
+from tests.reliability.conftest import metrics
+
+STEPS = ["--config.train.steps=6", "--config.checkpoint.every=2", "--config.checkpoint.keep=3"]
+
+
+def _largest_file(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+           if os.path.isfile(f)]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_path, damage):
+  workdir = str(tmp_path / "run")
+  assert runner.run(workdir, *STEPS).returncode == 0
+  victim = _largest_file(os.path.join(workdir, "checkpoints", "6"))
+  data = open(victim, "rb").read()
+  with open(victim, "wb") as f:
+    if damage == "truncate":
+      f.write(data[: len(data) // 2])
+    else:  # same size, a few bytes flipped in the middle
+      mid = len(data) // 2
+      f.write(data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 8]) + data[mid + 8:])
+
+  out = runner.run(workdir, "--config.train.steps=8", "--config.checkpoint.every=2")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "checkpoint of step 6 is corrupt" in out.stdout and os.path.basename(victim) in out.stdout
+  assert "Resumed from" in out.stdout and out.stdout.split("Resumed from")[1].split()[0].endswith("/4")
+  kept = os.listdir(os.path.join(workdir, "checkpoints_corrupt"))
+  assert len(kept) == 1 and kept[0].startswith("6-")  # set aside, not deleted
+  assert max(m["step"] for m in metrics(workdir)) == 8
+
+
+def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(runner, tmp_path):
+  workdir = str(tmp_path / "run")
+  assert runner.run(workdir, *STEPS).returncode == 0
+  for step_dir in glob.glob(os.path.join(workdir, "checkpoints", "*")):
+    victim = _largest_file(step_dir)
+    with open(victim, "r+b") as f:
+      f.truncate(os.path.getsize(victim) // 3)
+  before = metrics(workdir)
+  out = runner.run(workdir, *STEPS)
+  assert out.returncode == 1
+  assert "no usable checkpoint" in out.stderr and "Refusing to start a fresh run" in out.stderr
+  assert metrics(workdir) == before  # nothing was overwritten
+
+
+def test_eval_skips_a_corrupt_latest_checkpoint_with_a_warning(runner, tmp_path):
+  workdir = str(tmp_path / "run")
+  assert runner.run(workdir, *STEPS).returncode == 0
+  victim = _largest_file(os.path.join(workdir, "checkpoints", "6"))
+  with open(victim, "r+b") as f:
+    f.truncate(10)
+  import json
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, "-m", "pretrax.training.cli", "eval",
+                        f"--workdir={workdir}"], env=runner.env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "checkpoint of step 6 is corrupt" in out.stderr
+  assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 4
