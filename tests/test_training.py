@@ -177,3 +177,27 @@ def test_tokenizer_train_cli(tmp_path, capsys):
   assert tok.decode(tok.encode("To be, or not to be")) == "To be, or not to be"
   assert cli.main(["tokenizer", "train", f"--input={tmp_path}/missing.txt",
                    f"--output={tmp_path}/x", "--vocab_size=600"]) == 2
+
+
+def test_chunked_loss_equals_full_logits_loss(tmp_path):
+  """train.loss_chunk_size: same losses and gradient norms without [B, T, V] logits at once."""
+  full = _tiny(tmp_path, **{"train.steps": "3", "train.eval_every": "3", "train.log_every": "1"})
+  chunked = _tiny(tmp_path, **{"train.steps": "3", "train.eval_every": "3", "train.log_every": "1",
+                               "train.loss_chunk_size": "8"})
+  trainer.train(full, str(tmp_path / "full"))
+  trainer.train(chunked, str(tmp_path / "chunked"))
+  for a, b in zip(_metrics(str(tmp_path / "full")), _metrics(str(tmp_path / "chunked"))):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
+  np.testing.assert_allclose(a["eval_loss"], b["eval_loss"], rtol=1e-5)
+
+
+def test_persistent_compilation_cache_is_written(tmp_path):
+  cache = tmp_path / "xla_cache"
+  config = _tiny(tmp_path, **{"train.steps": "2", "train.eval_every": "0",
+                              "train.compile_cache_dir": str(cache)})
+  try:
+    trainer.train(config, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+  assert cache.is_dir() and any(cache.iterdir())  # compiled programs a restart can reuse

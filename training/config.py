@@ -280,6 +280,9 @@ def validate(config: Config) -> None:
   if t.batch_size % t.grad_accum_steps:
     raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
                       f"config.train.grad_accum_steps={t.grad_accum_steps}")
+  if t.loss_chunk_size < 0 or (t.loss_chunk_size and d.seq_len % t.loss_chunk_size):
+    raise ConfigError(f"config.train.loss_chunk_size={t.loss_chunk_size} must be 0 or divide "
+                      f"config.data.seq_len={d.seq_len}")
   if t.nonfinite not in ("skip", "stop") or t.max_nonfinite_skips <= 0:
     raise ConfigError(f"config.train.nonfinite={t.nonfinite!r} must be skip or stop, and "
                       f"config.train.max_nonfinite_skips={t.max_nonfinite_skips} positive")

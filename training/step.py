@@ -51,11 +51,32 @@ def weights(batch, objective: str) -> dict[str, jax.Array]:
   return out
 
 
-def model_sums(model, batch, objective: str, rngs=None) -> dict[str, jax.Array]:
+def chunked_lm_sums(model, hidden_btd: jax.Array, targets_bt: jax.Array, weights_bt: jax.Array,
+                    chunk: int) -> dict[str, jax.Array]:
+  """Causal LM sums computed `chunk` positions at a time: the [B, chunk, V] logits of one chunk
+  exist at once (and are recomputed in the backward pass), never the full [B, T, V]."""
+  b, t, d = hidden_btd.shape
+  n = t // chunk
+  split = lambda x: x.reshape((b, n, chunk) + x.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(args):
+    h_bcd, t_bc, w_bc = args
+    return cross_entropy_sums(model.logits(h_bcd), t_bc, w_bc)
+
+  per_chunk = jax.lax.map(one_chunk, (split(hidden_btd), split(targets_bt), split(weights_bt)))
+  return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_chunk)
+
+
+def model_sums(model, batch, objective: str, rngs=None, loss_chunk: int = 0) -> dict[str, jax.Array]:
   """Forward pass -> {PREFIX + loss_sum / correct_sum / weight_sum} for each loss term."""
   if objective == "causal":
-    logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"], rngs=rngs)
-    return cross_entropy_sums(logits_btv, batch["targets"], batch["loss_weights"])
+    hidden_btd = model.hidden_states(batch["inputs"], batch["segment_ids"], batch["positions"],
+                                     rngs=rngs)
+    if loss_chunk and loss_chunk < hidden_btd.shape[1]:
+      return chunked_lm_sums(model, hidden_btd, batch["targets"], batch["loss_weights"],
+                             loss_chunk)
+    return cross_entropy_sums(model.logits(hidden_btd), batch["targets"], batch["loss_weights"])
   mlm_bpv, nsp_b2 = model(batch["input_ids"], batch["masked_positions"], batch["segment_ids"],
                           batch["positions"], batch["token_type_ids"], rngs=rngs)
   sums = {f"mlm_{k}": v for k, v in cross_entropy_sums(
@@ -78,7 +99,8 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, objective: str, grad_accum_steps: int, seed: int, dropout: bool):
+                    *, objective: str, grad_accum_steps: int, seed: int, dropout: bool,
+                    loss_chunk: int = 0):
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
   With grad_accum_steps = A, the batch is split into A micro-batches whose gradients are added.
@@ -89,7 +111,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   def loss_fn(params, micro_batch, totals, dropout_key):
     model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=dropout_key) if dropout else None
-    sums = model_sums(model, micro_batch, objective, rngs)
+    sums = model_sums(model, micro_batch, objective, rngs, loss_chunk)
     loss = sum(sums[f"{t}loss_sum"] / jnp.maximum(totals[t], 1.0) for t in terms)
     return loss, sums
 
@@ -133,7 +155,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
   return train_step
 
 
-def make_eval_step(graphdef, objective: str):
+def make_eval_step(graphdef, objective: str, loss_chunk: int = 0):
   """Returns `eval_step(params, batch, token_bytes_v) -> sums` to be added over batches.
 
   `token_bytes_v` [V] is how many UTF-8 bytes each token id stands for, so a causal model's bits
@@ -141,7 +163,7 @@ def make_eval_step(graphdef, objective: str):
   """
 
   def eval_step(params, batch, token_bytes_v):
-    sums = model_sums(nnx.merge(graphdef, params), batch, objective)
+    sums = model_sums(nnx.merge(graphdef, params), batch, objective, loss_chunk=loss_chunk)
     if objective == "causal":
       sums["byte_sum"] = jnp.sum(token_bytes_v[batch["targets"]] * batch["loss_weights"])
     return sums

@@ -205,9 +205,18 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None,
     return _train(config, workdir, stop, stop_after, devices)
 
 
+def enable_compile_cache(directory: str) -> None:
+  """Persists compiled programs in `directory` so a restarted run skips recompilation."""
+  directory = directory or os.environ.get("PRETRAX_COMPILE_CACHE", "")
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices) -> dict:
   config, tokenizer = prepare_workdir(config, workdir)
   tc = config.train
+  enable_compile_cache(tc.compile_cache_dir)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = config.mesh.axis_rules
   if tc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
@@ -234,14 +243,16 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices)
   train_step = step_lib.make_train_step(
       graphdef, optimizer, schedule, objective=config.data.objective,
       grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
-      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0)
+      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0,
+      loss_chunk=tc.loss_chunk_size)
   with jax.set_mesh(mesh), sharding.axis_rules(rules):
     abstract = jax.eval_shape(init_state)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, state_sharding)
     p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                            out_shardings=(state_sharding, None), donate_argnums=0)
-    p_eval_step = jax.jit(step_lib.make_eval_step(graphdef, config.data.objective))
+    p_eval_step = jax.jit(step_lib.make_eval_step(graphdef, config.data.objective,
+                                                  tc.loss_chunk_size))
 
     data_iter = iter(batches(config, tokenizer, config.data.train_split,
                              shuffle=config.data.shuffle, repeat=True))
@@ -275,6 +286,8 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices)
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)
     try:
       while step < end:
+        # Dispatch is asynchronous: this batch is read (Grain prefetches in threads) and copied
+        # to the devices while the previous step is still running.
         batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
         state, step_metrics = p_train_step(state, batch)
         step += 1
