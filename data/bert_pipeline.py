@@ -423,13 +423,7 @@ def bert_batches(source, tokenizer, config: DataConfig, *, batch_size: int, seed
     int32 (see the module doc).
   """
   _check_config(config, tokenizer)
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, process_count={process_count}), "
-                     f"got {process_index}")
-  if num_workers < 0:
-    raise ValueError(f"num_workers must be >= 0 (data.num_workers), got {num_workers}")
+  pipeline.check_stream_args(batch_size, process_index, process_count, num_workers)
   if seed < 0:
     raise ValueError(f"seed must be >= 0 (train.seed), got {seed}")
   if len(source) == 0:

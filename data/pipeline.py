@@ -41,6 +41,18 @@ def stack_padded(rows: Sequence[dict[str, np.ndarray]], batch_size: int) -> dict
   return out
 
 
+def check_stream_args(batch_size: int, process_index: int, process_count: int,
+                      num_workers: int) -> None:
+  """Raises ValueError for arguments no pipeline can run with."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, process_count={process_count}), "
+                     f"got {process_index}")
+  if num_workers < 0:
+    raise ValueError(f"num_workers must be >= 0 (data.num_workers), got {num_workers}")
+
+
 def shuffle_seed(seed: int) -> int:
   # Grain's shuffle uses seed + epoch for each epoch; hashing the user seed keeps seed=0 epoch 1
   # from being the same order as seed=1 epoch 0.
@@ -88,13 +100,7 @@ def lm_batches(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, s
   if len(source) == 0:
     raise ValueError(f"no documents in {describe_source(source)}: the data source is empty "
                      "(check data.source and the split)")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, process_count={process_count}), "
-                     f"got {process_index}")
-  if num_workers < 0:
-    raise ValueError(f"num_workers must be >= 0 (data.num_workers), got {num_workers}")
+  check_stream_args(batch_size, process_index, process_count, num_workers)
 
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) == 0:

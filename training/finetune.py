@@ -285,21 +285,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
     totals = {"cls_": jnp.sum(_example_weights(batch))}
     if "lm_" in terms:
       totals["lm_"] = jnp.sum(batch["segment_ids"][:, 1:] > 0).astype(jnp.float32)
-    if grad_accum_steps == 1:
-      grads, sums = grad_fn(state["params"], batch, totals, step_key)
-    else:
-      micro = jax.tree.map(
-          lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
-          batch)
-
-      def accumulate(carry, index_and_batch):
-        index, micro_batch = index_and_batch
-        g, s = grad_fn(state["params"], micro_batch, totals, jax.random.fold_in(step_key, index))
-        return jax.tree.map(jnp.add, carry, (g, s)), None
-
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          grad_fn, state["params"], jax.tree.map(lambda x: x[0], micro), totals, step_key))
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+    grads, sums = step_lib.accumulate_gradients(grad_fn, state["params"], batch, totals,
+                                                step_key, grad_accum_steps)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"grad_norm": optax.tree.norm(grads), "lr": schedule(step)}

@@ -98,6 +98,25 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def accumulate_gradients(grad_fn, params, batch, totals, step_key, grad_accum_steps: int):
+  """(grads, sums) of `grad_fn(params, micro_batch, totals, key)` added over `grad_accum_steps`
+  micro-batches of `batch` (each with its own dropout key); one call when it is 1."""
+  if grad_accum_steps == 1:
+    return grad_fn(params, batch, totals, step_key)
+  micro = jax.tree.map(
+      lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]), batch)
+
+  def accumulate(carry, index_and_batch):
+    index, micro_batch = index_and_batch
+    g, s = grad_fn(params, micro_batch, totals, jax.random.fold_in(step_key, index))
+    return jax.tree.map(jnp.add, carry, (g, s)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      grad_fn, params, jax.tree.map(lambda x: x[0], micro), totals, step_key))
+  (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+  return grads, sums
+
+
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     *, objective: str, grad_accum_steps: int, seed: int, dropout: bool,
                     loss_chunk: int = 0):
@@ -121,21 +140,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, schedule:
     step = state["step"]
     step_key = jax.random.fold_in(jax.random.key(seed), step)
     totals = weights(batch, objective)
-    if grad_accum_steps == 1:
-      grads, sums = grad_fn(state["params"], batch, totals, step_key)
-    else:
-      micro = jax.tree.map(
-          lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
-          batch)
-
-      def accumulate(carry, index_and_batch):
-        index, micro_batch = index_and_batch
-        g, s = grad_fn(state["params"], micro_batch, totals, jax.random.fold_in(step_key, index))
-        return jax.tree.map(jnp.add, carry, (g, s)), None
-
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          grad_fn, state["params"], jax.tree.map(lambda x: x[0], micro), totals, step_key))
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+    grads, sums = accumulate_gradients(grad_fn, state["params"], batch, totals, step_key,
+                                       grad_accum_steps)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = term_metrics(sums, objective)
