@@ -2,6 +2,18 @@
 
 What differs between the two lives in the config (causality, token types, embedding norm, norm
 placement, activation) and in the heads their subclasses add.
+
+How the blocks run is decided here and nowhere else (`Transformer.run_blocks`):
+  config.remat        none: keep every activation for the backward pass | full: keep only each
+                      block's input and recompute the rest | dots: also keep the outputs of the
+                      weight matmuls (q/k/v/o, MLP in/out) and recompute the attention scores and
+                      elementwise ops (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+  config.scan_layers  one `lax.scan` over the layers instead of an unrolled Python loop: one
+                      compiled block. The parameter layout stays `blocks[i]...` (checkpoints, HF
+                      export and sharding rules are unchanged); the per-layer weights are stacked
+                      into [L, ...] at call time, which costs one extra copy of the block weights.
+Every combination computes the same function; dropout draws layer i's masks from
+fold_in(key, i) in all of them, so they also agree with dropout on.
 """
 
 import jax
@@ -13,6 +25,12 @@ from pretrax.modeling.attention import attention_mask
 from pretrax.modeling.blocks import TransformerBlock
 from pretrax.modeling.config import ModelConfig
 from pretrax.modeling.layers import Norm, compute_dtype
+
+# config.remat -> what the backward pass keeps from the forward pass of a block.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Transformer(nnx.Module):
@@ -68,10 +86,50 @@ class Transformer(nnx.Module):
     x_btd = self.embed_dropout(x_btd, deterministic=rngs is None, rngs=rngs)
     x_btd = sharding.constrain(x_btd, ("batch", "length", "embed"))
     mask_b1ts = attention_mask(segment_ids_bt, causal=cfg.causal)
-    for block in self.blocks:
-      x_btd = block(x_btd, mask_b1ts, positions_bt, rngs)
+    x_btd = self.run_blocks(x_btd, mask_b1ts, positions_bt, rngs)
     if cfg.norm_position == "pre":
       x_btd = self.final_norm(x_btd)
+    return x_btd
+
+  def run_blocks(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+    """[B, T, D] -> [B, T, D] through every block, with config.remat and config.scan_layers."""
+    cfg = self.config
+    layers_key = None if rngs is None else rngs.dropout()  # layer i draws from fold_in(key, i)
+    graphdef, state = nnx.split(self.blocks[0])
+    treedef = jax.tree.structure(state)
+
+    def layer(leaves, x_btd, index):
+      block = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+      layer_rngs = (None if layers_key is None
+                    else nnx.Rngs(dropout=jax.random.fold_in(layers_key, index)))
+      return block(x_btd, mask_b1ts, positions_bt, layer_rngs)
+
+    if cfg.remat != "none":
+      # Inside a scan, CSE cannot merge the recomputation into the forward pass anyway.
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat],
+                             prevent_cse=not cfg.scan_layers)
+    per_layer = []
+    for block in self.blocks:
+      variables = jax.tree.leaves(nnx.state(block), is_leaf=lambda x: isinstance(x, nnx.Variable))
+      if jax.tree.structure(nnx.state(block)) != treedef:
+        raise ValueError("the transformer blocks differ in structure; they must be identical")
+      per_layer.append([v.get_value() for v in variables])
+    if not cfg.scan_layers:
+      for index, leaves in enumerate(per_layer):
+        x_btd = layer(leaves, x_btd, jnp.int32(index))
+      return x_btd
+    # [L, ...] weights, each sharded like its per-layer parameter (replicated along L): without
+    # the constraint the compiler may gather a stacked FSDP weight in full.
+    names = [v.get_metadata().get("out_sharding") or (None,) * len(v.shape) for v in variables]
+    stacked = [sharding.constrain(jnp.stack(ws), (None, *n))
+               for ws, n in zip(zip(*per_layer), names)]
+
+    def body(x_btd, leaves_and_index):
+      leaves, index = leaves_and_index
+      return layer(leaves, x_btd, index), None
+
+    x_btd, _ = jax.lax.scan(body, x_btd, (stacked, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
     return x_btd
 
   def tied_logits(self, hidden_xd: jax.Array) -> jax.Array:

@@ -29,7 +29,7 @@ from flax import nnx
 from pretrax.data import tokenizers
 from pretrax.modeling.config import ModelConfig
 from pretrax.modeling import models
-from pretrax.training import config as config_lib
+from pretrax.training import config as config_lib, distributed
 from pretrax.training.config import CheckpointConfig, Config
 
 
@@ -151,6 +151,9 @@ class Checkpointer:
     for step in steps:
       problem = verify_manifest(self.step_dir(step))
       if problem is None:
+        if data_iterator is not None:  # a usage error, not corruption: nothing is moved
+          data_dir = os.path.join(self.step_dir(step), "data")
+          distributed.check_data_process_count(data_dir)
         try:
           return step, self.restore(step, abstract_state, data_iterator)
         except Exception as e:  # anything the reader trips over: this checkpoint is unusable

@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
                      description="Train (or resume) a run. Any config field can be overridden "
                                  "with --config.SECTION.FIELD=VALUE.")
   p.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
+  p.add_argument("--print_sharding", action="store_true",
+                 help="print each parameter's mesh placement and per-device memory, then exit")
+  p.add_argument("--restart_data", action="store_true",
+                 help="restore model and optimizer state but start the data stream over (to "
+                      "resume with a different number of processes)")
+  p.add_argument("--coordinator_address", default=None,
+                 help="multi-process: HOST:PORT of process 0 (the same on all), or 'auto' to let "
+                      "JAX detect it (Cloud TPU pods); not needed on SLURM, mpirun or GKE TPU")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
 
   p = sub.add_parser("finetune", help="fine-tune a pretrained run as a classifier",
                      description="Fine-tune the run in --init on labelled examples "
@@ -117,7 +127,8 @@ def _train(args, preset, overrides) -> None:
   else:
     raise config_lib.ConfigError("pretrax train needs --config=PATH[:VARIANT], e.g. "
                                  "--config=configs/gpt.py:tiny (or a --workdir holding a run)")
-  trainer.train(config_lib.apply_overrides(base, overrides), args.workdir)
+  trainer.train(config_lib.apply_overrides(base, overrides), args.workdir,
+                print_sharding=args.print_sharding, restart_data=args.restart_data)
 
 
 def _tokenizer_train(args) -> None:
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
   _quiet_logs()
   try:
     if args.command == "train":
+      from pretrax.training import distributed
+      distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
       _train(args, preset, overrides)
     elif args.command == "finetune":
       from pretrax.training import config as config_lib, finetune

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -19,7 +20,7 @@ from flax import nnx
 from pretrax.data import bert_pipeline, pipeline, sources, tokenizers
 from pretrax.modeling import sharding
 from pretrax.training import checkpointing, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
-from pretrax.training import optimizer as optimizer_lib, step as step_lib
+from pretrax.training import optimizer as optimizer_lib, sharding_report, step as step_lib
 from pretrax.training.config import Config, ConfigError
 
 log = logging.getLogger("pretrax")
@@ -36,6 +37,10 @@ def _prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
   if any(os.path.exists(os.path.join(workdir, f)) for f in ("tokenizer.model", "tokenizer.json")):
     return tokenizers.load_from_directory(workdir)
   spec = config.data.tokenizer
+  if spec == "train" and jax.process_index() != 0:  # process 0 trains it; the others load it
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("pretrax tokenizer trained")
+    return tokenizers.load_from_directory(workdir)
   if spec == "train":
     print(f"Training a {config.data.tokenizer_model_type} SentencePiece tokenizer "
           f"(vocab {config.data.tokenizer_vocab_size}) on {config.data.source} ...", flush=True)
@@ -44,9 +49,11 @@ def _prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
     tokenizer = tokenizers.train_sentencepiece(
         texts, os.path.join(workdir, "tokenizer"), vocab_size=config.data.tokenizer_vocab_size,
         model_type=config.data.tokenizer_model_type)
-    for suffix in (".vocab",):
-      if os.path.exists(os.path.join(workdir, "tokenizer" + suffix)):
-        os.remove(os.path.join(workdir, "tokenizer" + suffix))
+    if os.path.exists(os.path.join(workdir, "tokenizer.vocab")):
+      os.remove(os.path.join(workdir, "tokenizer.vocab"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("pretrax tokenizer trained")
     return tokenizer
   tokenizer = tokenizers.load_tokenizer(spec)
   tokenizer.save(workdir)
@@ -183,7 +190,7 @@ class StopRequest:
 def _check_writable(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -191,18 +198,21 @@ def _check_writable(workdir: str) -> None:
     raise ConfigError(f"--workdir={workdir} cannot be written: {e.strerror or e}") from None
 
 
-def train(config: Config, workdir: str, *, stop_after: int | None = None,
-          devices=None) -> dict:
+def train(config: Config, workdir: str, *, stop_after: int | None = None, devices=None,
+          print_sharding: bool = False, restart_data: bool = False) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
 
   `stop_after` ends this invocation after that step (saving a checkpoint) as if the process had
   been stopped there; the schedule still spans config.train.steps, so a later call resumes the
   very same run. `devices` (default: all) are the devices the mesh is built from.
+  `print_sharding` prints every parameter's placement and the per-device memory, then returns.
+  `restart_data` restores model and optimizer state but starts the data stream over (needed to
+  resume with a different number of processes).
   """
   config_lib.validate(config)
   _check_writable(workdir)
   with checkpointing.WorkdirLock(workdir), StopRequest() as stop:
-    return _train(config, workdir, stop, stop_after, devices)
+    return _train(config, workdir, stop, stop_after, devices, print_sharding, restart_data)
 
 
 def enable_compile_cache(directory: str) -> None:
@@ -213,7 +223,8 @@ def enable_compile_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices) -> dict:
+def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices, print_sharding,
+           restart_data) -> dict:
   config, tokenizer = prepare_workdir(config, workdir)
   tc = config.train
   enable_compile_cache(tc.compile_cache_dir)
@@ -235,6 +246,12 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices)
                  "nonfinite_streak": scalar, "nonfinite_steps": scalar}
   state_sharding = mesh_lib.named(mesh, state_specs)
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  if print_sharding:
+    if jax.process_index() == 0:
+      print(sharding_report.describe_sharding(
+          abstract_state, params_specs, mesh, jax.eval_shape(optimizer.init, abstract_params),
+          state_specs["opt_state"]), flush=True)
+    return {}
 
   def init_state():
     params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
@@ -258,7 +275,7 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices)
                              shuffle=config.data.shuffle, repeat=True))
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
-    start, state = checkpointer.restore_latest(abstract, data_iter)
+    start, state = checkpointer.restore_latest(abstract, None if restart_data else data_iter)
     if start is not None:
       if writer.enabled:
         metrics_lib.truncate_after(writer.path, start)
