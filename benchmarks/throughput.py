@@ -1,0 +1,563 @@
+"""Training-step throughput of presets, optionally against the same model in PyTorch, and the rate
+of the input pipeline that would feed them.
+
+  python benchmarks/throughput.py --preset=configs/gpt.py:tiny --preset=configs/gpt.py:small \
+      [--steps=20 --warmup=3 --batch=B --seq=T] [--reference=torch] [--smoke] \
+      [--text=PATH] [-- --config.model.attention_impl=dot_product ...]
+
+For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise):
+  pretrax   the trainer's model, optimizer and jitted, donated train step on random token
+            batches (not the data pipeline); the first step (compile + run) is timed on its own,
+            then --warmup steps, then --steps timed steps.
+  torch     (--reference=torch) the same shapes as transformers.GPT2LMHeadModel (BERT:
+            BertForPreTraining), float32, torch.optim.AdamW with the same lr/betas/eps/weight
+            decay (matrices only) and gradient clipping; eager, timed the same way, with
+            --torch_threads CPU threads (default: all cores, like XLA's CPU thread pool).
+  pipeline  the trainer's training batches (data.pipeline.lm_batches for GPT,
+            data.bert_pipeline.bert_batches for BERT) of a real corpus with the byte tokenizer
+            (--text, default ../shared/data/tinyshakespeare.txt, else the built-in default
+            corpus); a "step" is one batch of the preset's shape.
+Columns:
+  first s     seconds of the first step: compilation (pretrax) or lazy initialisation (torch)
+  ms med/min/max  milliseconds per step over the timed steps
+  tokens/s    batch x seq / median step time (pipeline: / mean time per batch, as its batches
+              are uneven: most slice already tokenized rows, a few read and tokenize documents)
+  MFU         tokens/s x FLOPs per token / peak FLOP/s of the device (GPT: 6N + 12·L·d·T;
+              the footer prints each preset's formula and where the peak came from)
+  peak MiB    the device's peak_bytes_in_use when it reports one, else this process's peak RSS
+  x           pretrax row: pretrax tokens/s ÷ torch tokens/s; pipeline row: pipeline tokens/s ÷
+              pretrax train tokens/s (its margin over the training step)
+
+--smoke runs a few steps of the tiny preset on a tiny batch (seconds; for CI).
+On a shared machine the numbers are only as good as its load: the header prints the load average.
+"""
+
+import argparse
+import dataclasses
+import gc
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TEXT = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
+SMOKE = {"presets": ["configs/gpt.py:tiny"], "batch": 4, "seq": 32, "steps": 3, "warmup": 1}
+COLUMNS = ("row", "batch", "params", "first s", "ms med", "ms min", "ms max", "tokens/s", "MFU",
+           "peak MiB", "x")
+
+
+@dataclasses.dataclass
+class Timing:
+  """Wall-clock seconds of the first call, then of each timed call (after warmup)."""
+  first_s: float
+  step_s: list[float]
+  uneven: bool = False  # calls do unequal work (pipeline batches), so rates use the mean
+
+  @property
+  def median_s(self) -> float:
+    return statistics.median(self.step_s)
+
+  @property
+  def per_step_s(self) -> float:
+    """Seconds per step behind tokens/s: the median, robust to a preempted step; for uneven
+    steps the mean (total time / steps), as a median would ignore the expensive ones."""
+    return statistics.fmean(self.step_s) if self.uneven else self.median_s
+
+
+def time_steps(run_step: Callable[[], None], *, steps: int, warmup: int) -> Timing:
+  """Times `run_step` (which must return only once its work is done): 1 + warmup + steps calls."""
+  start = time.perf_counter()
+  run_step()
+  first_s = time.perf_counter() - start
+  for _ in range(warmup):
+    run_step()
+  step_s = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run_step()
+    step_s.append(time.perf_counter() - start)
+  return Timing(first_s, step_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory and peak FLOP/s.
+
+
+class PeakMemory:
+  """Peak memory of one measurement, and where the figure comes from.
+
+  The device's `memory_stats()["peak_bytes_in_use"]` when it has one (GPU/TPU; a high-water mark
+  since the process started, it cannot be reset). Otherwise (CPU) this process's peak resident
+  set size from `resource.getrusage`, reset before each row through /proc/self/clear_refs where
+  Linux allows it.
+  """
+
+  def __init__(self):
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    self.device = "peak_bytes_in_use" in stats
+    self.resettable = False
+    if not self.device:
+      try:
+        with open("/proc/self/clear_refs", "w") as f:
+          f.write("5")
+        self.resettable = True
+      except OSError:
+        pass
+
+  @property
+  def source(self) -> str:
+    if self.device:
+      return "device memory_stats()['peak_bytes_in_use'] (high-water mark since process start)"
+    if self.resettable:
+      return "process peak RSS (resource.getrusage ru_maxrss, reset before each row)"
+    return "process peak RSS (resource.getrusage ru_maxrss, high-water mark since process start)"
+
+  def reset(self) -> None:
+    gc.collect()
+    if self.resettable:
+      with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+  def peak_bytes(self) -> int:
+    if self.device:
+      import jax
+      return int(jax.devices()[0].memory_stats()["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def peak_flops(override: float) -> tuple[float, str]:
+  """(peak FLOP/s of one device, where it came from), as training/metrics.device_peak_flops."""
+  import jax
+  from pretrax.training import metrics
+  kind = jax.devices()[0].device_kind
+  flops = metrics.device_peak_flops(override)
+  if override > 0:
+    return flops, "config.train.peak_flops"
+  if any(name.lower() in kind.lower() for name in metrics.PEAK_FLOPS):
+    return flops, f"table (training/metrics.PEAK_FLOPS, dense bf16, {kind})"
+  return flops, f"measured: best 1024x1024 float32 matmul on {kind} (no table entry)"
+
+
+# --------------------------------------------------------------------------------------------
+# pretrax: state and jitted step as training/trainer.train builds them.
+
+
+def build_train_step(config, mesh):
+  """(state, jitted train step, batch sharding) as training/trainer.train sets them up.
+
+  A local copy of the trainer's setup block until the trainer exposes it as a function. Call the
+  step inside `jax.set_mesh(mesh)` and `sharding.axis_rules(config.mesh.axis_rules)`.
+  """
+  import jax
+  from flax import nnx
+  from pretrax.modeling import sharding
+  from pretrax.training import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib
+  from pretrax.training import step as step_lib
+
+  tc, rules = config.train, config.mesh.axis_rules
+  graphdef, abstract_state = checkpointing.abstract_model(config.model)
+  abstract_params = nnx.to_pure_dict(abstract_state)
+  optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
+  params_specs = mesh_lib.param_specs(abstract_state, rules, mesh)
+
+  def init_state():
+    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
+    return step_lib.initial_state(params, optimizer)
+
+  # Parameters and optimizer moments sharded like the parameters; the counters replicated.
+  with jax.set_mesh(mesh), sharding.axis_rules(rules):
+    counters = [k for k in jax.eval_shape(init_state) if k not in ("params", "opt_state")]
+  state_specs = {k: jax.sharding.PartitionSpec() for k in counters} | {
+      "params": params_specs,
+      "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs)}
+  state_sharding = mesh_lib.named(mesh, state_specs)
+
+  train_step = step_lib.make_train_step(
+      graphdef, optimizer, schedule, objective=config.data.objective,
+      grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
+      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  with jax.set_mesh(mesh), sharding.axis_rules(rules):
+    p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                           out_shardings=(state_sharding, None), donate_argnums=0)
+    state = jax.jit(init_state, out_shardings=state_sharding)()
+  return state, p_train_step, batch_sharding
+
+
+def gpt_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> dict:
+  """Random causal-LM batch, keys and dtypes of data.pipeline.lm_batches: one document a row."""
+  import numpy as np
+  b, t = batch_size, seq_len
+  ids = rng.integers(0, token_vocab, size=(b, t + 1), dtype=np.int32)
+  return {"inputs": ids[:, :-1], "targets": ids[:, 1:],
+          "loss_weights": np.ones((b, t), np.float32),
+          "segment_ids": np.ones((b, t), np.int32),
+          "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()}
+
+
+def bert_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> dict:
+  """Random masked-LM batch, keys and dtypes of data.bert_pipeline.bert_batches: one sentence
+  pair a row (types 0 then 1), max_predictions_per_seq distinct masked positions."""
+  import numpy as np
+  b, t, p = batch_size, seq_len, config.data.max_predictions_per_seq
+  positions_bp = np.sort(rng.permuted(np.tile(np.arange(1, t, dtype=np.int32), (b, 1)),
+                                      axis=1)[:, :p], axis=1)
+  return {"input_ids": rng.integers(0, token_vocab, size=(b, t), dtype=np.int32),
+          "segment_ids": np.ones((b, t), np.int32),
+          "token_type_ids": np.broadcast_to((np.arange(t) >= t // 2).astype(np.int32),
+                                            (b, t)).copy(),
+          "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+          "masked_positions": positions_bp,
+          "masked_ids": rng.integers(0, token_vocab, size=(b, p), dtype=np.int32),
+          "masked_weights": np.ones((b, p), np.float32),
+          "nsp_label": rng.integers(0, 2, size=(b,), dtype=np.int32)}
+
+
+# Per model family: a synthetic batch, the PyTorch reference and the FLOPs formula it is timed
+# against. A new family is one entry in each.
+SYNTHETIC_BATCHES = {"gpt": gpt_batch, "bert": bert_batch}
+FLOPS_FORMULAS = {"gpt": "6N + 12·L·d·T",
+                  "bert": "6(N − H) + 12·L·d·T + 6·H·P/T, H = d² + V·d (the MLM head)"}
+
+
+def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
+  """(Timing, parameter count, FLOPs per token, peak bytes) of the jitted train step.
+
+  The count includes the position table (as torch's does); the FLOPs use N without it.
+  """
+  import jax
+  import numpy as np
+  from flax import nnx
+  from pretrax.modeling import sharding
+  from pretrax.training import checkpointing, mesh as mesh_lib, metrics
+
+  family = config.model.family
+  if family not in SYNTHETIC_BATCHES:
+    raise SystemExit(f"benchmarks/throughput.py has no synthetic batch for config.model.family="
+                     f"{family!r}; add a function to SYNTHETIC_BATCHES")
+  memory.reset()
+  mesh = mesh_lib.make_mesh(config.mesh)
+  abstract_params = nnx.to_pure_dict(checkpointing.abstract_model(config.model)[1])
+  n_params = metrics.num_params(abstract_params, exclude_positions=False)
+  flops_token = metrics.flops_per_token(config.model, metrics.num_params(abstract_params),
+                                        config.data.seq_len, config.data)
+  rng = np.random.default_rng(0)
+  b, t = config.train.batch_size, config.data.seq_len
+  state, p_train_step, batch_sharding = build_train_step(config, mesh)
+  with jax.set_mesh(mesh), sharding.axis_rules(config.mesh.axis_rules):
+    batches = [mesh_lib.global_batch(SYNTHETIC_BATCHES[family](config, rng, b, t, token_vocab),
+                                     batch_sharding) for _ in range(2)]
+    box = {"state": state, "i": 0}
+
+    def run_step():
+      batch = batches[box["i"] % len(batches)]
+      box["state"], step_metrics = p_train_step(box["state"], batch)
+      box["i"] += 1
+      jax.block_until_ready((box["state"], step_metrics))
+      if box["i"] == 1 and not np.isfinite(float(step_metrics["loss"])):
+        raise FloatingPointError(f"non-finite loss {float(step_metrics['loss'])} at step 1")
+
+    timing = time_steps(run_step, steps=args.steps, warmup=args.warmup)
+    peak = memory.peak_bytes()
+    del box, batches
+  return timing, n_params, flops_token, peak
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch reference.
+
+
+def _require_layout(m, expected: dict, model_name: str) -> None:
+  for name, value in expected.items():
+    if getattr(m, name) != value:
+      raise SystemExit(f"--reference=torch builds transformers.{model_name}, which has "
+                       f"config.model.{name}={value!r}; this preset has {getattr(m, name)!r}. "
+                       "Drop --reference or the override.")
+
+
+def torch_gpt2(config, tokenizer):
+  """(GPT2LMHeadModel with the preset's shapes: tied head, gelu_new; loss(batch))."""
+  import torch.nn.functional as F
+  import transformers
+  m = config.model
+  _require_layout(m, {"norm": "layernorm", "norm_position": "pre", "activation": "gelu_tanh",
+                      "position": "learned", "use_bias": True, "head_dim": 0,
+                      "type_vocab_size": 0, "embed_norm": False}, "GPT2LMHeadModel")
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      n_layer=m.num_layers, n_head=m.num_heads, n_embd=m.d_model, n_inner=m.mlp_dim,
+      n_positions=m.max_seq_len, vocab_size=m.vocab_size, activation_function="gelu_new",
+      resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.attention_dropout,
+      layer_norm_epsilon=m.norm_eps, bos_token_id=tokenizer.bos_id,
+      eos_token_id=tokenizer.eos_id))
+
+  def loss_fn(batch):
+    logits_btv = model(input_ids=batch["inputs"]).logits
+    return F.cross_entropy(logits_btv.flatten(0, 1), batch["targets"].flatten())
+
+  return model, loss_fn
+
+
+def torch_bert(config, tokenizer):
+  """(BertForPreTraining with the preset's shapes; MLM + NSP loss(batch)).
+
+  Like pretrax's BERT, the MLM head runs only at the P masked positions (BertForPreTraining's
+  own forward would project all T positions onto the vocabulary).
+  """
+  import torch
+  import torch.nn.functional as F
+  import transformers
+  m = config.model
+  _require_layout(m, {"norm": "layernorm", "norm_position": "post", "activation": "gelu",
+                      "position": "learned", "use_bias": True, "head_dim": 0,
+                      "embed_norm": True}, "BertForPreTraining")
+  model = transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=m.vocab_size, hidden_size=m.d_model, num_hidden_layers=m.num_layers,
+      num_attention_heads=m.num_heads, intermediate_size=m.mlp_dim, hidden_act="gelu",
+      max_position_embeddings=m.max_seq_len, type_vocab_size=m.type_vocab_size,
+      layer_norm_eps=m.norm_eps, hidden_dropout_prob=m.dropout,
+      attention_probs_dropout_prob=m.attention_dropout, pad_token_id=tokenizer.pad_id))
+  nsp = config.data.objective != "mlm"
+
+  def loss_fn(batch):
+    hidden_btd, pooled_bd = model.bert(input_ids=batch["input_ids"],
+                                       attention_mask=batch["segment_ids"] > 0,
+                                       token_type_ids=batch["token_type_ids"])[:2]
+    index_bpd = batch["masked_positions"][..., None].expand(-1, -1, hidden_btd.shape[-1])
+    logits_bpv = model.cls.predictions(torch.gather(hidden_btd, 1, index_bpd))
+    loss = F.cross_entropy(logits_bpv.flatten(0, 1), batch["masked_ids"].flatten())
+    if nsp:
+      loss = loss + F.cross_entropy(model.cls.seq_relationship(pooled_bd), batch["nsp_label"])
+    return loss
+
+  return model, loss_fn
+
+
+TORCH_REFERENCES = {"gpt": torch_gpt2, "bert": torch_bert}
+
+
+def run_torch(config, args, tokenizer, token_vocab: int, memory: PeakMemory):
+  """(Timing, total parameter count, peak bytes, attention implementation) of an eager step."""
+  try:
+    import torch
+  except ImportError as e:
+    raise SystemExit(f"--reference=torch needs PyTorch and transformers ({e}); install the "
+                     "test extra: pip install -e .[test] torch transformers") from None
+  import numpy as np
+  import jax
+
+  family = config.model.family
+  if family not in TORCH_REFERENCES:
+    raise SystemExit(f"--reference=torch: no PyTorch reference for config.model.family="
+                     f"{family!r}; add one to TORCH_REFERENCES in benchmarks/throughput.py")
+  device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+  torch.set_num_threads(args.torch_threads or os.cpu_count())
+  torch.manual_seed(0)
+  memory.reset()
+  if device == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+  model, loss_fn = TORCH_REFERENCES[family](config, tokenizer)
+  model = model.to(device=device, dtype=torch.float32).train()
+  o = config.optimizer
+  decay = [p for p in model.parameters() if p.ndim >= 2]  # as optimizer.decay_mask: matrices only
+  no_decay = [p for p in model.parameters() if p.ndim < 2]
+  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+  rng = np.random.default_rng(0)
+  b, t = config.train.batch_size, config.data.seq_len
+
+  def to_torch(x):  # integer ids -> int64, as torch's embeddings and losses want
+    x = torch.from_numpy(np.ascontiguousarray(x))
+    return (x.long() if not x.is_floating_point() else x).to(device)
+
+  batches = [{k: to_torch(v)
+              for k, v in SYNTHETIC_BATCHES[family](config, rng, b, t, token_vocab).items()}
+             for _ in range(2)]
+  box = {"i": 0}
+
+  def run_step():
+    loss = loss_fn(batches[box["i"] % len(batches)])
+    loss.backward()
+    if o.grad_clip > 0:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    box["i"] += 1
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  timing = time_steps(run_step, steps=args.steps, warmup=args.warmup)
+  if device == "cuda":
+    peak = torch.cuda.max_memory_allocated()
+  else:
+    peak = memory.peak_bytes()
+  n_params = sum(p.numel() for p in model.parameters())
+  attn = getattr(model.config, "_attn_implementation", "?")
+  del model, optimizer, batches
+  return timing, n_params, peak, f"{device}, {torch.get_num_threads()} threads, attention {attn}"
+
+
+# --------------------------------------------------------------------------------------------
+# Input pipeline.
+
+
+def corpus_source(text: str | None) -> tuple[str, str]:
+  """(config.data.source, description): `text` as a local corpus if the file exists, else the
+  built-in default corpus."""
+  if text and os.path.isfile(text):
+    path = os.path.abspath(text)
+    return f"text:{path}", f"text:{path}"
+  return "default", "default (the embedded Python docs corpus)"
+
+
+def run_pipeline(config, tokenizer, source: str, args) -> Timing:
+  """Times `next()` on the trainer's training batches (lm_batches for GPT, bert_batches for BERT)
+  of `source`, with the preset's batch, seq_len, objective and num_workers."""
+  from pretrax.training import config as config_lib, trainer
+  config = config_lib.apply_overrides(config, {"data.source": source})
+  iterator = iter(trainer.batches(config, tokenizer, config.data.train_split, shuffle=True,
+                                  repeat=True))
+  # Most batches only slice already tokenized rows; a few read and tokenize documents.
+  timing = time_steps(lambda: next(iterator), steps=args.pipeline_steps, warmup=args.warmup)
+  return dataclasses.replace(timing, uneven=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Main.
+
+
+def _parse_args(argv: list[str]):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", action="append", dest="presets",
+                      help="PATH[:VARIANT] (repeatable); default configs/gpt.py:tiny")
+  parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20)")
+  parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (3)")
+  parser.add_argument("--batch", type=int, default=None, help="default: the preset's batch_size")
+  parser.add_argument("--seq", type=int, default=None, help="default: the preset's seq_len")
+  parser.add_argument("--reference", choices=("none", "torch"), default="none")
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="torch.set_num_threads for the reference (default 0: os.cpu_count())")
+  parser.add_argument("--text", default=DEFAULT_TEXT,
+                      help="corpus for the pipeline row (default: tinyshakespeare if present, "
+                           "else the built-in default corpus)")
+  parser.add_argument("--pipeline_steps", type=int, default=None,
+                      help="timed pipeline batches (default: 100, or --steps if more; smoke 10)")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny preset, batch 4 x 32, 3 steps: seconds, for CI")
+  split = argv.index("--") if "--" in argv else len(argv)
+  own, overrides = argv[:split], argv[split + 1:]
+  args = parser.parse_args(own)
+  defaults = SMOKE if args.smoke else {"presets": ["configs/gpt.py:tiny"], "steps": 20,
+                                       "warmup": 3}
+  for name, value in defaults.items():
+    if getattr(args, name) is None:
+      setattr(args, name, value)
+  # Pipeline batches take milliseconds: time many, so the rare expensive ones are represented.
+  args.pipeline_steps = args.pipeline_steps or max(args.steps, 10 if args.smoke else 100)
+  if args.steps < 1 or args.warmup < 0:
+    parser.error("--steps must be >= 1 and --warmup >= 0")
+  return parser, args, overrides
+
+
+def load_config(preset: str, args, overrides: dict[str, str], tokenizer):
+  from pretrax.training import config as config_lib, trainer
+  path = preset if os.path.isabs(preset) or os.path.exists(preset.partition(":")[0]) else (
+      os.path.join(REPO, preset))
+  config = config_lib.load_preset(path)
+  sizes = {}
+  if args.batch:
+    sizes["train.batch_size"] = str(args.batch)
+  if args.seq:
+    sizes["data.seq_len"] = str(args.seq)
+  config = config_lib.apply_overrides(config, sizes | overrides)
+  config_lib.validate(config)
+  return trainer.resolve_vocab(config, tokenizer)
+
+
+def _format_row(name, batch, params, timing: Timing, tokens_per_step, mfu, peak_bytes, x):
+  def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+  return (name, batch, fmt(params, ","), f"{timing.first_s:.2f}", f"{1e3 * timing.median_s:.1f}",
+          f"{1e3 * min(timing.step_s):.1f}", f"{1e3 * max(timing.step_s):.1f}",
+          f"{tokens_per_step / timing.per_step_s:,.0f}", fmt(mfu, ".2%"),
+          fmt(None if peak_bytes is None else peak_bytes / 2**20, ",.0f"), fmt(x, ".2f"))
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser, args, override_args = _parse_args(sys.argv[1:] if argv is None else argv)
+  load_at_start = os.getloadavg()[0]
+  from pretrax.training import cli, config as config_lib
+  cli._quiet_logs()
+  from pretrax.data import tokenizers
+  import jax
+
+  _, overrides, rest = config_lib.split_overrides(override_args)
+  if rest:
+    parser.error(f"unrecognized arguments after --: {rest} (expected --config.SECTION.FIELD=V)")
+  tokenizer = tokenizers.load_tokenizer("byte")
+  configs = [(p, load_config(p, args, overrides, tokenizer)) for p in args.presets]
+  memory = PeakMemory()
+  source, source_name = corpus_source(args.text)
+  peak, peak_source = peak_flops(configs[0][1].train.peak_flops)
+
+  rows, notes = [], []
+  for preset, config in configs:
+    name = preset.rpartition("/")[2]
+    b, t = config.train.batch_size, config.data.seq_len
+    tokens_per_step = b * t
+    timing, n_params, flops_token, peak_bytes = run_pretrax(config, args, tokenizer.vocab_size,
+                                                            memory)
+    tok_s = tokens_per_step / timing.per_step_s
+    pretrax_row = [name + " pretrax", f"{b}x{t}", n_params, timing, tokens_per_step,
+                   tok_s * flops_token / peak, peak_bytes, None]
+    rows.append(pretrax_row)
+    m = config.model
+    notes.append(f"{name}: {config.model.family}, L={m.num_layers} d={m.d_model} "
+                 f"heads={m.num_heads} V={m.vocab_size}, attention_impl={m.attention_impl}, "
+                 f"dtype={m.dtype}; {FLOPS_FORMULAS[m.family]} = {flops_token / 1e6:.2f} "
+                 f"MFLOP/token at T={t} (N without the position table)")
+    if args.reference == "torch":
+      t_timing, t_params, t_peak, t_desc = run_torch(config, args, tokenizer, tokenizer.vocab_size,
+                                                     memory)
+      t_tok_s = tokens_per_step / t_timing.per_step_s
+      rows.append([name + " torch", f"{b}x{t}", t_params, t_timing, tokens_per_step,
+                   t_tok_s * flops_token / peak, t_peak, None])
+      pretrax_row[-1] = tok_s / t_tok_s
+      notes.append(f"{name}: torch reference on {t_desc}; pretrax/torch tokens/s = "
+                   f"{tok_s / t_tok_s:.2f}")
+    p_timing = run_pipeline(config, tokenizer, source, args)
+    p_tok_s = tokens_per_step / p_timing.per_step_s
+    rows.append([name + " pipeline", f"{b}x{t}", None, p_timing, tokens_per_step, None, None,
+                 p_tok_s / tok_s])
+    notes.append(f"{name}: pipeline {1 / p_timing.per_step_s:,.1f} batches/s, {p_tok_s:,.0f} "
+                 f"tokens/s = {p_tok_s / tok_s:.1f}x the train step's tokens/s")
+
+  table = [COLUMNS] + [_format_row(*row) for row in rows]
+  widths = [max(len(str(r[i])) for r in table) for i in range(len(COLUMNS))]
+  device = jax.devices()[0]
+  print(f"\ndevice: {device.device_kind} x{jax.device_count()} ({device.platform}), "
+        f"{os.cpu_count()} CPU cores (1-minute load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end), jax {jax.__version__}; {args.steps} timed "
+        f"steps after {args.warmup} warmup")
+  for i, row in enumerate(table):
+    print("  ".join(str(x).rjust(w) if j else str(x).ljust(w)
+                    for j, (x, w) in enumerate(zip(row, widths))))
+    if i == 0:
+      print("  ".join("-" * w for w in widths))
+  print(f"\nMFU = tokens/s x FLOPs/token (training/metrics.flops_per_token, per preset below) / "
+        f"peak; peak = {peak / 1e9:,.1f} GFLOP/s per device, {peak_source}")
+  print(f"peak MiB: {memory.source}")
+  print(f"pipeline: training batches (trainer.batches) of {source_name}, byte tokenizer")
+  for note in notes:
+    print(note)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

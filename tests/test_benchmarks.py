@@ -1,0 +1,69 @@
+"""benchmarks/throughput.py runs end to end and prints the table it promises (so it cannot rot)."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
+COLUMNS = ["row", "batch", "params", "first s", "ms med", "ms min", "ms max", "tokens/s", "MFU",
+           "peak MiB", "x"]
+PRESETS = ["gpt.py:tiny", "bert.py:tiny"]
+
+
+def _number(cell: str) -> float:
+  return float(cell.replace(",", "").rstrip("%"))
+
+
+def _table(stdout: str) -> dict[str, dict[str, str]]:
+  """{row name: {column: cell}} from the printed table (columns separated by 2+ spaces)."""
+  lines = stdout.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("row "))
+  header = re.split(r"\s{2,}", lines[start].strip())
+  assert header == COLUMNS, header
+  rows = {}
+  for line in lines[start + 2:]:
+    if not line.strip():
+      break
+    cells = re.split(r"\s{2,}", line.strip())
+    assert len(cells) == len(COLUMNS), line
+    rows[cells[0]] = dict(zip(COLUMNS, cells))
+  return rows
+
+
+def test_throughput_smoke_with_torch_reference(tmp_path):
+  missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+  if missing:
+    pytest.fail(f"{' and '.join(missing)} not importable: benchmarks/throughput.py "
+                "--reference=torch needs them (a test dependency): pip install torch transformers")
+  command = [sys.executable, SCRIPT, "--smoke", "--reference=torch"]
+  command += [f"--preset=configs/{p}" for p in PRESETS]
+  env = dict(os.environ, PRETRAX_DATA_DIR=str(tmp_path / "data"))  # the corpus is built here
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  rows = _table(result.stdout)
+  assert sorted(rows) == sorted(f"{p} {kind}" for p in PRESETS
+                                for kind in ("pretrax", "torch", "pipeline"))
+
+  for preset in PRESETS:
+    pretrax, torch, pipeline = (rows[f"{preset} {k}"] for k in ("pretrax", "torch", "pipeline"))
+    for row in (pretrax, torch):
+      for column in ("params", "first s", "ms med", "ms min", "ms max", "tokens/s", "MFU",
+                     "peak MiB"):
+        assert _number(row[column]) > 0, (row["row"], column, row[column])
+      assert _number(row["ms min"]) <= _number(row["ms med"]) <= _number(row["ms max"])
+    # The PyTorch reference has exactly pretrax's shapes.
+    assert pretrax["params"] == torch["params"]
+    assert pretrax["batch"] == torch["batch"] == pipeline["batch"] == "4x32"
+    assert _number(pretrax["x"]) > 0 and torch["x"] == "-"  # pretrax ÷ torch tokens/s
+    assert _number(pipeline["tokens/s"]) > 0 and _number(pipeline["x"]) > 0  # margin over train
+
+  out = result.stdout
+  assert "6N + 12·L·d·T" in out and "MFU = tokens/s x" in out
+  assert re.search(r"peak = [\d,.]+ GFLOP/s per device, (table|measured|config)", out)
+  assert "peak MiB: " in out and "pretrax/torch tokens/s = " in out
