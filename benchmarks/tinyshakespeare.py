@@ -8,7 +8,8 @@ The last 10% of the file (its final blank-line-separated passages) is held out a
   tokens/s   training tokens per second (median over log intervals, compile excluded)
   ms/step    median milliseconds per optimizer step
   MFU        model FLOPs utilization, 6N + 12·L·d·T FLOPs per token against the device peak
-  val bpb    bits per byte on the whole held-out 10% after training
+  val bpb    GPT: bits per byte on the whole held-out 10% after training
+  val MLM acc  BERT: masked-token accuracy on the whole held-out 10% (and NSP accuracy)
 """
 
 import argparse
@@ -58,13 +59,18 @@ def main() -> int:
     tokens_per_step = config.train.batch_size * config.data.seq_len
     tok_s = statistics.median(r["tokens_per_sec"] for r in timed)
     result = evaluate.eval_run(workdir, max_batches=0)
+    if config.model.family == "gpt":
+      quality = f"val bpb {result['bits_per_byte']:.3f}"
+    else:
+      quality = f"val MLM acc {result['mlm_accuracy']:.3f}" + (
+          f", NSP acc {result['nsp_accuracy']:.3f}" if "nsp_accuracy" in result else "")
     rows.append((preset, config.train.steps, f"{config.train.batch_size}x{config.data.seq_len}",
                  f"{tok_s:,.0f}", f"{1000 * tokens_per_step / tok_s:.1f}",
                  f"{statistics.median(r['mfu'] for r in timed):.1%}",
-                 f"{records[-1]['loss']:.3f}", f"{result['bits_per_byte']:.3f}"))
+                 f"{records[-1]['loss']:.3f}", quality))
 
   import jax
-  header = ("preset", "steps", "batch", "tokens/s", "ms/step", "MFU", "train loss", "val bpb")
+  header = ("preset", "steps", "batch", "tokens/s", "ms/step", "MFU", "train loss", "quality")
   widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
   print(f"\ndevice: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}")
   for row in [header, tuple("-" * w for w in widths), *rows]:

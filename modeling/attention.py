@@ -37,6 +37,12 @@ class MultiHeadAttention(nnx.Module):
   """Self-attention over [B, T, D] with separate q/k/v projections ([D, H, K]) and output [H, K, D]."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    if config.attention_impl == "dot_product" and config.attention_dropout > 0:
+      raise ValueError(
+          f"config.model.attention_impl='dot_product' does not support attention dropout "
+          f"(config.model.attention_dropout={config.attention_dropout}): "
+          "jax.nn.dot_product_attention has no dropout. Set config.model.attention_dropout=0 or "
+          "config.model.attention_impl=einsum")
     self.config = config
     d, h, k = config.d_model, config.num_heads, config.attn_head_dim
     init = nnx.initializers.normal(config.init_std)
@@ -51,12 +57,6 @@ class MultiHeadAttention(nnx.Module):
       self.b_k_hk = sharding.param(zeros, rngs.params(), (h, k), ("heads", "kv"))
       self.b_v_hk = sharding.param(zeros, rngs.params(), (h, k), ("heads", "kv"))
       self.b_o_d = sharding.param(zeros, rngs.params(), (d,), ("embed",))
-    if config.attention_impl == "dot_product" and config.attention_dropout > 0:
-      raise ValueError(
-          f"config.model.attention_impl='dot_product' does not support attention dropout "
-          f"(config.model.attention_dropout={config.attention_dropout}): "
-          "jax.nn.dot_product_attention has no dropout. Set config.model.attention_dropout=0 or "
-          "config.model.attention_impl=einsum")
     self.dropout = nnx.Dropout(config.attention_dropout)
 
   def __call__(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,

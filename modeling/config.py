@@ -77,6 +77,9 @@ class ModelConfig:
           f"{self.num_heads}; change one of them or set config.model.head_dim explicitly")
     if self.position == "rope" and self.attn_head_dim % 2:
       raise ValueError(f"rotary positions need an even head dimension, got {self.attn_head_dim}")
+    if self.attention_impl == "dot_product" and self.attention_dropout > 0:
+      raise ValueError("config.model.attention_impl='dot_product' has no attention dropout; set "
+                       "config.model.attention_dropout=0 or use attention_impl='einsum'")
     for name in ("dropout", "attention_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"config.model.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -68,13 +68,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
       assert {k: ra.get(k) for k in DETERMINISTIC} == {k: rb.get(k) for k in DETERMINISTIC}
 
 
-def test_sharded_meshes_match_one_device(tmp_path):
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_sharded_meshes_match_one_device(tmp_path, family):
   """Data, FSDP and tensor parallel over 8 fake devices give the single-device losses."""
   losses = {}
-  for mesh in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)]:
-    config = _tiny(tmp_path, **{"mesh.data": str(mesh[0]), "mesh.fsdp": str(mesh[1]),
-                                "mesh.tensor": str(mesh[2]), "model.num_heads": "4",
-                                "train.steps": "4", "train.eval_every": "0"})
+  meshes = [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)] if family == "gpt" else [(1, 1, 1), (2, 2, 2)]
+  for mesh in meshes:
+    overrides = {"mesh.data": str(mesh[0]), "mesh.fsdp": str(mesh[1]), "mesh.tensor": str(mesh[2]),
+                 "model.num_heads": "4", "train.steps": "4", "train.eval_every": "0"}
+    config = (_tiny if family == "gpt" else _tiny_bert)(tmp_path, **overrides)
     devices = jax.devices()[:np.prod(mesh)]
     workdir = str(tmp_path / f"mesh_{'x'.join(map(str, mesh))}")
     trainer.train(config, workdir, devices=devices)
