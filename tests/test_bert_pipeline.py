@@ -17,6 +17,7 @@ from pretrax.data import bert_pipeline
 from pretrax.data import tokenizers
 from pretrax.data.config import DataConfig
 from pretrax.data.tokenizers import CLS_ID, SEP_ID
+from tests.test_masking import _words
 
 SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                            "tinyshakespeare.txt")
@@ -234,21 +235,6 @@ def test_pad_final_batch_for_pairs(docs, tok):
   assert len(batches) == len(dropped) + 1 and 0 < real.sum() < 7
   for k, v in last.items():
     assert not v[~real].any(), k
-
-
-def _words(row, starts) -> list[list[int]]:
-  """Token indices of each word (a start, or the first token after a special, and the non-start
-  non-special tokens after it), by a plain loop."""
-  words, prev_special = [], True
-  for i, (t, s) in enumerate(zip(row, starts)):
-    special = int(t) in SPECIALS
-    if not special:
-      if s or prev_special:
-        words.append([i])
-      else:
-        words[-1].append(i)
-    prev_special = special
-  return words
 
 
 def test_whole_word_masking_in_the_pipeline(docs, text, tmp_path):
