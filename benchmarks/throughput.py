@@ -142,53 +142,6 @@ def peak_flops(override: float) -> tuple[float, str]:
   return flops, f"measured: best 1024x1024 float32 matmul on {kind} (no table entry)"
 
 
-# --------------------------------------------------------------------------------------------
-# pretrax: state and jitted step as training/trainer.train builds them.
-
-
-def build_train_step(config, mesh):
-  """(state, jitted train step, batch sharding) as training/trainer.train sets them up.
-
-  A local copy of the trainer's setup block until the trainer exposes it as a function. Call the
-  step inside `jax.set_mesh(mesh)` and `sharding.axis_rules(config.mesh.axis_rules)`.
-  """
-  import jax
-  from flax import nnx
-  from pretrax.modeling import sharding
-  from pretrax.training import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib
-  from pretrax.training import step as step_lib
-
-  tc, rules = config.train, config.mesh.axis_rules
-  graphdef, abstract_state = checkpointing.abstract_model(config.model)
-  abstract_params = nnx.to_pure_dict(abstract_state)
-  optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
-  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
-  params_specs = mesh_lib.param_specs(abstract_state, rules, mesh)
-
-  def init_state():
-    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
-    return step_lib.initial_state(params, optimizer)
-
-  # Parameters and optimizer moments sharded like the parameters; the counters replicated.
-  with jax.set_mesh(mesh), sharding.axis_rules(rules):
-    counters = [k for k in jax.eval_shape(init_state) if k not in ("params", "opt_state")]
-  state_specs = {k: jax.sharding.PartitionSpec() for k in counters} | {
-      "params": params_specs,
-      "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs)}
-  state_sharding = mesh_lib.named(mesh, state_specs)
-
-  train_step = step_lib.make_train_step(
-      graphdef, optimizer, schedule, objective=config.data.objective,
-      grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
-      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0)
-  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
-  with jax.set_mesh(mesh), sharding.axis_rules(rules):
-    p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                           out_shardings=(state_sharding, None), donate_argnums=0)
-    state = jax.jit(init_state, out_shardings=state_sharding)()
-  return state, p_train_step, batch_sharding
-
-
 def gpt_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> dict:
   """Random causal-LM batch, keys and dtypes of data.pipeline.lm_batches: one document a row."""
   import numpy as np
@@ -234,7 +187,7 @@ def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
   import numpy as np
   from flax import nnx
   from pretrax.modeling import sharding
-  from pretrax.training import checkpointing, mesh as mesh_lib, metrics
+  from pretrax.training import checkpointing, mesh as mesh_lib, metrics, trainer
 
   family = config.model.family
   if family not in SYNTHETIC_BATCHES:
@@ -248,8 +201,10 @@ def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
                                         config.data.seq_len, config.data)
   rng = np.random.default_rng(0)
   b, t = config.train.batch_size, config.data.seq_len
-  state, p_train_step, batch_sharding = build_train_step(config, mesh)
+  setup = trainer.build_train_setup(config, mesh)
+  p_train_step, batch_sharding = setup.p_train_step, setup.batch_sharding
   with jax.set_mesh(mesh), sharding.axis_rules(config.mesh.axis_rules):
+    state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
     batches = [mesh_lib.global_batch(SYNTHETIC_BATCHES[family](config, rng, b, t, token_vocab),
                                      batch_sharding) for _ in range(2)]
     box = {"state": state, "i": 0}

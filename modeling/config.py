@@ -7,7 +7,7 @@ NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
 POSITIONS = ("learned", "rope")
 FAMILIES = ("gpt", "bert")
-ATTENTION_IMPLS = ("einsum", "dot_product")
+ATTENTION_IMPLS = ("einsum", "dot_product", "blockwise")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
 
@@ -36,7 +36,8 @@ class ModelConfig:
   use_bias: bool = True        # biases on dense layers and norms (GPT-2 has them)
   type_vocab_size: int = 0     # token-type (sentence A/B) embeddings; 0: none (GPT), 2: BERT
   embed_norm: bool = False     # a norm right after the summed embeddings (BERT)
-  attention_impl: str = "einsum"  # einsum (reference path) | dot_product (jax.nn.dot_product_attention)
+  attention_impl: str = "einsum"  # einsum (reference path) | dot_product (jax.nn.dot_product_attention) | blockwise (query blocks, causal skipping, custom VJP)
+  attention_block: int = 64    # blockwise: queries per block
   remat: str = "none"          # activation rematerialization per block: none | full | dots (keep matmul outputs)
   scan_layers: bool = False    # run the blocks with lax.scan (one compiled block: faster compiles for deep models)
   dropout: float = 0.0         # on embeddings and residual branches, training only
@@ -77,9 +78,12 @@ class ModelConfig:
           f"{self.num_heads}; change one of them or set config.model.head_dim explicitly")
     if self.position == "rope" and self.attn_head_dim % 2:
       raise ValueError(f"rotary positions need an even head dimension, got {self.attn_head_dim}")
-    if self.attention_impl == "dot_product" and self.attention_dropout > 0:
-      raise ValueError("config.model.attention_impl='dot_product' has no attention dropout; set "
-                       "config.model.attention_dropout=0 or use attention_impl='einsum'")
+    if self.attention_impl != "einsum" and self.attention_dropout > 0:
+      raise ValueError(f"config.model.attention_impl={self.attention_impl!r} has no attention "
+                       "dropout; set config.model.attention_dropout=0 or use "
+                       "attention_impl='einsum'")
+    if self.attention_block <= 0:
+      raise ValueError(f"config.model.attention_block must be positive, got {self.attention_block}")
     for name in ("dropout", "attention_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"config.model.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -157,7 +157,8 @@ def _hf_get(hf: dict, field: str, default):
 def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json") -> ModelConfig:
   """The pretrax model section for a GPT-2 / BERT config.json dict.
 
-  Fields HF has no notion of (attention_impl, dtype, rope_theta) come from `base`. Raises
+  Fields HF has no notion of (attention_impl, dtype, rope_theta) come from `base`, except that a
+  model with attention dropout gets attention_impl=einsum, the one path that has it. Raises
   ValueError naming the HF field for layouts pretrax cannot compute.
   """
   family, _ = family_of(hf, path)
@@ -214,6 +215,9 @@ def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json") -> Mo
   heads = values["num_heads"]
   need("n_head" if family == "gpt" else "num_attention_heads", values["d_model"] % heads == 0,
        "the hidden size must be divisible by the number of heads")
+  if values["attention_dropout"] > 0:
+    # The imported model keeps its attention dropout, which only the einsum path has.
+    values["attention_impl"] = "einsum"
   model = dataclasses.replace(base, **values)
   model.validate()
   return model

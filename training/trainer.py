@@ -3,6 +3,7 @@
 The loop reads top to bottom; every periodic action is an explicit `if step % every == 0` block.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -198,6 +200,62 @@ def _check_writable(workdir: str) -> None:
     raise ConfigError(f"--workdir={workdir} cannot be written: {e.strerror or e}") from None
 
 
+# --------------------------------------------------------------------------------------------
+# The train state and the jitted step, in their shardings.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What a training step needs, built once per run (`build_train_setup`).
+
+  `init_state()` makes the step-0 state; call it (jitted with `out_shardings=state_sharding`) and
+  `p_train_step(state, batch)` inside `jax.set_mesh(mesh)` and `sharding.axis_rules(...)`.
+  """
+  graphdef: Any
+  abstract_state: Any           # nnx.State of ShapeDtypeStructs
+  abstract_params: dict         # the same as a pure dict
+  optimizer: Any                # optax.GradientTransformation, built once
+  schedule: Any                 # optax.Schedule
+  state_specs: dict             # PartitionSpecs of the train state
+  state_sharding: Any
+  batch_sharding: Any
+  init_state: Callable[[], dict]
+  p_train_step: Callable        # jitted, donating the state
+
+
+def build_train_setup(config: Config, mesh) -> TrainSetup:
+  """The model, optimizer, state shardings and jitted train step of `config` on `mesh`.
+
+  The trainer and benchmarks/throughput.py both use it, so what is benchmarked is what trains.
+  """
+  tc, rules = config.train, config.mesh.axis_rules
+  graphdef, abstract_state = checkpointing.abstract_model(config.model)
+  abstract_params = nnx.to_pure_dict(abstract_state)
+  optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
+  params_specs = mesh_lib.param_specs(abstract_state, rules, mesh)
+  scalar = jax.sharding.PartitionSpec()
+  state_specs = {"step": scalar, "params": params_specs,
+                 "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs),
+                 "nonfinite_streak": scalar, "nonfinite_steps": scalar}
+  state_sharding = mesh_lib.named(mesh, state_specs)
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+
+  def init_state():
+    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
+    return step_lib.initial_state(params, optimizer)
+
+  train_step = step_lib.make_train_step(
+      graphdef, optimizer, schedule, objective=config.data.objective,
+      grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
+      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0,
+      loss_chunk=tc.loss_chunk_size)
+  p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, None), donate_argnums=0)
+  return TrainSetup(graphdef, abstract_state, abstract_params, optimizer, schedule, state_specs,
+                    state_sharding, batch_sharding, init_state, p_train_step)
+
+
 def train(config: Config, workdir: str, *, stop_after: int | None = None, devices=None,
           print_sharding: bool = False, restart_data: bool = False) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
@@ -234,40 +292,21 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices,
     raise ConfigError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
                       f"data*fsdp mesh size {mesh.shape['data'] * mesh.shape['fsdp']}")
 
-  # Model and optimizer state, created directly in their shardings.
-  graphdef, abstract_state = checkpointing.abstract_model(config.model)
-  abstract_params = nnx.to_pure_dict(abstract_state)
-  optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
-  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
-  params_specs = mesh_lib.param_specs(abstract_state, rules, mesh)
-  scalar = jax.sharding.PartitionSpec()
-  state_specs = {"step": scalar, "params": params_specs,
-                 "opt_state": mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs),
-                 "nonfinite_streak": scalar, "nonfinite_steps": scalar}
-  state_sharding = mesh_lib.named(mesh, state_specs)
-  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
+  setup = build_train_setup(config, mesh)
   if print_sharding:
     if jax.process_index() == 0:
       print(sharding_report.describe_sharding(
-          abstract_state, params_specs, mesh, jax.eval_shape(optimizer.init, abstract_params),
-          state_specs["opt_state"]), flush=True)
+          setup.abstract_state, setup.state_specs["params"], mesh,
+          jax.eval_shape(setup.optimizer.init, setup.abstract_params),
+          setup.state_specs["opt_state"]), flush=True)
     return {}
-
-  def init_state():
-    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
-    return step_lib.initial_state(params, optimizer)
-
-  train_step = step_lib.make_train_step(
-      graphdef, optimizer, schedule, objective=config.data.objective,
-      grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
-      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0,
-      loss_chunk=tc.loss_chunk_size)
+  graphdef, abstract_params, init_state = setup.graphdef, setup.abstract_params, setup.init_state
+  state_sharding, batch_sharding = setup.state_sharding, setup.batch_sharding
+  p_train_step = setup.p_train_step
   with jax.set_mesh(mesh), sharding.axis_rules(rules):
     abstract = jax.eval_shape(init_state)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, state_sharding)
-    p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                           out_shardings=(state_sharding, None), donate_argnums=0)
     p_eval_step = jax.jit(step_lib.make_eval_step(graphdef, config.data.objective,
                                                   tc.loss_chunk_size))
 
