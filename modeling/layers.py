@@ -43,12 +43,21 @@ class Norm(nnx.Module):
     return x.astype(compute_dtype(cfg))
 
 
+def _gelu_erf(x: jax.Array) -> jax.Array:
+  """x·Φ(x) = x/2·(1 + erf(x/√2)), the exact GELU as BERT and PyTorch write it.
+
+  jax.nn.gelu(approximate=False) computes the same through erfc, which XLA's CPU backend
+  evaluates about 2x slower (forward and backward); the two differ by < 1e-6.
+  """
+  return x * 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def activation(name: str, x: jax.Array) -> jax.Array:
   """The nonlinearity of `config.activation`; for gated names (swiglu, geglu), their gate's."""
   if name in ("gelu_tanh", "geglu"):
     return jax.nn.gelu(x, approximate=True)
   if name == "gelu":
-    return jax.nn.gelu(x, approximate=False)
+    return _gelu_erf(x)
   if name == "relu":
     return jax.nn.relu(x)
   if name == "swiglu":

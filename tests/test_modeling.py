@@ -1,6 +1,7 @@
 """Model invariants: the mask, causality, packing, every architecture switch."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,21 @@ def test_packed_rows_equal_unpacked_documents(overrides):
   np.testing.assert_allclose(out[0, :7], out_a[0], atol=1e-5)
   np.testing.assert_allclose(out[0, 7:12], out_b[0], atol=1e-5)
   assert np.isfinite(np.asarray(out)).all()  # padding rows attend to nothing, still finite
+
+
+def test_gelu_activations_by_hand():
+  """Exact GELU x·Φ(x) and its derivative Φ(x) + x·φ(x), from math.erf; tanh GELU from its
+  formula. Points cover both tails, where the erf form loses relative accuracy first."""
+  from pretrax.modeling.layers import activation
+  xs = np.array([-8.0, -3.0, -1.0, -0.25, 0.0, 0.5, 1.0, 2.5, 8.0], np.float32)
+  phi = np.array([0.5 * (1 + math.erf(x / math.sqrt(2))) for x in xs.tolist()])
+  pdf = np.exp(-0.5 * xs.astype(np.float64) ** 2) / math.sqrt(2 * math.pi)
+  np.testing.assert_allclose(activation("gelu", jnp.asarray(xs)), xs * phi, rtol=1e-6, atol=1e-7)
+  grad = jax.vmap(jax.grad(lambda x: activation("gelu", x)))(jnp.asarray(xs))
+  np.testing.assert_allclose(grad, phi + xs * pdf, rtol=1e-6, atol=1e-7)
+  tanh_form = 0.5 * xs * (1 + np.tanh(math.sqrt(2 / math.pi) * (xs + 0.044715 * xs ** 3)))
+  np.testing.assert_allclose(activation("gelu_tanh", jnp.asarray(xs)), tanh_form, rtol=1e-6,
+                             atol=1e-7)
 
 
 def test_parameters_carry_logical_axes():
