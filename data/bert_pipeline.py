@@ -46,7 +46,6 @@ processes, which each build rows from their slice of the stream, never share a g
 `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
 """
 
-import copy
 import functools
 import re
 from typing import Any
@@ -55,6 +54,7 @@ import grain
 import numpy as np
 
 from pretrax.data import masking
+from pretrax.data import packing
 from pretrax.data import pipeline
 from pretrax.data.config import DataConfig
 
@@ -255,45 +255,25 @@ class SentencePairIterDataset(grain.IterDataset):
     return f"SentencePairIterDataset(objective={self._pairs.objective})"
 
 
-class SentencePairDatasetIterator(grain.DatasetIterator):
-  """State: {"parent": parent state just before the current document, "sentence": where its next
-  pair starts}, or {"parent": current parent state, "sentence": -1} between documents."""
+class SentencePairDatasetIterator(packing.DocumentCursorIterator):
+  """One example per `next`; state as packing.DocumentCursorIterator's, the cursor ("sentence")
+  being where the current document's next pair starts."""
+
+  CURSOR = "sentence"
 
   def __init__(self, parent: grain.DatasetIterator, pairs: _Pairs):
     super().__init__(parent)
     self._pairs = pairs
-    self._doc = None       # the current document's record; None if not fetched yet
-    self._sentence = -1    # where its next pair starts; -1: no current document
-    self._doc_state = None  # parent state just before the current document was fetched
 
   def __next__(self) -> dict[str, np.ndarray]:
-    while self._doc is None:
-      if self._sentence >= 0:  # just restored: fetch the current document again
-        self._doc = next(self._parent)
-      else:
-        state = copy.deepcopy(self._parent.get_state())
-        doc = next(self._parent)
-        if doc["sentences"]:  # an empty document gives no pair
-          self._doc, self._sentence, self._doc_state = doc, 0, state
-    doc, start = self._doc, self._sentence
+    doc = self._pending()
+    if doc is None:  # an empty document gives no pair
+      doc = self._next_document(accept=lambda d: bool(d["sentences"]))
+    start = self._cursor
     rng = self._pairs.masker.rng(doc["index"], start)
     example, next_start = self._pairs.example(doc, start, rng)
-    if next_start >= len(doc["sentences"]):
-      self._doc, self._sentence, self._doc_state = None, -1, None
-    else:
-      self._sentence = next_start
+    self._move_cursor(None if next_start >= len(doc["sentences"]) else next_start)
     return example
-
-  def get_state(self) -> dict[str, Any]:
-    if self._sentence >= 0:
-      return {"parent": copy.deepcopy(self._doc_state), "sentence": self._sentence}
-    return {"parent": self._parent.get_state(), "sentence": -1}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["parent"])
-    self._doc = None
-    self._sentence = int(state["sentence"])
-    self._doc_state = copy.deepcopy(state["parent"]) if self._sentence >= 0 else None
 
   def __str__(self) -> str:
     return "SentencePairDatasetIterator"
@@ -313,34 +293,26 @@ class PackedMLMIterDataset(grain.IterDataset):
     return f"PackedMLMIterDataset(seq_len={self._masker.seq_len})"
 
 
-class PackedMLMDatasetIterator(grain.DatasetIterator):
-  """State: {"parent": parent state just before the document being split, "doc_offset": where it
-  continues}, or {"parent": current parent state, "doc_offset": -1} (as data/packing.py)."""
+class PackedMLMDatasetIterator(packing.DocumentCursorIterator):
+  """One masked row per `next`; state as packing.DocumentCursorIterator's (cursor "doc_offset":
+  where the document being split continues)."""
 
   def __init__(self, parent: grain.DatasetIterator, masker: _RowMasker):
     super().__init__(parent)
     self._masker = masker
-    self._doc = None          # record of the pending document; None if not fetched yet
-    self._doc_offset = -1     # where the pending document continues; -1: none pending
-    self._doc_state = None    # parent state just before the pending document was fetched
 
   def __next__(self) -> dict[str, np.ndarray]:
-    if self._doc_offset >= 0 and self._doc is None:  # just restored: fetch the pending document
-      self._doc = next(self._parent)
+    self._pending()
     t = self._masker.seq_len
     tokens, segments, positions = (np.zeros(t, np.int32) for _ in range(3))
     fill, num_segments, row_start = 0, 0, None
     while t - fill >= 3:
-      if self._doc_offset < 0:
-        state = copy.deepcopy(self._parent.get_state())
-        try:
-          doc = next(self._parent)
+      if self._cursor < 0:
+        try:  # an empty document adds nothing
+          self._next_document(accept=lambda d: len(d["ids"]) > 0)
         except StopIteration:
           break
-        if not len(doc["ids"]):
-          continue  # an empty document adds nothing
-        self._doc, self._doc_offset, self._doc_state = doc, 0, state
-      ids, offset = self._doc["ids"], self._doc_offset
+      ids, offset = self._doc["ids"], self._cursor
       if row_start is None:
         row_start = (self._doc["index"], offset)
       take = min(len(ids) - offset, t - fill - 2)
@@ -352,25 +324,11 @@ class PackedMLMDatasetIterator(grain.DatasetIterator):
       segments[fill:end] = num_segments
       positions[fill:end] = np.arange(take + 2)
       fill = end
-      if offset + take == len(ids):
-        self._doc, self._doc_offset, self._doc_state = None, -1, None
-      else:
-        self._doc_offset = offset + take
+      self._move_cursor(None if offset + take == len(ids) else offset + take)
     if fill == 0:
       raise StopIteration
     rng = self._masker.rng(*row_start)
     return self._masker.example(tokens, segments, np.zeros(t, np.int32), positions, 0, rng)
-
-  def get_state(self) -> dict[str, Any]:
-    if self._doc_offset >= 0:
-      return {"parent": copy.deepcopy(self._doc_state), "doc_offset": self._doc_offset}
-    return {"parent": self._parent.get_state(), "doc_offset": -1}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["parent"])
-    self._doc = None
-    self._doc_offset = int(state["doc_offset"])
-    self._doc_state = copy.deepcopy(state["parent"]) if self._doc_offset >= 0 else None
 
   def __str__(self) -> str:
     return "PackedMLMDatasetIterator"

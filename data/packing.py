@@ -128,53 +128,86 @@ class PackedLMIterDataset(grain.IterDataset):
     return f"PackedLMIterDataset(seq_len={self._seq_len})"
 
 
-class PackedLMDatasetIterator(grain.DatasetIterator):
-  """Builds one row per `next`.
+class DocumentCursorIterator(grain.DatasetIterator):
+  """An iterator that consumes its parent's documents piece by piece, with a small state.
 
-  Between rows the only thing carried over is the document being split (if any), so the state is
-  `{"parent": parent state just before that document was fetched, "doc_offset": where its
-  continuation starts}`, or `{"parent": current parent state, "doc_offset": -1}` when no document
-  is pending. Restoring re-fetches the document from the parent.
+  Between `next` calls the only thing carried over is the document being consumed (if any) and a
+  cursor into it, so the state is `{"parent": parent state just before that document was fetched,
+  CURSOR: where it continues}`, or `{"parent": current parent state, CURSOR: -1}` when no document
+  is pending. Restoring re-fetches the document from the parent. Subclasses name the cursor
+  (`CURSOR`, a state key), may convert fetched documents (`_prepare`) and call `_pending`,
+  `_next_document` and `_move_cursor` from `__next__`.
   """
 
-  def __init__(self, parent: grain.DatasetIterator, seq_len: int):
-    super().__init__(parent)
-    self._seq_len = seq_len
-    self._doc = None          # [len] tokens of the pending document; None if not fetched yet
-    self._doc_offset = -1     # where the pending document continues; -1: no pending document
-    self._doc_state = None    # parent state just before the pending document was fetched
+  CURSOR = "doc_offset"
 
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self._doc_offset >= 0 and self._doc is None:  # just restored: fetch the pending document
-      self._doc = _as_tokens(next(self._parent))
-    row = _Row(self._seq_len)
-    while row.space() >= 2:
-      if self._doc_offset < 0:
-        state = copy.deepcopy(self._parent.get_state())
-        try:
-          doc = next(self._parent)
-        except StopIteration:
-          break
-        self._doc, self._doc_offset, self._doc_state = _as_tokens(doc), 0, state
-      offset = row.add(self._doc, self._doc_offset)
-      if offset is None:
-        self._doc, self._doc_offset, self._doc_state = None, -1, None
-      else:
-        self._doc_offset = offset
-    if row.fill == 0:
-      raise StopIteration
-    return row.example()
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._doc = None        # the pending document; None if none or not re-fetched yet
+    self._cursor = -1       # where the pending document continues; -1: no pending document
+    self._doc_state = None  # parent state just before the pending document was fetched
+
+  def _prepare(self, doc: Any) -> Any:
+    return doc
+
+  def _pending(self) -> Any:
+    """The pending document (re-fetched after a restore), or None."""
+    if self._cursor >= 0 and self._doc is None:
+      self._doc = self._prepare(next(self._parent))
+    return self._doc
+
+  def _next_document(self, accept=lambda doc: True) -> Any:
+    """Fetches the parent's next document that `accept`s and makes it pending at cursor 0;
+    the parent's StopIteration propagates."""
+    while True:
+      state = copy.deepcopy(self._parent.get_state())
+      doc = self._prepare(next(self._parent))
+      if accept(doc):
+        self._doc, self._cursor, self._doc_state = doc, 0, state
+        return doc
+
+  def _move_cursor(self, cursor: int | None) -> None:
+    """Moves the pending document's cursor; None: the document is used up."""
+    if cursor is None:
+      self._doc, self._cursor, self._doc_state = None, -1, None
+    else:
+      self._cursor = cursor
 
   def get_state(self) -> dict[str, Any]:
-    if self._doc_offset >= 0:
-      return {"parent": copy.deepcopy(self._doc_state), "doc_offset": self._doc_offset}
-    return {"parent": self._parent.get_state(), "doc_offset": -1}
+    if self._cursor >= 0:
+      return {"parent": copy.deepcopy(self._doc_state), self.CURSOR: self._cursor}
+    return {"parent": self._parent.get_state(), self.CURSOR: -1}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
     self._doc = None
-    self._doc_offset = int(state["doc_offset"])
-    self._doc_state = copy.deepcopy(state["parent"]) if self._doc_offset >= 0 else None
+    self._cursor = int(state[self.CURSOR])
+    self._doc_state = copy.deepcopy(state["parent"]) if self._cursor >= 0 else None
+
+
+class PackedLMDatasetIterator(DocumentCursorIterator):
+  """Builds one row per `next`; state as DocumentCursorIterator's (cursor "doc_offset")."""
+
+  def __init__(self, parent: grain.DatasetIterator, seq_len: int):
+    super().__init__(parent)
+    self._seq_len = seq_len
+
+  def _prepare(self, doc: Any) -> np.ndarray:
+    return _as_tokens(doc)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._pending()
+    row = _Row(self._seq_len)
+    while row.space() >= 2:
+      if self._cursor < 0:
+        try:
+          self._next_document()
+        except StopIteration:
+          break
+      self._move_cursor(row.add(self._doc, self._cursor))
+    if row.fill == 0:
+      raise StopIteration
+    return row.example()
 
   def __str__(self) -> str:
     return f"PackedLMDatasetIterator(seq_len={self._seq_len})"
