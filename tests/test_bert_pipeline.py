@@ -18,6 +18,7 @@ from pretrax.data import tokenizers
 from pretrax.data.config import DataConfig
 from pretrax.data.tokenizers import CLS_ID, SEP_ID
 from tests.test_masking import _words
+from tests.test_pipeline import _assert_batches_equal
 
 SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                            "tinyshakespeare.txt")
@@ -68,14 +69,6 @@ def _restore(rows) -> np.ndarray:
                                         rows["masked_weights"])):
     out[r, pos[w > 0]] = ids[w > 0]
   return out
-
-
-def _assert_batches_equal(got, want):
-  assert len(got) == len(want)
-  for g, w in zip(got, want):
-    assert set(g) == set(w)
-    for k in w:
-      np.testing.assert_array_equal(g[k], w[k], err_msg=k)
 
 
 def _check_masks(rows, original):
