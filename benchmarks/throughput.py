@@ -117,7 +117,9 @@ class PeakMemory:
     return "process peak RSS (resource.getrusage ru_maxrss, high-water mark since process start)"
 
   def reset(self) -> None:
+    from pretrax.training import startup
     gc.collect()
+    startup.release_free_host_memory()  # kept by startup.prepare's allocator setting
     if self.resettable:
       with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -447,7 +449,8 @@ def _format_row(name, batch, params, timing: Timing, tokens_per_step, mfu, peak_
 def main(argv: list[str] | None = None) -> int:
   parser, args, override_args = _parse_args(sys.argv[1:] if argv is None else argv)
   load_at_start = os.getloadavg()[0]
-  from pretrax.training import cli, config as config_lib
+  from pretrax.training import cli, config as config_lib, startup
+  process_setup = startup.prepare()  # as the pretrax command does; applies to both rows
   cli._quiet_logs()
   from pretrax.data import tokenizers
   import jax
@@ -509,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         f"peak; peak = {peak / 1e9:,.1f} GFLOP/s per device, {peak_source}")
   print(f"peak MiB: {memory.source}")
   print(f"pipeline: training batches (trainer.batches) of {source_name}, byte tokenizer")
+  print(f"process set-up (training/startup.py, as the pretrax command): "
+        f"{'; '.join(process_setup) or 'nothing'}")
   for note in notes:
     print(note)
   return 0

@@ -18,20 +18,6 @@ import os
 import sys
 
 
-# XLA flags that matter on GPUs (overlap of collectives and compute), applied only when a CUDA
-# plugin is installed and the user has not set XLA_FLAGS themselves.
-GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true "
-                 "--xla_gpu_enable_triton_gemm=false "
-                 "--xla_gpu_enable_highest_priority_async_stream=true")
-
-
-def _gpu_flags() -> None:
-  import importlib.util
-  if "XLA_FLAGS" not in os.environ and any(
-      importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
-    os.environ["XLA_FLAGS"] = GPU_XLA_FLAGS
-
-
 def _quiet_logs() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.getLogger("absl").setLevel(logging.WARNING)
@@ -141,6 +127,12 @@ def _tokenizer_train(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  from pretrax.training import startup
+  try:
+    startup.prepare()  # before anything starts JAX's backend
+  except ValueError as e:
+    print(f"pretrax: error: {e}", file=sys.stderr)
+    return 2
   from pretrax.training.checkpointing import CheckpointError
   from pretrax.training.config import ConfigError, split_overrides
   try:
