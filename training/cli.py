@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   from pretrax.training import startup
   try:
-    startup.prepare()  # before anything starts JAX's backend
+    set_up = startup.prepare()  # before anything starts JAX's backend
   except ValueError as e:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 2
@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
           "config saved in --workdir", file=sys.stderr)
     return 2
   _quiet_logs()
+  if args.command in ("train", "finetune"):
+    for line in set_up:
+      print(f"pretrax: {line}", file=sys.stderr)
   try:
     if args.command == "train":
       from pretrax.training import distributed
