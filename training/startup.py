@@ -65,20 +65,27 @@ def _backend_started() -> bool:
   return xla_bridge.backends_are_initialized()
 
 
+def glibc() -> ctypes.CDLL | None:
+  """This process's C library if it is glibc (whose malloc the settings here are for), else None."""
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    return None
+  return ctypes.CDLL("libc.so.6")
+
+
 def keep_freed_host_memory() -> bool:
   """One malloc arena, no mmap for large blocks, no trimming (glibc only). True if applied."""
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-    return False
-  libc = ctypes.CDLL("libc.so.6")
-  return all(libc.mallopt(param, value) == 1
-             for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  libc = glibc()
+  return libc is not None and all(
+      libc.mallopt(param, value) == 1
+      for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
 def release_free_host_memory() -> None:
   """Hands the allocator's free memory back to the OS now (glibc malloc_trim), e.g. between
   measurements of peak memory."""
-  if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  libc = glibc()
+  if libc is not None:
+    libc.malloc_trim(0)
 
 
 def prepare(environ=None, plugins: tuple[str, ...] | None = None) -> list[str]:
