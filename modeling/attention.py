@@ -47,12 +47,7 @@ class MultiHeadAttention(nnx.Module):
   """Self-attention over [B, T, D] with separate q/k/v projections ([D, H, K]) and output [H, K, D]."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    if config.attention_impl != "einsum" and config.attention_dropout > 0:
-      raise ValueError(
-          f"config.model.attention_impl={config.attention_impl!r} does not support attention dropout "
-          f"(config.model.attention_dropout={config.attention_dropout}): "
-          "only the einsum path has dropout. Set config.model.attention_dropout=0 or "
-          "config.model.attention_impl=einsum")
+    config.validate()  # e.g. attention dropout, which only the einsum path has
     self.config = config
     d, h, k = config.d_model, config.num_heads, config.attn_head_dim
     init = nnx.initializers.normal(config.init_std)

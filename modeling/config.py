@@ -80,8 +80,9 @@ class ModelConfig:
       raise ValueError(f"rotary positions need an even head dimension, got {self.attn_head_dim}")
     if self.attention_impl != "einsum" and self.attention_dropout > 0:
       raise ValueError(f"config.model.attention_impl={self.attention_impl!r} has no attention "
-                       "dropout; set config.model.attention_dropout=0 or use "
-                       "attention_impl='einsum'")
+                       f"dropout (config.model.attention_dropout={self.attention_dropout}): only "
+                       "the einsum path has it; set config.model.attention_dropout=0 or "
+                       "config.model.attention_impl=einsum")
     if self.attention_block <= 0:
       raise ValueError(f"config.model.attention_block must be positive, got {self.attention_block}")
     for name in ("dropout", "attention_dropout"):
