@@ -2,16 +2,20 @@
 
 import setuptools
 
-SUBPACKAGES = ("modeling", "training", "data", "configs")
+# The installed package is exactly these folders of the repository, as pretrax.<folder>, whether
+# installed editable or not; tests/, benchmarks/ and setup.py are not part of it.
+SUBPACKAGES = ("modeling", "data", "training", "inference", "interop", "cli", "configs")
+PACKAGES = [f"pretrax.{name}" for name in SUBPACKAGES] + ["pretrax.training.tasks"]
 
 setuptools.setup(
     name="pretrax",
     version="0.1.0",
     description="Pretrain BERT-style encoders and GPT-style decoders with JAX, Flax NNX and Grain.",
     python_requires=">=3.11",
-    # The repository root is the `pretrax` package: `pretrax.modeling`, `pretrax.data`, ...
-    package_dir={"pretrax": "."},
-    packages=["pretrax"] + [f"pretrax.{name}" for name in SUBPACKAGES],
+    # `pretrax` is a namespace of the subpackages: no file of the repository root is in it.
+    package_dir={package: package.removeprefix("pretrax.").replace(".", "/")
+                 for package in PACKAGES},
+    packages=PACKAGES,
     install_requires=[
         "jax>=0.10.2",
         "jaxlib>=0.10.2",
@@ -23,7 +27,6 @@ setuptools.setup(
         "array-record>=0.8",
         "importlib_resources",   # used by tensorflow-datasets, which does not declare it
         "sentencepiece>=0.2",
-        "ml-collections>=1.0",
         "numpy",
         "tqdm",
     ],
@@ -32,5 +35,5 @@ setuptools.setup(
         "hf": ["transformers>=4.40", "safetensors", "torch"],
         "test": ["pytest>=8", "pytest-xdist", "transformers>=4.40", "safetensors", "torch"],
     },
-    entry_points={"console_scripts": ["pretrax = pretrax.training.cli:main"]},
+    entry_points={"console_scripts": ["pretrax = pretrax.cli.main:main"]},
 )

@@ -60,13 +60,14 @@ def measure(config, steps: int, warmup: int) -> dict:
   """{params_bytes, opt_bytes, median_s, min_s} per device for `config` on its mesh."""
   import numpy as np
   from flax import nnx
+  from pretrax.modeling import models
   from pretrax.modeling import sharding
   from pretrax.training import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib
   from pretrax.training import sharding_report
 
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = config.mesh.axis_rules
-  _, abstract = checkpointing.abstract_model(config.model)
+  _, abstract = models.abstract_model(config.model)
   abstract_params = nnx.to_pure_dict(abstract)
   params_specs = mesh_lib.param_specs(abstract, rules, mesh)  # ConfigError if it cannot shard
   optimizer = optimizer_lib.make_optimizer(config.optimizer, config.train.steps)
@@ -102,7 +103,8 @@ def measure(config, steps: int, warmup: int) -> dict:
 def main(argv=None) -> int:
   args, overrides = _parse_args(sys.argv[1:] if argv is None else argv)
   from pretrax.data import tokenizers
-  from pretrax.training import cli, config as config_lib, sharding_report
+  from pretrax.cli import main as cli
+  from pretrax.training import config as config_lib, sharding_report
   cli._quiet_logs()
   tokenizer = tokenizers.load_tokenizer("byte")
   fmt = sharding_report.format_bytes

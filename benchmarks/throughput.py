@@ -117,7 +117,7 @@ class PeakMemory:
     return "process peak RSS (resource.getrusage ru_maxrss, high-water mark since process start)"
 
   def reset(self) -> None:
-    from pretrax.training import startup
+    from pretrax.cli import startup
     gc.collect()
     startup.release_free_host_memory()  # kept by startup.prepare's allocator setting
     if self.resettable:
@@ -188,8 +188,8 @@ def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
   import jax
   import numpy as np
   from flax import nnx
-  from pretrax.modeling import sharding
-  from pretrax.training import checkpointing, mesh as mesh_lib, metrics, trainer
+  from pretrax.modeling import models, sharding
+  from pretrax.training import mesh as mesh_lib, metrics, tasks, trainer
 
   family = config.model.family
   if family not in SYNTHETIC_BATCHES:
@@ -197,16 +197,17 @@ def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
                      f"{family!r}; add a function to SYNTHETIC_BATCHES")
   memory.reset()
   mesh = mesh_lib.make_mesh(config.mesh)
-  abstract_params = nnx.to_pure_dict(checkpointing.abstract_model(config.model)[1])
+  abstract_params = nnx.to_pure_dict(models.abstract_model(config.model)[1])
   n_params = metrics.num_params(abstract_params, exclude_positions=False)
   flops_token = metrics.flops_per_token(config.model, metrics.num_params(abstract_params),
                                         config.data.seq_len, config.data)
   rng = np.random.default_rng(0)
   b, t = config.train.batch_size, config.data.seq_len
-  setup = trainer.build_train_setup(config, mesh)
+  task = tasks.task_class(config)(config, tokenizer=None, workdir="")
+  setup = trainer.build_train_setup(task, mesh)
   p_train_step, batch_sharding = setup.p_train_step, setup.batch_sharding
   with jax.set_mesh(mesh), sharding.axis_rules(config.mesh.axis_rules):
-    state = jax.jit(setup.init_state, out_shardings=setup.state_sharding)()
+    state = setup.init_state()
     batches = [mesh_lib.global_batch(SYNTHETIC_BATCHES[family](config, rng, b, t, token_vocab),
                                      batch_sharding) for _ in range(2)]
     box = {"state": state, "i": 0}
@@ -375,10 +376,12 @@ def corpus_source(text: str | None) -> tuple[str, str]:
 def run_pipeline(config, tokenizer, source: str, args) -> Timing:
   """Times `next()` on the trainer's training batches (lm_batches for GPT, bert_batches for BERT)
   of `source`, with the preset's batch, seq_len, objective and num_workers."""
-  from pretrax.training import config as config_lib, trainer
+  from pretrax.data import batches
+  from pretrax.training import config as config_lib
   config = config_lib.apply_overrides(config, {"data.source": source})
-  iterator = iter(trainer.batches(config, tokenizer, config.data.train_split, shuffle=True,
-                                  repeat=True))
+  iterator = iter(batches.pretraining_batches(
+      config.data, tokenizer, config.data.train_split, global_batch_size=config.train.batch_size,
+      seed=config.train.seed, shuffle=True, repeat=True))
   # Most batches only slice already tokenized rows; a few read and tokenize documents.
   timing = time_steps(lambda: next(iterator), steps=args.pipeline_steps, warmup=args.warmup)
   return dataclasses.replace(timing, uneven=True)
@@ -423,7 +426,7 @@ def _parse_args(argv: list[str]):
 
 
 def load_config(preset: str, args, overrides: dict[str, str], tokenizer):
-  from pretrax.training import config as config_lib, trainer
+  from pretrax.training import config as config_lib, run_dir
   path = preset if os.path.isabs(preset) or os.path.exists(preset.partition(":")[0]) else (
       os.path.join(REPO, preset))
   config = config_lib.load_preset(path)
@@ -434,7 +437,7 @@ def load_config(preset: str, args, overrides: dict[str, str], tokenizer):
     sizes["data.seq_len"] = str(args.seq)
   config = config_lib.apply_overrides(config, sizes | overrides)
   config_lib.validate(config)
-  return trainer.resolve_vocab(config, tokenizer)
+  return run_dir.resolve_vocab(config, tokenizer)
 
 
 def _format_row(name, batch, params, timing: Timing, tokens_per_step, mfu, peak_bytes, x):
@@ -449,7 +452,9 @@ def _format_row(name, batch, params, timing: Timing, tokens_per_step, mfu, peak_
 def main(argv: list[str] | None = None) -> int:
   parser, args, override_args = _parse_args(sys.argv[1:] if argv is None else argv)
   load_at_start = os.getloadavg()[0]
-  from pretrax.training import cli, config as config_lib, startup
+  from pretrax.cli import main as cli
+  from pretrax.cli import startup
+  from pretrax.training import config as config_lib
   process_setup = startup.prepare()  # as the pretrax command does; applies to both rows
   cli._quiet_logs()
   from pretrax.data import tokenizers
@@ -511,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f"\nMFU = tokens/s x FLOPs/token (training/metrics.flops_per_token, per preset below) / "
         f"peak; peak = {peak / 1e9:,.1f} GFLOP/s per device, {peak_source}")
   print(f"peak MiB: {memory.source}")
-  print(f"pipeline: training batches (trainer.batches) of {source_name}, byte tokenizer")
-  print(f"process set-up (training/startup.py, as the pretrax command): "
+  print(f"pipeline: training batches (data/batches.py) of {source_name}, byte tokenizer")
+  print(f"process set-up (cli/startup.py, as the pretrax command): "
         f"{'; '.join(process_setup) or 'nothing'}")
   for note in notes:
     print(note)

@@ -32,7 +32,9 @@ def main() -> int:
   parser.add_argument("--workdir", default="/tmp/pretrax_bench")
   args, extra = parser.parse_known_args()
 
-  from pretrax.training import cli, config as config_lib, evaluate, trainer
+  from pretrax.cli import main as cli
+  from pretrax.inference import evaluate
+  from pretrax.training import config as config_lib, trainer
   cli._quiet_logs()
   _, overrides, rest = config_lib.split_overrides(extra)
   if rest:

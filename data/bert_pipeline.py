@@ -53,6 +53,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from pretrax.data.errors import InputError
 from pretrax.data import masking
 from pretrax.data import packing
 from pretrax.data import pipeline
@@ -94,20 +95,13 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int,
   """[la], [lb] -> (A, B) with len(A) + len(B) <= max_tokens, as BERT's `truncate_seq_pair`.
 
   BERT removes one token at a time from the longer side (B on ties), from the front or the back
-  with probability 1/2. How many each side loses depends only on the lengths, so it is computed
-  at once, and the front/back split of each side's removals is one binomial draw.
+  with probability 1/2. How many each side loses depends only on the lengths (`pair_cuts`), and
+  the front/back split of each side's removals is one binomial draw.
   """
   la, lb = len(a), len(b)
-  excess = la + lb - max_tokens
-  if excess <= 0:
+  cut_a, cut_b = packing.pair_cuts(la, lb, max_tokens)
+  if cut_a + cut_b == 0:
     return a, b
-  diff = abs(la - lb)
-  if excess <= diff:
-    cut_a, cut_b = (excess, 0) if la > lb else (0, excess)
-  else:  # equalize, then alternate starting with B
-    rest = excess - diff
-    cut_a = (diff if la > lb else 0) + rest // 2
-    cut_b = (diff if lb > la else 0) + rest - rest // 2
   front_a, front_b = int(rng.binomial(cut_a, 0.5)), int(rng.binomial(cut_b, 0.5))
   return a[front_a:la - (cut_a - front_a)], b[front_b:lb - (cut_b - front_b)]
 
@@ -337,19 +331,19 @@ class PackedMLMDatasetIterator(packing.DocumentCursorIterator):
 def _check_config(config: DataConfig, tokenizer: Any):
   if config.objective not in OBJECTIVES:
     hint = " (causal batches come from pipeline.lm_batches)" if config.objective == "causal" else ""
-    raise ValueError(f"data.objective={config.objective!r} is not a BERT objective; choose one "
+    raise InputError(f"data.objective={config.objective!r} is not a BERT objective; choose one "
                      f"of {' | '.join(OBJECTIVES)}{hint}")
   min_len = MIN_PACKED_SEQ_LEN if config.objective == "mlm" else MIN_PAIR_SEQ_LEN
   if not isinstance(config.seq_len, (int, np.integer)) or config.seq_len < min_len:
-    raise ValueError(f"data.seq_len={config.seq_len!r} is too small for objective "
+    raise InputError(f"data.seq_len={config.seq_len!r} is too small for objective "
                      f"{config.objective!r}: it needs at least {min_len} tokens per row")
   if not 1 <= config.max_predictions_per_seq <= config.seq_len:
-    raise ValueError(f"data.max_predictions_per_seq={config.max_predictions_per_seq} must be in "
+    raise InputError(f"data.max_predictions_per_seq={config.max_predictions_per_seq} must be in "
                      f"[1, data.seq_len={config.seq_len}]")
   masking.check_rates(config.mask_rate, config.mask_token_rate, config.random_token_rate,
                       config.max_predictions_per_seq)
   if config.whole_word_masking and not hasattr(tokenizer, "word_starts"):
-    raise ValueError("data.whole_word_masking=True needs a tokenizer with word_starts(ids) "
+    raise InputError("data.whole_word_masking=True needs a tokenizer with word_starts(ids) "
                      f"(a pretrax tokenizer); got {type(tokenizer).__name__}")
 
 
@@ -383,13 +377,13 @@ def bert_batches(source, tokenizer, config: DataConfig, *, batch_size: int, seed
   _check_config(config, tokenizer)
   pipeline.check_stream_args(batch_size, process_index, process_count, num_workers)
   if seed < 0:
-    raise ValueError(f"seed must be >= 0 (train.seed), got {seed}")
+    raise InputError(f"seed must be >= 0 (train.seed), got {seed}")
   if len(source) == 0:
-    raise ValueError(f"no documents in {pipeline.describe_source(source)}: the data source is empty "
+    raise InputError(f"no documents in {pipeline.describe_source(source)}: the data source is empty "
                      "(check data.source and the split)")
   shard = _Shard(source, process_index, process_count)
   if len(shard) == 0:
-    raise ValueError(f"no documents in {pipeline.describe_source(source)} for process {process_index} "
+    raise InputError(f"no documents in {pipeline.describe_source(source)} for process {process_index} "
                      f"of {process_count}: it has only {len(source)} documents")
 
   pairs = config.objective != "mlm"

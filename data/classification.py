@@ -28,10 +28,14 @@ left-aligned: segment ids are 1 on the tokens and 0 on the padding after them.
 import dataclasses
 import json
 import os
-import re
+from typing import Iterator
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
+
+from pretrax.data import packing, sources
+from pretrax.data.errors import InputError
 
 # (text, text_b) field names tried in order on a TFDS dataset's features; None: single text.
 TFDS_TEXT_FIELDS = (("text", "text_b"), ("sentence1", "sentence2"), ("question1", "question2"),
@@ -39,7 +43,6 @@ TFDS_TEXT_FIELDS = (("text", "text_b"), ("sentence1", "sentence2"), ("question1"
                     ("text", None), ("sentence", None))
 TFDS_LABEL_FIELD = "label"
 FEATURES = ("input_ids", "segment_ids", "token_type_ids")  # [N, T] int32; plus "label" [N] int32
-_VERSION = re.compile(r"^\d+\.\d+\.(\d+|\*)$")
 
 
 @dataclasses.dataclass
@@ -58,7 +61,7 @@ def read_examples(spec: str, *, default_split: str, data_dir: str | None = None,
                   field: str = "config.data.train") -> list[Example]:
   """The examples of a JSONL file or `tfds:NAME[:SPLIT]`; `field` names the setting in errors."""
   if not spec:
-    raise ValueError(f"{field} is empty: give a JSONL file or tfds:NAME[:SPLIT], e.g. "
+    raise InputError(f"{field} is empty: give a JSONL file or tfds:NAME[:SPLIT], e.g. "
                      f"--{field}=train.jsonl")
   if spec.startswith("tfds:"):
     return _read_tfds(spec, default_split, data_dir, field)
@@ -79,28 +82,28 @@ def read_jsonl(path: str, field: str = "config.data.train") -> list[Example]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
       if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object with \"text\" and \"label\", got "
+        raise InputError(f"{where}: expected a JSON object with \"text\" and \"label\", got "
                          f"{type(record).__name__}")
       for name in ("text", "label"):
         if name not in record:
-          raise ValueError(f"{where}: missing field {name!r} (each line needs \"text\" and "
+          raise InputError(f"{where}: missing field {name!r} (each line needs \"text\" and "
                            "\"label\"; \"text_b\" is optional)")
       examples.append(_example(record["text"], record.get("text_b"), record["label"], where))
   if not examples:
-    raise ValueError(f"{field}={path!r} holds no examples")
+    raise InputError(f"{field}={path!r} holds no examples")
   return examples
 
 
 def _example(text, text_b, label, where: str) -> Example:
   for name, value in (("text", text), ("text_b", text_b)):
     if value is not None and not isinstance(value, str):
-      raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+      raise InputError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
   if isinstance(label, bool) or not isinstance(label, (int, str)):
-    raise ValueError(f"{where}: label {label!r} must be an int (class index) or a string")
+    raise InputError(f"{where}: label {label!r} must be an int (class index) or a string")
   if isinstance(label, int) and label < 0:
-    raise ValueError(f"{where}: label {label} is negative; int labels are class indices 0, 1, ..."
+    raise InputError(f"{where}: label {label} is negative; int labels are class indices 0, 1, ..."
                      " (TFDS/GLUE test splits mark unlabelled examples with -1: evaluate on "
                      "a labelled split)")
   return Example(text, text_b, label, where)
@@ -108,13 +111,10 @@ def _example(text, text_b, label, where: str) -> Example:
 
 def parse_tfds(spec: str, default_split: str) -> tuple[str, str]:
   """`tfds:NAME[:VERSION][:SPLIT]` -> (name with version, split)."""
-  parts = spec[len("tfds:"):].split(":")
-  name, parts = parts[0], parts[1:]
-  if parts and _VERSION.match(parts[0]):
-    name, parts = f"{name}:{parts[0]}", parts[1:]
-  if not name or len(parts) > 1 or not all(parts):
-    raise ValueError(f"{spec!r}: expected tfds:NAME[:SPLIT], e.g. tfds:glue/sst2:validation")
-  return name, parts[0] if parts else default_split
+  parsed = sources.split_tfds_spec(spec[len("tfds:"):])
+  if parsed is None:
+    raise InputError(f"{spec!r}: expected tfds:NAME[:SPLIT], e.g. tfds:glue/sst2:validation")
+  return parsed[0], parsed[1] or default_split
 
 
 def _read_tfds(spec: str, default_split: str, data_dir: str | None, field: str) -> list[Example]:
@@ -124,13 +124,13 @@ def _read_tfds(spec: str, default_split: str, data_dir: str | None, field: str) 
     records = tfds.data_source(name, split=split, data_dir=data_dir,
                                builder_kwargs={"file_format": "array_record"})
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"{field}={spec!r}: TFDS has no dataset {name!r}") from None
+    raise InputError(f"{field}={spec!r}: TFDS has no dataset {name!r}") from None
   features = records.dataset_info.features
   names = set(features.keys())
   fields = next(((a, b) for a, b in TFDS_TEXT_FIELDS if a in names and (b is None or b in names)),
                 None)
   if fields is None or TFDS_LABEL_FIELD not in names:
-    raise ValueError(f"{field}={spec!r}: found no text and label fields among {sorted(names)} "
+    raise InputError(f"{field}={spec!r}: found no text and label fields among {sorted(names)} "
                      f"(text fields tried: {', '.join(sorted({a for a, _ in TFDS_TEXT_FIELDS}))}; "
                      f"label: {TFDS_LABEL_FIELD!r})")
   a, b = fields
@@ -144,7 +144,7 @@ def _read_tfds(spec: str, default_split: str, data_dir: str | None, field: str) 
     examples.append(_example(_text(record[a]), _text(record[b]) if b else None, label,
                              f"tfds:{name}[{split}] example {i}"))
   if not examples:
-    raise ValueError(f"{field}={spec!r}: split {split!r} holds no examples")
+    raise InputError(f"{field}={spec!r}: split {split!r} holds no examples")
   return examples
 
 
@@ -163,7 +163,7 @@ def label_vocabulary(examples: list[Example]) -> list:
   kind = type(examples[0].label)
   for ex in examples:
     if type(ex.label) is not kind:
-      raise ValueError(f"{ex.where}: label {ex.label!r} ({type(ex.label).__name__}) is not of "
+      raise InputError(f"{ex.where}: label {ex.label!r} ({type(ex.label).__name__}) is not of "
                        f"the kind of {examples[0].where}'s label {examples[0].label!r} "
                        f"({kind.__name__}); use ints or strings throughout")
   if kind is int:
@@ -180,7 +180,7 @@ def label_ids(examples: list[Example], labels: list, known_from: str) -> np.ndar
     i = index.get((type(ex.label), ex.label))
     if i is None:
       shown = ", ".join(map(repr, labels[:20])) + (", ..." if len(labels) > 20 else "")
-      raise ValueError(f"{ex.where}: label {ex.label!r} does not occur in {known_from}; its "
+      raise InputError(f"{ex.where}: label {ex.label!r} does not occur in {known_from}; its "
                        f"labels: {shown}")
     ids[n] = i
   return ids
@@ -191,15 +191,11 @@ def label_ids(examples: list[Example], labels: list, known_from: str) -> np.ndar
 
 
 def _truncate(a: np.ndarray, b: np.ndarray | None, budget: int):
+  """Drops tokens from the ends: of a single text, or of a pair as BERT's _truncate_seq_pair."""
   if b is None:
     return a[:budget], None
-  la, lb = len(a), len(b)
-  while la + lb > budget:  # BERT's _truncate_seq_pair: pop from the longer, b on ties
-    if la > lb:
-      la -= 1
-    else:
-      lb -= 1
-  return a[:la], b[:lb]
+  cut_a, cut_b = packing.pair_cuts(len(a), len(b), budget)
+  return a[:len(a) - cut_a], b[:len(b) - cut_b]
 
 
 def frame(tokenizer, family: str, a: np.ndarray, b: np.ndarray | None,
@@ -207,7 +203,7 @@ def frame(tokenizer, family: str, a: np.ndarray, b: np.ndarray | None,
   """Token ids of a (and b) -> (ids [n], token types [n], truncated?) with n <= seq_len."""
   specials = 2 if b is None else 3
   if seq_len < specials + (1 if b is None else 2):
-    raise ValueError(f"config.data.seq_len={seq_len} leaves no room for text after "
+    raise InputError(f"config.data.seq_len={seq_len} leaves no room for text after "
                      f"{specials} special tokens")
   total = len(a) + (0 if b is None else len(b))
   a, b = _truncate(a, b, seq_len - specials)
@@ -257,3 +253,54 @@ def batch_indices(step: int, num_examples: int, batch_size: int, seed: int,
              if shuffle else np.arange(num_examples))
     out[epochs == epoch] = order[offsets[epochs == epoch]]
   return out
+
+
+def process_rows(arrays: dict[str, np.ndarray], indices: np.ndarray, process_index: int,
+                 process_count: int) -> dict[str, np.ndarray]:
+  """This process's share (a contiguous slice) of the global batch of example `indices`."""
+  per_process = len(indices) // process_count
+  mine = indices[process_index * per_process:(process_index + 1) * per_process]
+  return {k: v[mine] for k, v in arrays.items()}
+
+
+class ExampleBatches(grain.DatasetIterator):
+  """This process's rows of global training batch 0, 1, 2, ... (`batch_indices`), endlessly.
+
+  The state is the number of batches read, so a resumed run reads exactly the batches it would
+  have read.
+  """
+
+  def __init__(self, arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int,
+               shuffle: bool, process_index: int = 0, process_count: int = 1):
+    super().__init__()
+    if global_batch_size % process_count:
+      raise InputError(f"config.train.batch_size={global_batch_size} is not divisible by the "
+                       f"{process_count} processes")
+    self._arrays, self._batch_size, self._seed, self._shuffle = (arrays, global_batch_size,
+                                                                 seed, shuffle)
+    self._process = (process_index, process_count)
+    self._step = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    indices = batch_indices(self._step, len(self._arrays["label"]), self._batch_size, self._seed,
+                            self._shuffle)
+    self._step += 1
+    return process_rows(self._arrays, indices, *self._process)
+
+  def get_state(self) -> dict:
+    return {"step": self._step}
+
+  def set_state(self, state: dict) -> None:
+    self._step = int(state["step"])
+
+
+def eval_batches(arrays: dict[str, np.ndarray], *, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order, in global batches whose last one is padded with all-zero rows
+  (segment ids 0: weight 0); yields this process's rows of each."""
+  n = len(arrays["label"])
+  padded = {k: np.concatenate([v, np.zeros((-n % global_batch_size,) + v.shape[1:], v.dtype)])
+            for k, v in arrays.items()}
+  for start in range(0, len(padded["label"]), global_batch_size):
+    yield process_rows(padded, np.arange(start, start + global_batch_size), process_index,
+                       process_count)

@@ -25,6 +25,8 @@ import functools
 
 import numpy as np
 
+from pretrax.data.errors import InputError
+
 
 @functools.lru_cache(maxsize=16)
 def _replacement_ids(vocab_size: int, special_ids: frozenset) -> np.ndarray:
@@ -37,16 +39,16 @@ def check_rates(mask_rate: float, mask_token_rate: float, random_token_rate: flo
                  max_predictions: int):
   """Raises a ValueError naming the data.* field if the masking rates are out of range."""
   if not 0.0 < mask_rate <= 1.0:
-    raise ValueError(f"mask_rate (data.mask_rate) must be in (0, 1], got {mask_rate}")
+    raise InputError(f"mask_rate (data.mask_rate) must be in (0, 1], got {mask_rate}")
   for name, rate in (("mask_token_rate", mask_token_rate),
                      ("random_token_rate", random_token_rate)):
     if not 0.0 <= rate <= 1.0:
-      raise ValueError(f"{name} (data.{name}) must be in [0, 1], got {rate}")
+      raise InputError(f"{name} (data.{name}) must be in [0, 1], got {rate}")
   if mask_token_rate + random_token_rate > 1.0 + 1e-9:
-    raise ValueError(f"data.mask_token_rate + data.random_token_rate = "
+    raise InputError(f"data.mask_token_rate + data.random_token_rate = "
                      f"{mask_token_rate} + {random_token_rate} exceeds 1")
   if max_predictions < 0:
-    raise ValueError(f"max_predictions (data.max_predictions_per_seq) must be >= 0, "
+    raise InputError(f"max_predictions (data.max_predictions_per_seq) must be >= 0, "
                      f"got {max_predictions}")
 
 
@@ -109,11 +111,11 @@ def mask_tokens(ids_t: np.ndarray, rng: np.random.Generator, *, vocab_size: int,
   """
   ids_t = np.asarray(ids_t)
   if ids_t.ndim != 1 or not (ids_t.size == 0 or np.issubdtype(ids_t.dtype, np.integer)):
-    raise ValueError(f"mask_tokens expects a 1-D int array of ids, got shape {ids_t.shape} "
+    raise InputError(f"mask_tokens expects a 1-D int array of ids, got shape {ids_t.shape} "
                      f"dtype {ids_t.dtype}")
   ids_t = ids_t.astype(np.int32)
   if ids_t.size and (ids_t.min() < 0 or ids_t.max() >= vocab_size):
-    raise ValueError(f"ids must be in [0, vocab_size={vocab_size}), got values in "
+    raise InputError(f"ids must be in [0, vocab_size={vocab_size}), got values in "
                      f"[{ids_t.min()}, {ids_t.max()}]")
   check_rates(mask_rate, mask_token_rate, random_token_rate, max_predictions)
   special_ids = frozenset(int(i) for i in special_ids)
@@ -126,7 +128,7 @@ def mask_tokens(ids_t: np.ndarray, rng: np.random.Generator, *, vocab_size: int,
   else:
     word_starts_t = np.asarray(word_starts_t)
     if word_starts_t.shape != ids_t.shape:
-      raise ValueError(f"word_starts_t has shape {word_starts_t.shape}, expected {ids_t.shape}")
+      raise InputError(f"word_starts_t has shape {word_starts_t.shape}, expected {ids_t.shape}")
     chosen = _choose_whole_words(_word_ids(special_t, word_starts_t), candidates, budget, rng)
 
   # Per token: u < mask_token_rate -> [MASK]; then random_token_rate -> random id; else keep.
@@ -138,7 +140,7 @@ def mask_tokens(ids_t: np.ndarray, rng: np.random.Generator, *, vocab_size: int,
   if len(to_random):
     pool = _replacement_ids(int(vocab_size), special_ids)
     if not len(pool):
-      raise ValueError(f"every id in [0, {vocab_size}) is special: no random replacement exists")
+      raise InputError(f"every id in [0, {vocab_size}) is special: no random replacement exists")
     masked_ids_t[to_random] = pool[rng.integers(0, len(pool), len(to_random))]
 
   n = len(chosen)

@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import grain
 import numpy as np
 
+from pretrax.data.errors import InputError
+
 FEATURES = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
 
 
@@ -75,13 +77,13 @@ class _Row:
 
 def _check_seq_len(seq_len: int):
   if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-    raise ValueError(f"seq_len must be a positive int (data.seq_len), got {seq_len!r}")
+    raise InputError(f"seq_len must be a positive int (data.seq_len), got {seq_len!r}")
 
 
 def _as_tokens(doc: Any) -> np.ndarray:
   doc = np.asarray(doc)
   if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
-    raise ValueError(
+    raise InputError(
         f"packing expects 1-D integer token arrays ([bos] + ids + [eos]), got shape {doc.shape} "
         f"dtype {doc.dtype}")
   return doc
@@ -211,3 +213,17 @@ class PackedLMDatasetIterator(DocumentCursorIterator):
 
   def __str__(self) -> str:
     return f"PackedLMDatasetIterator(seq_len={self._seq_len})"
+
+
+def pair_cuts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
+  """How many tokens A and B lose so that both fit in `max_tokens`, as BERT's
+  `truncate_seq_pair`: one token at a time from the longer side, B on ties."""
+  excess = len_a + len_b - max_tokens
+  if excess <= 0:
+    return 0, 0
+  diff = abs(len_a - len_b)
+  if excess <= diff:
+    return (excess, 0) if len_a > len_b else (0, excess)
+  rest = excess - diff  # equal lengths now: they alternate, B first
+  return ((diff if len_a > len_b else 0) + rest // 2,
+          (diff if len_b > len_a else 0) + rest - rest // 2)

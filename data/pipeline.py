@@ -16,6 +16,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from pretrax.data.errors import InputError
 from pretrax.data import packing
 
 
@@ -45,12 +46,12 @@ def check_stream_args(batch_size: int, process_index: int, process_count: int,
                       num_workers: int) -> None:
   """Raises ValueError for arguments no pipeline can run with."""
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise InputError(f"batch_size must be >= 1, got {batch_size}")
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, process_count={process_count}), "
+    raise InputError(f"process_index must be in [0, process_count={process_count}), "
                      f"got {process_index}")
   if num_workers < 0:
-    raise ValueError(f"num_workers must be >= 0 (data.num_workers), got {num_workers}")
+    raise InputError(f"num_workers must be >= 0 (data.num_workers), got {num_workers}")
 
 
 def shuffle_seed(seed: int) -> int:
@@ -98,13 +99,13 @@ def lm_batches(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, s
     positions int32; loss_weights float32 (see data/packing.py).
   """
   if len(source) == 0:
-    raise ValueError(f"no documents in {describe_source(source)}: the data source is empty "
+    raise InputError(f"no documents in {describe_source(source)}: the data source is empty "
                      "(check data.source and the split)")
   check_stream_args(batch_size, process_index, process_count, num_workers)
 
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) == 0:
-    raise ValueError(f"no documents in {describe_source(source)} for process {process_index} of "
+    raise InputError(f"no documents in {describe_source(source)} for process {process_index} of "
                      f"{process_count}: it has only {len(source)} documents")
   if shuffle:
     ds = ds.shuffle(seed=shuffle_seed(seed))

@@ -1,8 +1,8 @@
 """Where documents come from: one random-access `TextSource` per split, whatever the corpus.
 
 `config.data.source` takes three forms:
-  default               the embedded Python-docs corpus (`corpora.PydocCorpus`), built once
-  text:PATH[,PATH...]   a user's .txt/.jsonl files or directories (`corpora.LocalText`)
+  default               the embedded Python-docs corpus (`pydoc_corpus.PydocCorpus`), built once
+  text:PATH[,PATH...]   a user's .txt/.jsonl files or directories (`local_text.LocalText`)
   tfds:NAME[:FEATURE]   any TFDS dataset, read with `tfds.data_source`; FEATURE defaults to
                         "text". NAME may carry a config and version: `tfds:c4/en:3.1.0:text`.
 The first two are built into `data_dir(config)`; a TFDS dataset lives in `config.data_dir`, else
@@ -17,7 +17,8 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pretrax.data import corpora
+from pretrax.data.errors import InputError
+from pretrax.data import corpora, local_text, pydoc_corpus
 from pretrax.data.config import DataConfig
 
 _SOURCE_FORMS = ("'default' (the embedded Python docs corpus), 'text:PATH' (.txt/.jsonl files "
@@ -72,6 +73,18 @@ def data_dir(config: DataConfig) -> str:
           or os.path.expanduser("~/.cache/pretrax/tfds"))
 
 
+def split_tfds_spec(rest: str) -> tuple[str, str | None] | None:
+  """What follows `tfds:`, `NAME[:VERSION][:LAST]` -> (NAME with its version, LAST or None),
+  or None when malformed. LAST is a feature (data.source) or a split (fine-tuning examples)."""
+  parts = rest.split(":")
+  name, parts = parts[0], parts[1:]
+  if parts and _VERSION.match(parts[0]):
+    name, parts = f"{name}:{parts[0]}", parts[1:]
+  if not name or len(parts) > 1 or not all(parts):
+    return None
+  return name, parts[0] if parts else None
+
+
 def _parse(source: str) -> tuple[str, str, str]:
   """`config.data.source` -> (kind, argument, feature) with kind default | text | tfds."""
   if source == "default":
@@ -79,14 +92,10 @@ def _parse(source: str) -> tuple[str, str, str]:
   kind, _, rest = source.partition(":")
   if kind == "text" and rest.strip():
     return "text", rest, "text"
-  if kind == "tfds" and rest:
-    parts = rest.split(":")
-    name, parts = parts[0], parts[1:]
-    if parts and _VERSION.match(parts[0]):
-      name, parts = f"{name}:{parts[0]}", parts[1:]
-    if name and len(parts) <= 1 and all(parts):
-      return "tfds", name, parts[0] if parts else "text"
-  raise ValueError(f"config.data.source={source!r} is not one of {_SOURCE_FORMS}")
+  parsed = split_tfds_spec(rest) if kind == "tfds" and rest else None
+  if parsed:
+    return "tfds", parsed[0], parsed[1] or "text"
+  raise InputError(f"config.data.source={source!r} is not one of {_SOURCE_FORMS}")
 
 
 def _base_splits(split: str) -> list[str]:
@@ -98,7 +107,7 @@ def _check_split(source: str, split: str, available) -> None:
   available = sorted(available)
   for name in _base_splits(split):
     if available and name not in available:
-      raise ValueError(f"config.data.source={source!r} has no split {name!r}; it has "
+      raise InputError(f"config.data.source={source!r} has no split {name!r}; it has "
                        f"{', '.join(available)} (set config.data.train_split / eval_split)")
 
 
@@ -116,7 +125,7 @@ def _open_tfds(source: str, name: str, feature: str, split: str, tfds_dir: str |
     base = name.split("/")[0].split(":")[0]
     builders = sorted(set(tfds.list_builders(with_community_datasets=False)))
     close = difflib.get_close_matches(base, builders, n=5)
-    raise ValueError(f"config.data.source={source!r}: TFDS has no dataset {base!r}"
+    raise InputError(f"config.data.source={source!r}: TFDS has no dataset {base!r}"
                      + (f"; did you mean {', '.join(close)}?" if close else "")) from None
   except ValueError as e:
     if "split" not in str(e).lower():
@@ -125,12 +134,12 @@ def _open_tfds(source: str, name: str, feature: str, split: str, tfds_dir: str |
     raise
   features = records.dataset_info.features
   if feature not in features.keys():
-    raise ValueError(f"config.data.source={source!r}: {name} has no feature {feature!r}; its "
+    raise InputError(f"config.data.source={source!r}: {name} has no feature {feature!r}; its "
                      f"features are {', '.join(sorted(features.keys()))} (use tfds:{name}:FEATURE)")
   spec = features[feature]
   if not (isinstance(spec, (tfds.features.Text, tfds.features.Tensor))
           and spec.shape == () and spec.np_dtype == np.object_):
-    raise ValueError(f"config.data.source={source!r}: feature {feature!r} of {name} is {spec}, "
+    raise InputError(f"config.data.source={source!r}: feature {feature!r} of {name} is {spec}, "
                      "not text; name a text feature with tfds:NAME:FEATURE")
   return records
 
@@ -145,9 +154,9 @@ def open_source(config: DataConfig, split: str) -> TextSource:
     records = _open_tfds(config.source, argument, feature, split, config.data_dir or None)
   else:
     if kind == "default":
-      builder = corpora.pydoc_builder(data_dir(config))
+      builder = pydoc_corpus.pydoc_builder(data_dir(config))
     else:
-      builder = corpora.local_text_builder(argument, config.validation_fraction, data_dir(config))
+      builder = local_text.local_text_builder(argument, config.validation_fraction, data_dir(config))
     builder = corpora.build(builder)
     _check_split(config.source, split, builder.info.splits.keys())
     records = builder.as_data_source(split=split)
@@ -172,7 +181,7 @@ def eval_split(config: DataConfig) -> str:
   for name in ("validation", "test"):
     if name in splits:
       return name
-  raise ValueError(f"config.data.source={config.source!r} has no validation or test split "
+  raise InputError(f"config.data.source={config.source!r} has no validation or test split "
                    f"(its splits: {', '.join(sorted(splits)) or 'unknown'}); set "
                    "config.data.eval_split, e.g. to 'train[-1%:]'")
 

@@ -25,6 +25,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece
 
+from pretrax.data.errors import InputError
+from pretrax.data import files
+
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "[CLS]", "[SEP]", "[MASK]")  # ids 0..6
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 
@@ -116,11 +119,11 @@ class Tokenizer(abc.ABC):
   def _check_ids(self, ids) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
-      raise ValueError(f"expected a 1-D sequence of int ids, got shape {ids.shape} dtype {ids.dtype}")
+      raise InputError(f"expected a 1-D sequence of int ids, got shape {ids.shape} dtype {ids.dtype}")
     ids = ids.astype(np.int64)
     bad = ids[(ids < 0) | (ids >= self.vocab_size)]
     if bad.size:
-      raise ValueError(f"id {int(bad[0])} is outside this {self.kind} tokenizer's vocabulary "
+      raise InputError(f"id {int(bad[0])} is outside this {self.kind} tokenizer's vocabulary "
                        f"[0, {self.vocab_size})")
     return ids
 
@@ -154,7 +157,7 @@ class ByteTokenizer(Tokenizer):
         "byte_offset": self.byte_offset,
     }
     path = os.path.join(directory, JSON_FILENAME)
-    _atomic_write(path, (json.dumps(description, indent=2) + "\n").encode())
+    files.atomic_write_json(path, description)
     return path
 
 
@@ -166,13 +169,13 @@ class SentencePieceTokenizer(Tokenizer):
   def __init__(self, model_path: str):
     self.model_path = model_path
     if not os.path.isfile(model_path):
-      raise ValueError(f"SentencePiece model {model_path!r} does not exist")
+      raise InputError(f"SentencePiece model {model_path!r} does not exist")
     with open(model_path, "rb") as f:
       self._model_proto = f.read()
     try:
       self._sp = sentencepiece.SentencePieceProcessor(model_proto=self._model_proto)
     except RuntimeError as e:
-      raise ValueError(f"{model_path!r} is not a SentencePiece model: {e}") from None
+      raise InputError(f"{model_path!r} is not a SentencePiece model: {e}") from None
     self.vocab_size = self._sp.get_piece_size()
     self._check_specials()
 
@@ -207,7 +210,7 @@ class SentencePieceTokenizer(Tokenizer):
     wrong += [f"the model's {name} is {got} (expected {want})"
               for name, (got, want) in roles.items() if got != want]
     if wrong:
-      raise ValueError(
+      raise InputError(
           f"SentencePiece model {self.model_path!r} does not use pretrax's special-token ids "
           f"({', '.join(f'{t}={i}' for i, t in enumerate(SPECIAL_TOKENS))}): {'; '.join(wrong)}. "
           "Train it with pretrax.data.tokenizers.train_sentencepiece.")
@@ -220,7 +223,7 @@ class SentencePieceTokenizer(Tokenizer):
 
   def save(self, directory: str) -> str:
     path = os.path.join(directory, MODEL_FILENAME)
-    _atomic_write(path, self._model_proto)
+    files.atomic_write(path, self._model_proto)
     return path
 
   def describe(self) -> dict:
@@ -232,10 +235,10 @@ def load_tokenizer(spec: str) -> Tokenizer:
   if spec == "byte":
     return ByteTokenizer()
   if spec == "train":
-    raise ValueError("tokenizer='train' needs a corpus: train one with train_sentencepiece(...) "
+    raise InputError("tokenizer='train' needs a corpus: train one with train_sentencepiece(...) "
                      "and load the .model it writes")
   if not os.path.isfile(spec):
-    raise ValueError(f"tokenizer {spec!r}: no such file; valid values: byte | PATH.model | train")
+    raise InputError(f"tokenizer {spec!r}: no such file; valid values: byte | PATH.model | train")
   return SentencePieceTokenizer(spec)
 
 
@@ -245,17 +248,17 @@ def load_from_directory(directory: str) -> Tokenizer:
   json_path = os.path.join(directory, JSON_FILENAME)
   has_model, has_json = os.path.isfile(model_path), os.path.isfile(json_path)
   if has_model and has_json:
-    raise ValueError(f"{directory!r} holds both {MODEL_FILENAME} and {JSON_FILENAME}; "
+    raise InputError(f"{directory!r} holds both {MODEL_FILENAME} and {JSON_FILENAME}; "
                      "delete the one that does not belong to this run")
   if has_model:
     return SentencePieceTokenizer(model_path)
   if not has_json:
-    raise ValueError(f"{directory!r} holds no tokenizer: expected {MODEL_FILENAME} or {JSON_FILENAME}")
+    raise InputError(f"{directory!r} holds no tokenizer: expected {MODEL_FILENAME} or {JSON_FILENAME}")
   try:
     with open(json_path) as f:
       description = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{json_path!r} is not valid JSON: {e}") from None
+    raise InputError(f"{json_path!r} is not valid JSON: {e}") from None
   tokenizer = ByteTokenizer()
   expected = {
       "kind": tokenizer.kind,
@@ -266,7 +269,7 @@ def load_from_directory(directory: str) -> Tokenizer:
   for key, want in expected.items():
     got = description.get(key) if isinstance(description, dict) else None
     if got != want:
-      raise ValueError(f"{json_path!r}: field {key!r} is {got!r}, expected {want!r} "
+      raise InputError(f"{json_path!r}: field {key!r} is {got!r}, expected {want!r} "
                        "(the only tokenizer.json pretrax writes is the byte tokenizer's)")
   return tokenizer
 
@@ -286,9 +289,9 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str, *, vocab_size:
   if isinstance(texts, str):
     raise TypeError("texts must be an iterable of documents, not one str")
   if model_type not in MODEL_TYPES:
-    raise ValueError(f"model_type={model_type!r}; choose one of {' | '.join(MODEL_TYPES)}")
+    raise InputError(f"model_type={model_type!r}; choose one of {' | '.join(MODEL_TYPES)}")
   if vocab_size <= len(SPECIAL_TOKENS):
-    raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    raise InputError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
 
   errors = []  # an exception raised while reading texts; SentencePiece would wrap it in a RuntimeError
   def sentences() -> Iterator[str]:
@@ -300,7 +303,7 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str, *, vocab_size:
   stream = sentences()
   first = next(stream, None)
   if first is None:
-    raise ValueError("empty corpus: texts hold no non-empty line to train a tokenizer on")
+    raise InputError("empty corpus: texts hold no non-empty line to train a tokenizer on")
 
   writer = io.BytesIO()
   try:
@@ -331,10 +334,10 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str, *, vocab_size:
 
   model_path, vocab_path = output_prefix + ".model", output_prefix + ".vocab"
   os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-  _atomic_write(model_path, writer.getvalue())
+  files.atomic_write(model_path, writer.getvalue())
   sp = sentencepiece.SentencePieceProcessor(model_proto=writer.getvalue())
   vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
-  _atomic_write(vocab_path, vocab.encode("utf-8"))
+  files.atomic_write(vocab_path, vocab.encode("utf-8"))
   return SentencePieceTokenizer(model_path)
 
 
@@ -370,21 +373,12 @@ def _training_error(message: str, vocab_size: int) -> ValueError:
   """SentencePiece's RuntimeError -> a ValueError that says what to change."""
   too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
   if too_high:
-    return ValueError(f"the corpus is too small for vocab_size={vocab_size}: it yields at most "
+    return InputError(f"the corpus is too small for vocab_size={vocab_size}: it yields at most "
                       f"{too_high.group(2)} pieces; use vocab_size <= {too_high.group(2)} "
                       "or train on more text")
   too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
   if too_low:
-    return ValueError(f"vocab_size={vocab_size} is too small for this corpus: it needs at least "
+    return InputError(f"vocab_size={vocab_size} is too small for this corpus: it needs at least "
                       f"{too_low.group(2)} pieces ({len(SPECIAL_TOKENS)} specials, 256 byte pieces "
                       "and its characters)")
-  return ValueError(f"SentencePiece training failed (vocab_size={vocab_size}): {message}")
-
-
-def _atomic_write(path: str, data: bytes):
-  """Writes data to path through a temporary file, so readers never see a partial file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  return InputError(f"SentencePiece training failed (vocab_size={vocab_size}): {message}")

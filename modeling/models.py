@@ -11,3 +11,13 @@ FAMILIES = {"gpt": GPT, "bert": BERT}
 
 def build(config: ModelConfig, rngs: nnx.Rngs) -> GPT | BERT:
   return FAMILIES[config.family](config, rngs=rngs)
+
+
+def build_model(config: ModelConfig, seed: int = 0) -> GPT | BERT:
+  """The model of `config` with parameters initialized from `seed`."""
+  return build(config, nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig):
+  """(graphdef, abstract nnx.State) without allocating parameters."""
+  return nnx.split(nnx.eval_shape(lambda: build_model(config)))

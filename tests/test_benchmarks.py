@@ -8,9 +8,6 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-
-SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
 COLUMNS = ["row", "batch", "params", "first s", "ms med", "ms min", "ms max", "tokens/s", "MFU",
            "peak MiB", "x"]
 PRESETS = ["gpt.py:tiny", "bert.py:tiny"]
@@ -36,15 +33,16 @@ def _table(stdout: str) -> dict[str, dict[str, str]]:
   return rows
 
 
-def test_throughput_smoke_with_torch_reference(tmp_path):
+def test_throughput_smoke_with_torch_reference(tmp_path, repo_dir):
   missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
   if missing:
     pytest.fail(f"{' and '.join(missing)} not importable: benchmarks/throughput.py "
                 "--reference=torch needs them (a test dependency): pip install torch transformers")
-  command = [sys.executable, SCRIPT, "--smoke", "--reference=torch"]
+  command = [sys.executable, os.path.join(repo_dir, "benchmarks", "throughput.py"), "--smoke",
+             "--reference=torch"]
   command += [f"--preset=configs/{p}" for p in PRESETS]
   env = dict(os.environ, PRETRAX_DATA_DIR=str(tmp_path / "data"))  # the corpus is built here
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(command, cwd=repo_dir, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = _table(result.stdout)
   assert sorted(rows) == sorted(f"{p} {kind}" for p in PRESETS

@@ -10,11 +10,10 @@ from flax import nnx
 
 from pretrax.modeling.bert import BERT
 from pretrax.training import config as config_lib
-from tests.conftest import REPO
 
 
 def _config(**overrides):
-  config = config_lib.load_preset(os.path.join(REPO, "configs/bert.py:tiny")).model
+  config = config_lib.load_preset("bert:tiny").model
   return dataclasses.replace(config, vocab_size=64, num_layers=2, d_model=32, num_heads=2,
                              max_seq_len=32, **overrides)
 

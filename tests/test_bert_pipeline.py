@@ -17,19 +17,14 @@ from pretrax.data import bert_pipeline
 from pretrax.data import tokenizers
 from pretrax.data.config import DataConfig
 from pretrax.data.tokenizers import CLS_ID, SEP_ID
-from tests.test_masking import _words
-from tests.test_pipeline import _assert_batches_equal
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
 SPECIALS = list(range(7))
 T, P = 64, 10
 
 
 @pytest.fixture(scope="module")
-def text() -> str:
-  with open(SHAKESPEARE, encoding="utf-8") as f:
-    return f.read()
+def text(shakespeare_text) -> str:
+  return shakespeare_text
 
 
 @pytest.fixture(scope="module")
@@ -218,11 +213,11 @@ def test_processes_read_disjoint_shards(docs, tok):
     np.testing.assert_array_equal(np.concatenate(runs), want)
 
 
-def test_pad_final_batch_for_pairs(docs, tok):
+def test_pad_final_batch_for_pairs(docs, tok, assert_batches_equal):
   batches = _batches(docs[:30], tok, _config("mlm+nsp"), batch_size=7, shuffle=False,
                      repeat=False, pad_final_batch=True)
   dropped = _batches(docs[:30], tok, _config("mlm+nsp"), batch_size=7, shuffle=False, repeat=False)
-  _assert_batches_equal(batches[:len(dropped)], dropped)
+  assert_batches_equal(batches[:len(dropped)], dropped)
   last = batches[-1]
   real = last["segment_ids"][:, 0] > 0
   assert len(batches) == len(dropped) + 1 and 0 < real.sum() < 7
@@ -230,7 +225,7 @@ def test_pad_final_batch_for_pairs(docs, tok):
     assert not v[~real].any(), k
 
 
-def test_whole_word_masking_in_the_pipeline(docs, text, tmp_path):
+def test_whole_word_masking_in_the_pipeline(docs, text, tmp_path, words_of):
   spm = tokenizers.train_sentencepiece(text[:100_000].split("\n\n"), str(tmp_path / "spm"),
                                        vocab_size=1000)
   for objective in ("mlm", "mlm+nsp"):
@@ -242,7 +237,7 @@ def test_whole_word_masking_in_the_pipeline(docs, text, tmp_path):
     for r, row in enumerate(original):
       w = rows["masked_weights"][r]
       chosen = set(rows["masked_positions"][r][w > 0].tolist())
-      for word in _words(row, spm.word_starts(row)):
+      for word in words_of(row, spm.word_starts(row)):
         hit = [i in chosen for i in word]
         assert all(hit) or not any(hit), (word, hit)
         split += all(hit) and len(word) > 1
@@ -281,16 +276,16 @@ def test_second_epoch_draws_new_masks(text, tok):
     assert not np.array_equal(rows["masked_positions"][r], rows["masked_positions"][r + 20])
 
 
-def test_deterministic_given_seed_and_seeds_differ(docs, tok):
+def test_deterministic_given_seed_and_seeds_differ(docs, tok, assert_batches_equal):
   for objective in bert_pipeline.OBJECTIVES:
     a = _batches(docs, tok, _config(objective), n=4, seed=3)
-    _assert_batches_equal(_batches(docs, tok, _config(objective), n=4, seed=3), a)
+    assert_batches_equal(_batches(docs, tok, _config(objective), n=4, seed=3), a)
     b = _batches(docs, tok, _config(objective), n=4, seed=4)
     assert not np.array_equal(a[0]["input_ids"], b[0]["input_ids"])
 
 
 @pytest.mark.parametrize("objective", bert_pipeline.OBJECTIVES)
-def test_resume_from_any_state_including_across_epochs(docs, tok, objective):
+def test_resume_from_any_state_including_across_epochs(docs, tok, objective, assert_batches_equal):
   few = [d for d in docs if 200 <= len(d) <= 400][:5]  # ~5 rows each
   kwargs = {"batch_size": 8, "seed": 5, "shuffle": True, "repeat": True}
   config = _config(objective)
@@ -310,11 +305,11 @@ def test_resume_from_any_state_including_across_epochs(docs, tok, objective):
   for k in range(len(states)):
     assert len(json.dumps(states[k])) < 300, states[k]
     resumed.set_state(states[k])
-    _assert_batches_equal(_take(resumed, min(3, len(full) - k)), full[k:k + 3])
+    assert_batches_equal(_take(resumed, min(3, len(full) - k)), full[k:k + 3])
   resumed.close()  # stops its prefetch threads
 
 
-def test_orbax_checkpoint_round_trip(docs, tok, tmp_path):
+def test_orbax_checkpoint_round_trip(docs, tok, tmp_path, assert_batches_equal):
   config = _config("mlm+nsp")
   kwargs = {"batch_size": 4, "seed": 1, "shuffle": True, "repeat": True}
   it = bert_pipeline.make_iterator(docs, tok, config, **kwargs)
@@ -329,35 +324,34 @@ def test_orbax_checkpoint_round_trip(docs, tok, tmp_path):
   restore = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
   restored = manager.restore(manager.latest_step(), args=restore)
   assert restored.data is fresh
-  _assert_batches_equal(_take(fresh, 5), want)
+  assert_batches_equal(_take(fresh, 5), want)
 
 
-def test_one_worker_process_gives_the_same_batches(docs, tok):
+def test_one_worker_process_gives_the_same_batches(docs, tok, assert_batches_equal):
   config = _config("mlm+nsp")
   kwargs = {"batch_size": 4, "seed": 2, "shuffle": True, "repeat": True}
   want = _batches(docs, tok, config, n=8, **kwargs)
   it = iter(bert_pipeline.bert_batches(docs, tok, config, num_workers=1, **kwargs))
   try:
-    _assert_batches_equal(_take(it, 4), want[:4])
+    assert_batches_equal(_take(it, 4), want[:4])
     state = json.loads(json.dumps(it.get_state()))
   finally:
     it.close()
   resumed = iter(bert_pipeline.bert_batches(docs, tok, config, num_workers=1, **kwargs))
   try:
     resumed.set_state(state)
-    _assert_batches_equal(_take(resumed, 4), want[4:])
+    assert_batches_equal(_take(resumed, 4), want[4:])
   finally:
     resumed.close()
 
 
-def test_split_sentences():
+def test_split_sentences(shakespeare_text):
   text = "Hello there. How are you?\nFine!  Thanks.\n\n'Tis so.' Yes"
   assert bert_pipeline.split_sentences(text) == [
       "Hello there. ", "How are you?\n", "Fine!  ", "Thanks.\n\n", "'Tis so.' ", "Yes"]
   assert bert_pipeline.split_sentences("") == []
   assert bert_pipeline.split_sentences("\n\nA") == ["\n\nA"]  # leading whitespace joins
-  with open(SHAKESPEARE, encoding="utf-8") as f:
-    head = f.read()[:50_000]
+  head = shakespeare_text[:50_000]
   sentences = bert_pipeline.split_sentences(head)
   assert "".join(sentences) == head and all(s.strip() for s in sentences)
 

@@ -1,32 +1,26 @@
 """Config presets, command-line overrides and the errors they raise."""
 
 import dataclasses
-import glob
+import importlib
 import os
 
 import jax
 import pytest
 from flax import nnx
 
+from pretrax.cli import main as cli
 from pretrax.modeling.gpt import GPT
-from pretrax.training import cli, config as config_lib
+from pretrax.training import config as config_lib
 from pretrax.training.config import ConfigError
-from tests.conftest import REPO
-
-PRESET_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 
 def _variants():
-  for path in PRESET_FILES:
-    if os.path.basename(path) == "__init__.py":
-      continue
-    module = {}
-    exec(open(path).read(), module)
-    for variant in module["VARIANTS"]:
-      yield f"{path}:{variant}"
+  for name in config_lib.available_presets():
+    for variant in importlib.import_module(f"pretrax.configs.{name}").VARIANTS:
+      yield f"{name}:{variant}"
 
 
-@pytest.mark.parametrize("spec", list(_variants()), ids=lambda s: os.path.basename(s))
+@pytest.mark.parametrize("spec", list(_variants()))
 def test_every_preset_loads_validates_and_builds(spec):
   config = config_lib.load_preset(spec)
   config.model.vocab_size = config.model.vocab_size or 384
@@ -36,14 +30,14 @@ def test_every_preset_loads_validates_and_builds(spec):
 
 
 def test_gpt2_124m_has_gpt2_small_parameter_count():
-  config = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:gpt2_124m"))
+  config = config_lib.load_preset("gpt:gpt2_124m")
   config.model.vocab_size = 50_257  # GPT-2's own vocabulary: 124,439,808 parameters
   abstract = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract))) == 124_439_808
 
 
 def test_overrides_are_typed():
-  base = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny"))
+  base = config_lib.load_preset("gpt:tiny")
   config = config_lib.apply_overrides(base, {
       "model.num_layers": "3", "optimizer.learning_rate": "1e-4", "data.shuffle": "false",
       "data.source": "text:/tmp/x.txt", "mesh.axis_rules": '[["batch", ["data"]], ["embed", null]]'})
@@ -64,7 +58,7 @@ def test_overrides_are_typed():
     ("model.d_model.x", "3", "is a value, not a section"),
 ])
 def test_bad_override_names_the_key(key, value, match):
-  base = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny"))
+  base = config_lib.load_preset("gpt:tiny")
   with pytest.raises(ConfigError, match=match):
     config_lib.apply_overrides(base, {key: value})
 
@@ -79,27 +73,38 @@ def test_bad_override_names_the_key(key, value, match):
 ])
 def test_invalid_combinations_fail_validation(overrides, match):
   config = config_lib.apply_overrides(
-      config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny")), overrides)
+      config_lib.load_preset("gpt:tiny"), overrides)
   with pytest.raises(ConfigError, match=match):
     config_lib.validate(config)
 
 
 def test_json_round_trip(tmp_path):
-  config = config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:small"))
+  config = config_lib.load_preset("gpt:small")
   config_lib.save_json(config, str(tmp_path / "config.json"))
   assert config_lib.load_json(str(tmp_path / "config.json")) == config
 
 
 def test_unknown_variant_and_missing_file():
   with pytest.raises(ConfigError, match="no variant 'huge'"):
-    config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:huge"))
+    config_lib.load_preset("gpt:huge")
   with pytest.raises(ConfigError, match="no such file"):
     config_lib.load_preset("configs/nope.py:tiny")
+  with pytest.raises(ConfigError, match="no preset 'gtp'; the presets are bert, finetune, gpt"):
+    config_lib.load_preset("gtp:tiny")
+
+
+def test_presets_resolve_by_name_from_any_directory_and_equal_their_files(tmp_path, repo_dir,
+                                                                          monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no configs/ folder here
+  assert config_lib.available_presets() == ["bert", "finetune", "gpt"]
+  by_name = config_lib.load_preset("bert:base")
+  by_file = config_lib.load_preset(os.path.join(repo_dir, "configs", "bert.py") + ":base")
+  assert by_name == by_file and by_name.model.num_layers == 12
 
 
 def test_cli_rejects_a_typo_before_any_compute(tmp_path, capsys):
   workdir = tmp_path / "run"
-  code = cli.main(["train", f"--config={REPO}/configs/gpt.py:tiny", f"--workdir={workdir}",
+  code = cli.main(["train", "--config=gpt:tiny", f"--workdir={workdir}",
                    "--config.model.num_layer=2"])
   assert code == 2
   assert "model.num_layer" in capsys.readouterr().err

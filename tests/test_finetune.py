@@ -17,13 +17,13 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
+from pretrax.modeling import models
+from pretrax.inference import loading
 from pretrax.data import classification, tokenizers
-from pretrax.training import checkpointing, config as config_lib, finetune, trainer
+from pretrax.inference import evaluate
+from pretrax.training import checkpointing, config as config_lib, trainer
+from pretrax.training.tasks import classification as classification_task
 from pretrax.training.config import ConfigError
-from tests.conftest import REPO
-
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
 SEQ_LEN = 64
 ONE_DEVICE = jax.devices()[:1]
 
@@ -36,11 +36,10 @@ def _write_jsonl(path, records):
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
+def task(tmp_path_factory, shakespeare_text):
   """{train, eval: JSONL with string labels; train_int, eval_int: the same with 0/1}."""
   tmp = tmp_path_factory.mktemp("task")
-  with open(SHAKESPEARE) as f:
-    lines = [line.strip() for line in f if len(line.strip()) >= 30]
+  lines = [line.strip() for line in shakespeare_text.splitlines() if len(line.strip()) >= 30]
   out = {}
   for split, chosen in (("train", lines[:3000]), ("eval", lines[-400:])):
     records = [{"text": line[::-1] if i % 2 else line, "label": i % 2}
@@ -52,14 +51,13 @@ def task(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gpt_init(tmp_path_factory):
+def gpt_init(tmp_path_factory, shakespeare_text):
   """A GPT pretrained for 40 steps on the first 60 KB of tinyshakespeare."""
   tmp = tmp_path_factory.mktemp("gpt_pre")
   corpus = tmp / "shakespeare.txt"
-  with open(SHAKESPEARE) as f:
-    corpus.write_text(f.read(60_000))
+  corpus.write_text(shakespeare_text[:60_000])
   config = config_lib.apply_overrides(
-      config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny")),
+      config_lib.load_preset("gpt:tiny"),
       {"data.source": f"text:{corpus}", "data.data_dir": str(tmp / "tfds"),
        "model.num_layers": "2", "model.d_model": "64", "model.num_heads": "4",
        "model.max_seq_len": str(SEQ_LEN), "data.seq_len": str(SEQ_LEN),
@@ -75,14 +73,14 @@ def bert_init(tmp_path_factory):
   """A freshly initialized 2-layer BERT saved as a pretraining run directory (step 0)."""
   workdir = str(tmp_path_factory.mktemp("bert_pre") / "run")
   config = config_lib.apply_overrides(
-      config_lib.load_preset(os.path.join(REPO, "configs/bert.py:tiny")),
+      config_lib.load_preset("bert:tiny"),
       {"model.num_layers": "2", "model.d_model": "64", "model.num_heads": "4",
        "model.max_seq_len": str(SEQ_LEN), "data.seq_len": str(SEQ_LEN),
        "model.vocab_size": "384"})
   os.makedirs(workdir)
   config_lib.save_json(config, os.path.join(workdir, "config.json"))
   tokenizers.load_tokenizer("byte").save(workdir)
-  params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, seed=0)))
+  params = nnx.to_pure_dict(nnx.state(models.build_model(config.model, seed=0)))
   checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
   checkpointer.save(0, {"step": np.int32(0), "params": params})
   checkpointer.close()
@@ -94,12 +92,13 @@ def _config(train, eval_="", **overrides):
             "optimizer.warmup_steps": "10"}
   values.update(overrides)
   return config_lib.apply_overrides(
-      config_lib.load_preset(os.path.join(REPO, "configs/finetune.py:classify")), values)
+      config_lib.load_preset("finetune:classify"), values)
 
 
-def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+def _finetune(config, init, workdir, **kwargs):
+  """`pretrax finetune --init=INIT --workdir=WORKDIR` with `config`, in this process."""
+  config = config_lib.apply_overrides(config, {"finetune.init": init})
+  return trainer.train(config, workdir, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,11 +106,11 @@ def _metrics(workdir):
 
 
 def test_bert_learns_the_task_and_its_workdir_is_self_contained(task, bert_init, tmp_path,
-                                                                 capsys):
+                                                                 capsys, read_metrics):
   workdir = str(tmp_path / "bert_ft")
   config = _config(task["train"], task["eval"], **{"train.steps": "200",
                                                    "train.eval_every": "100"})
-  last = finetune.run_finetune(config, bert_init, workdir, devices=ONE_DEVICE)
+  last = _finetune(config, bert_init, workdir, devices=ONE_DEVICE)
   assert last["eval_accuracy"] >= 0.9 and last["eval_macro_f1"] >= 0.9  # chance: 0.5
   assert last["eval_examples"] == 400
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -125,29 +124,29 @@ def test_bert_learns_the_task_and_its_workdir_is_self_contained(task, bert_init,
   with open(os.path.join(workdir, "labels.json")) as f:
     assert json.load(f) == {"labels": ["original", "reversed"]}  # sorted: id 0, id 1
   assert tokenizers.load_from_directory(workdir).kind == "byte"
-  records = _metrics(workdir)
+  records = read_metrics(workdir)
   assert [r["step"] for r in records] == list(range(10, 201, 10))
   assert {"loss", "accuracy", "lr", "grad_norm"} <= set(records[0])
   assert [r["step"] for r in records if "eval_accuracy" in r] == [100, 200]
 
   # The workdir alone is enough to evaluate: the same numbers as the end of training.
-  result = finetune.eval_classifier(workdir)
+  result = evaluate.eval_run(workdir)
   assert result["step"] == 200 and result["examples"] == 400
   np.testing.assert_allclose(result["accuracy"], last["eval_accuracy"])
   np.testing.assert_allclose(result["macro_f1"], last["eval_macro_f1"])
   np.testing.assert_allclose(result["loss"], last["eval_loss"], rtol=1e-5)
   # Re-running resumes from the last checkpoint: nothing left to train, the same report.
-  again = finetune.run_finetune(config, bert_init, workdir, devices=ONE_DEVICE)
+  again = _finetune(config, bert_init, workdir, devices=ONE_DEVICE)
   assert "Resumed from" in capsys.readouterr().out
   np.testing.assert_allclose(again["eval_accuracy"], last["eval_accuracy"])
-  assert len(_metrics(workdir)) == len(records)
+  assert len(read_metrics(workdir)) == len(records)
 
 
 def test_gpt_learns_the_task_with_the_auxiliary_lm_loss(task, gpt_init, tmp_path):
   workdir = str(tmp_path / "gpt_ft")
   config = _config(task["train_int"], task["eval_int"], **{"train.steps": "100",
-                                                           "train.eval_every": "0"})
-  last = finetune.run_finetune(config, gpt_init, workdir, devices=ONE_DEVICE)
+                                                           "train.eval_every": "100"})
+  last = _finetune(config, gpt_init, workdir, devices=ONE_DEVICE)
   assert last["eval_accuracy"] >= 0.9 and last["eval_macro_f1"] >= 0.9  # chance: 0.5
   # loss = classification loss + λ LM loss, λ = 0.5; the LM loss stays far below uniform bytes.
   np.testing.assert_allclose(last["loss"], last["cls_loss"] + 0.5 * last["lm_loss"], rtol=1e-5)
@@ -157,7 +156,8 @@ def test_gpt_learns_the_task_with_the_auxiliary_lm_loss(task, gpt_init, tmp_path
   assert config_lib.load_json(os.path.join(workdir, "config.json")).model.family == "gpt"
 
 
-def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_path):
+def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_path,
+                                                              read_metrics):
   """Sentence pairs end to end: 2 steps on a 2x2x2 data/fsdp/tensor mesh, then 2 more resumed
   on one device, equal 4 uninterrupted steps on one device (dropout included)."""
   rng = np.random.default_rng(0)
@@ -168,12 +168,12 @@ def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_pa
   config = _config(train, **{"train.steps": "4", "train.batch_size": "8", "train.log_every": "1",
                              "checkpoint.every": "2", "optimizer.warmup_steps": "1"})
   whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
-  finetune.run_finetune(config, bert_init, whole, devices=ONE_DEVICE)
+  _finetune(config, bert_init, whole, devices=ONE_DEVICE)
   sharded = config_lib.apply_overrides(config, {"mesh.data": "2", "mesh.fsdp": "2",
                                                 "mesh.tensor": "2"})
-  finetune.run_finetune(sharded, bert_init, split, stop_after=2)
-  finetune.run_finetune(config, bert_init, split, devices=ONE_DEVICE)  # resumed on another mesh
-  ma, mb = _metrics(whole), _metrics(split)
+  _finetune(sharded, bert_init, split, stop_after=2)
+  _finetune(config, bert_init, split, devices=ONE_DEVICE)  # resumed on another mesh
+  ma, mb = read_metrics(whole), read_metrics(split)
   assert [m["step"] for m in ma] == [m["step"] for m in mb] == [1, 2, 3, 4]
   for ra, rb in zip(ma, mb):
     for key in ("loss", "accuracy", "grad_norm", "lr"):
@@ -182,6 +182,24 @@ def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_pa
   assert a.all_steps() == b.all_steps() == [2, 4]
   with open(os.path.join(split, "labels.json")) as f:
     assert json.load(f) == {"labels": ["contradict", "entail", "neutral"]}
+
+
+def test_gradient_accumulation_equals_one_big_batch(bert_init, tmp_path, read_metrics):
+  """Fine-tuning steps on the trainer's gradient accumulation: 4 micro-batches of 4 examples
+  give the update of one batch of 16 (dropout off, so both see the same model)."""
+  rng = np.random.default_rng(0)
+  records = [{"text": "".join(rng.choice(list("abcdefgh"), 12)), "label": i % 3}
+             for i in range(48)]
+  train = _write_jsonl(tmp_path / "train.jsonl", records)
+  base = {"train.steps": "3", "train.batch_size": "16", "train.log_every": "1",
+          "train.eval_every": "0", "finetune.classifier_dropout": "0"}
+  one, acc = str(tmp_path / "one"), str(tmp_path / "acc")
+  _finetune(_config(train, **base), bert_init, one, devices=ONE_DEVICE)
+  _finetune(_config(train, **base, **{"train.grad_accum_steps": "4"}), bert_init, acc,
+            devices=ONE_DEVICE)
+  for a, b in zip(read_metrics(one), read_metrics(acc), strict=True):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +241,7 @@ def test_macro_f1_by_hand():
   # Class 3: no example, never predicted -> left out of the mean.
   confusion = np.array([[3, 1, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
   confusion[1, 2] = 1  # one class-1 example predicted as 2: class 1 FN 3 -> F1 4/8
-  m = finetune.classification_metrics(confusion)
+  m = classification_task.classificationread_metrics(confusion)
   np.testing.assert_allclose(m["accuracy"], 5 / 9)
   np.testing.assert_allclose(m["macro_f1"], (6 / 9 + 4 / 8 + 0.0) / 3)
 
@@ -271,29 +289,31 @@ def test_bad_examples_are_errors_naming_file_and_line(gpt_init, tmp_path):
     path = tmp_path / f"{name.replace(' ', '_')}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=f"{path}{match}"):
-      finetune.run_finetune(_config(str(path)), gpt_init, str(tmp_path / "ft"))
+      _finetune(_config(str(path)), gpt_init, str(tmp_path / "ft"))
   with pytest.raises(FileNotFoundError, match=r"config.data.train='/nonexistent.jsonl': no such"):
-    finetune.run_finetune(_config("/nonexistent.jsonl"), gpt_init, str(tmp_path / "ft"))
+    _finetune(_config("/nonexistent.jsonl"), gpt_init, str(tmp_path / "ft"))
 
   train = _write_jsonl(tmp_path / "train.jsonl", [good, {"text": "other", "label": "b"}])
   eval_ = _write_jsonl(tmp_path / "eval.jsonl", [good, {"text": "w", "label": "c"}])
   with pytest.raises(ValueError, match=f"{eval_}:2: label 'c' does not occur in the training "
                                        f"data .*its labels: 'a', 'b'"):
-    finetune.run_finetune(_config(train, eval_), gpt_init, str(tmp_path / "ft2"))
+    _finetune(_config(train, eval_), gpt_init, str(tmp_path / "ft2"))
   with pytest.raises(ConfigError, match=r"config.data.train is empty"):
-    finetune.run_finetune(_config(""), gpt_init, str(tmp_path / "ft3"))
+    _finetune(_config(""), gpt_init, str(tmp_path / "ft3"))
 
 
 def test_backbone_starts_as_the_pretrained_model(gpt_init):
   config = config_lib.load_json(os.path.join(gpt_init, "config.json"))
   config.finetune.num_labels = 3
-  _, abstract_state = finetune.abstract_classifier(config)
+  task = classification_task.Classification(config, None, "",
+                                            init=classification_task.load_init(gpt_init))
+  _, abstract_state = task.abstract_model()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),
                           nnx.to_pure_dict(abstract_state))
   assert abstract["head"]["w_io"].shape == (64, 3)
-  backbone = finetune.restore_backbone(finetune.load_init(gpt_init), abstract["backbone"])
-  pretrained = checkpointing.load_run(gpt_init)
+  backbone = task.restore_backbone(abstract["backbone"])
+  pretrained = loading.load_run(gpt_init)
   assert pretrained.step == 40
   jax.tree.map(np.testing.assert_array_equal, backbone, pretrained.params)
 
@@ -303,20 +323,20 @@ def test_missing_or_incompatible_init_is_an_error(gpt_init, tmp_path):
                                                   {"text": "b", "label": 1}])
   config = _config(train)
   with pytest.raises(FileNotFoundError, match=r"no config.json"):
-    finetune.run_finetune(config, str(tmp_path / "missing"), str(tmp_path / "ft"))
+    _finetune(config, str(tmp_path / "missing"), str(tmp_path / "ft"))
   with pytest.raises(ConfigError, match=r"needs the pretrained run: --init="):
-    finetune.run_finetune(config, "", str(tmp_path / "ft"))
+    _finetune(config, "", str(tmp_path / "ft"))
 
   no_checkpoint = tmp_path / "no_checkpoint"
   no_checkpoint.mkdir()
   for name in ("config.json", "tokenizer.json"):
     shutil.copy(os.path.join(gpt_init, name), no_checkpoint / name)
   with pytest.raises(FileNotFoundError, match=r"has no checkpoint under"):
-    finetune.run_finetune(config, str(no_checkpoint), str(tmp_path / "ft"))
+    _finetune(config, str(no_checkpoint), str(tmp_path / "ft"))
 
   with pytest.raises(ConfigError, match=r"config.model.family='bert', but --init=.* holds a "
                                         r"model with family='gpt'"):
-    finetune.run_finetune(config_lib.apply_overrides(config, {"model.family": "bert"}),
+    _finetune(config_lib.apply_overrides(config, {"model.family": "bert"}),
                           gpt_init, str(tmp_path / "ft"))
 
   reshaped = tmp_path / "reshaped"
@@ -328,7 +348,7 @@ def test_missing_or_incompatible_init_is_an_error(gpt_init, tmp_path):
     json.dump(values, f)
   with pytest.raises(ValueError, match=r"does not fit the model its config.json describes .*"
                                        r"w_in_df: checkpoint \(64, 256\), model \(64, 128\)"):
-    finetune.run_finetune(config, str(reshaped), str(tmp_path / "ft_reshaped"))
+    _finetune(config, str(reshaped), str(tmp_path / "ft_reshaped"))
 
   finetuned = tmp_path / "finetuned"
   finetuned.mkdir()
@@ -336,4 +356,4 @@ def test_missing_or_incompatible_init_is_an_error(gpt_init, tmp_path):
   with open(finetuned / "config.json", "w") as f:
     json.dump(values, f)
   with pytest.raises(ValueError, match=r"is a fine-tuned run .*needs a pretraining run"):
-    finetune.run_finetune(config, str(finetuned), str(tmp_path / "ft"))
+    _finetune(config, str(finetuned), str(tmp_path / "ft"))

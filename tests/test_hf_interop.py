@@ -19,10 +19,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from pretrax.inference import loading
 from pretrax.data import tokenizers
 from pretrax.modeling.config import ModelConfig
-from pretrax.training import checkpointing, config as config_lib, evaluate, export, hf, trainer
-from tests.test_training import _tiny
+from pretrax.inference import evaluate
+from pretrax.interop import export, hf
+from pretrax.training import config as config_lib, trainer
 
 LOGIT_ATOL = 1e-5
 LOSS_RTOL = 1e-5
@@ -84,10 +86,10 @@ def bert(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_gpt_config):
   """A tiny GPT trained for a few steps with the real trainer."""
   root = tmp_path_factory.mktemp("trained")
-  config = _tiny(root, **{"train.steps": "6", "train.eval_every": "0", "checkpoint.every": "6"})
+  config = tiny_gpt_config(root, **{"train.steps": "6", "train.eval_every": "0", "checkpoint.every": "6"})
   trainer.train(config, str(root / "run"))
   return root, root / "run"
 
@@ -116,7 +118,7 @@ def _params_equal(a: dict, b: dict) -> None:
 
 def test_gpt2_import_gives_transformers_logits(gpt2):
   model, _, workdir = gpt2
-  run = checkpointing.load_run(str(workdir))
+  run = loading.load_run(str(workdir))
   assert run.step == 0 and run.config.model.vocab_size == SMALL["vocab_size"]
   assert run.config.model.activation == "gelu_tanh" and run.config.model.norm_position == "pre"
   ids, mask = _padded_batch(0)
@@ -135,8 +137,8 @@ def test_gpt2_model_folder_imports_the_same_parameters(gpt2, tmp_path):
   model.transformer.save_pretrained(tmp_path / "base")
   result = export.import_hf(str(tmp_path / "base"), str(tmp_path / "run"), tokenizer="byte")
   assert result["architecture"] == "GPT2Model" and result["fresh"] == []
-  _params_equal(checkpointing.load_run(str(tmp_path / "run")).params,
-                checkpointing.load_run(str(workdir)).params)
+  _params_equal(loading.load_run(str(tmp_path / "run")).params,
+                loading.load_run(str(workdir)).params)
 
 
 def _bert_outputs(run, ids, mask, types, positions):
@@ -160,7 +162,7 @@ def _bert_inputs():
 
 def test_bert_import_gives_transformers_mlm_and_nsp_logits(bert):
   model, _, workdir = bert
-  run = checkpointing.load_run(str(workdir))
+  run = loading.load_run(str(workdir))
   cfg = run.config.model
   assert (cfg.norm_position, cfg.activation, cfg.embed_norm, cfg.type_vocab_size) == \
       ("post", "gelu", True, 2)
@@ -182,7 +184,7 @@ def test_bert_import_gives_transformers_mlm_and_nsp_logits(bert):
 def test_bert_headless_folders_get_fresh_heads(bert, tmp_path):
   """BertForMaskedLM lacks pooler + NSP, BertModel the MLM head + NSP: those start fresh."""
   model, hf_dir, workdir = bert
-  full = checkpointing.load_run(str(workdir))
+  full = loading.load_run(str(workdir))
   mlm_model = transformers.BertForMaskedLM.from_pretrained(hf_dir).eval()
   mlm_model.save_pretrained(tmp_path / "mlm")
   model.bert.save_pretrained(tmp_path / "base")
@@ -196,8 +198,8 @@ def test_bert_headless_folders_get_fresh_heads(bert, tmp_path):
   assert base["architecture"] == "BertModel"
   assert {n.split(".")[0] for n in base["fresh"]} == {"cls"} and len(base["fresh"]) == 7
 
-  mlm_run = checkpointing.load_run(str(tmp_path / "mlm_run"))
-  base_run = checkpointing.load_run(str(tmp_path / "base_run"))
+  mlm_run = loading.load_run(str(tmp_path / "mlm_run"))
+  base_run = loading.load_run(str(tmp_path / "base_run"))
   for key in ("blocks", "token_embed_vd", "embed_norm", "mlm_dense", "mlm_bias_v"):
     _params_equal(mlm_run.params[key], full.params[key])
   for key in ("blocks", "token_embed_vd", "embed_norm", "pooler"):
@@ -221,8 +223,8 @@ def _export_and_reimport(workdir, tmp_path):
   summary = export.export_hf(str(workdir), str(out))
   assert {"config.json", "model.safetensors", export.PRETRAX_TOKENIZER} <= set(os.listdir(out))
   export.import_hf(str(out), str(tmp_path / "back"))  # the folder carries its tokenizer
-  a = checkpointing.load_run(str(workdir))
-  b = checkpointing.load_run(str(tmp_path / "back"))
+  a = loading.load_run(str(workdir))
+  b = loading.load_run(str(tmp_path / "back"))
   _params_equal(a.params, b.params)
   assert b.config.model == a.config.model and b.config.data == a.config.data
   assert b.tokenizer.describe() == a.tokenizer.describe()
@@ -282,7 +284,7 @@ def test_sentencepiece_tokenizer_travels_with_the_export(trained, tmp_path):
   assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == \
       (tmp_path / "spm.model").read_bytes()
   export.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
-  back = checkpointing.load_run(str(tmp_path / "back"))
+  back = loading.load_run(str(tmp_path / "back"))
   assert back.tokenizer.describe() == spm.describe()
 
 
@@ -306,7 +308,7 @@ def test_exported_run_scores_like_pretrax_score(trained, tmp_path):
   out = tmp_path / "hf"
   export.export_hf(str(workdir), str(out))
   model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
-  run = checkpointing.load_run(str(workdir))
+  run = loading.load_run(str(workdir))
   window = run.config.data.seq_len
   windows = []
   for text in ("To be, or not to be", "All the world's a stage, and all the men and women "
@@ -327,7 +329,7 @@ def test_export_params_is_a_run_directory_for_eval(trained, tmp_path):
   print(f"params-only checkpoint {summary['checkpoint_bytes']:,} bytes vs full "
         f"{summary['source_checkpoint_bytes']:,} bytes")
   assert summary["checkpoint_bytes"] < 0.5 * summary["source_checkpoint_bytes"]
-  a, b = checkpointing.load_run(str(workdir)), checkpointing.load_run(str(out))
+  a, b = loading.load_run(str(workdir)), loading.load_run(str(out))
   assert b.step == a.step == 6 and b.config == a.config
   _params_equal(a.params, b.params)
   ids, _ = _padded_batch(2)
@@ -338,19 +340,19 @@ def test_export_params_is_a_run_directory_for_eval(trained, tmp_path):
       evaluate.score_text(str(workdir), text)["loss"]
 
 
-def test_imported_run_continues_pretraining(gpt2, trained, tmp_path):
+def test_imported_run_continues_pretraining(gpt2, trained, tmp_path, tiny_gpt_config):
   """trainer.train resumes checkpoint 0 (no data-iterator item) of an imported run."""
   _, hf_dir, _ = gpt2
-  corpus = _tiny(trained[0]).data  # the trained run's corpus, already built
+  corpus = tiny_gpt_config(trained[0]).data  # the trained run's corpus, already built
   workdir = tmp_path / "run"
   export.import_hf(str(hf_dir), str(workdir), tokenizer="byte")
-  imported = checkpointing.load_run(str(workdir))
+  imported = loading.load_run(str(workdir))
   config = config_lib.apply_overrides(imported.config, {
       "data.source": corpus.source, "data.data_dir": corpus.data_dir, "data.seq_len": "32",
       "train.steps": "2", "train.batch_size": "8", "train.eval_every": "0",
       "train.log_every": "1", "optimizer.learning_rate": "1e-7", "optimizer.warmup_steps": "0"})
   trainer.train(config, str(workdir))
-  after = checkpointing.load_run(str(workdir))
+  after = loading.load_run(str(workdir))
   assert after.step == 2
   # Two tiny steps away from the imported weights (a fresh init would be far from them).
   for x, y in zip(jax.tree.leaves(imported.params), jax.tree.leaves(after.params)):

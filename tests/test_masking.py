@@ -13,17 +13,14 @@ from pretrax.data import masking
 from pretrax.data import tokenizers
 from pretrax.data.tokenizers import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
 NUM_ROWS = 2_000
 SEQ_LEN = 128
 SPECIALS = frozenset(range(7))
 
 
 @pytest.fixture(scope="module")
-def paragraphs() -> list[str]:
-  with open(SHAKESPEARE, encoding="utf-8") as f:
-    return [p for p in f.read().split("\n\n") if p.strip()]
+def paragraphs(shakespeare_text) -> list[str]:
+  return [p for p in shakespeare_text.split("\n\n") if p.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +158,7 @@ def test_max_predictions_caps_the_budget(paragraphs, byte_tok):
   assert (weights.sum(axis=1) == 5).mean() > 0.9
 
 
-def _words(row, starts) -> list[list[int]]:
-  """Token indices of each word, by a plain loop: a start (or the first non-special after a
-  special) and the non-start non-special tokens after it."""
-  words, prev_special = [], True
-  for i, (t, s) in enumerate(zip(row, starts)):
-    special = int(t) in SPECIALS
-    if not special:
-      if s or prev_special:
-        words.append([i])
-      else:
-        words[-1].append(i)
-    prev_special = special
-  return words
-
-
-def test_whole_word_masking(paragraphs, spm_tok):
+def test_whole_word_masking(paragraphs, spm_tok, words_of):
   rows = _rows(spm_tok, paragraphs, seed=4)
   masked, positions, labels, weights = _mask_all(rows, spm_tok, seed=4, whole_word=True,
                                                  max_predictions=20)
@@ -188,7 +170,7 @@ def test_whole_word_masking(paragraphs, spm_tok):
     budget = min(20, max(1, round(0.15 * int(_non_special_counts(row[None])[0]))))
     count = len(chosen)
     assert count <= budget
-    for word in _words(row, spm_tok.word_starts(row)):
+    for word in words_of(row, spm_tok.word_starts(row)):
       hit = [i in chosen for i in word]
       assert all(hit) or not any(hit), (word, hit)  # never a partial word
       if not any(hit):

@@ -53,7 +53,7 @@ def _config(tmp, mesh=(2, 2, 2), **overrides):
           "mesh.tensor": str(mesh[2])}
   base.update(overrides)
   return config_lib.apply_overrides(
-      config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny")), base)
+      config_lib.load_preset("gpt:tiny"), base)
 
 
 def _metrics(workdir):
@@ -83,7 +83,7 @@ def _run_processes(tmp, config, workdir, *, num_processes=2, stop_after=STOP):
   config_path = os.path.join(tmp, "worker_config.json")
   config_lib.save_json(config, config_path)
   coordinator = f"127.0.0.1:{portpicker.pick_unused_port()}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   procs = []
   for process_id in range(num_processes):
     spec = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id,
@@ -186,7 +186,9 @@ def test_two_process_checkpoint_continues_alone_on_another_mesh(runs):
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from pretrax.training import checkpointing, step as step_lib, trainer
+  from pretrax.data import batches
+  from pretrax.inference import loading
+  from pretrax.training import trainer
   copy = os.path.join(runs["tmp"], "two_processes_then_one")
   shutil.copytree(runs["two"], copy)
   config = _config(runs["tmp"], mesh=(1, 8, 1), **{"train.eval_every": "0"})
@@ -195,16 +197,52 @@ def test_two_process_checkpoint_continues_alone_on_another_mesh(runs):
   assert [m["step"] for m in records] == list(range(1, STEPS + 1))
 
   # Step 5's loss is that of the 2-process step-4 parameters on the first batch of the stream.
-  saved = checkpointing.load_run(runs["two"], step=STOP)
-  batch = next(iter(trainer.batches(saved.config, saved.tokenizer, "train", shuffle=False,
-                                    repeat=True)))
-  sums = jax.jit(lambda p, b: step_lib.model_sums(nnx.merge(saved.graphdef, p), b, "causal"))(
+  saved = loading.load_run(runs["two"], step=STOP)
+  batch = next(iter(batches.pretraining_batches(
+      saved.config.data, saved.tokenizer, "train", global_batch_size=BATCH,
+      seed=saved.config.train.seed, shuffle=False, repeat=True)))
+  sums = jax.jit(lambda p, b: saved.task.sums(nnx.merge(saved.graphdef, p), b))(
       saved.params, jax.tree.map(jnp.asarray, batch))
   want = float(sums["loss_sum"] / sums["weight_sum"])
   print("2-process checkpoint continued alone, step 5 loss vs recomputed:",
         abs(records[STOP]["loss"] - want) / want)
   np.testing.assert_allclose(records[STOP]["loss"], want, rtol=RTOL)
   assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_fine_tuning_with_two_processes_equals_one(runs):
+  """`pretrax finetune` runs on the same trainer: launched as two processes on a (2, 2, 2) mesh
+  it takes the steps one process takes on the same mesh."""
+  import jax
+  from pretrax.training import config as config_lib, trainer
+  tmp = runs["tmp"]
+  examples = os.path.join(tmp, "examples.jsonl")
+  rng = np.random.default_rng(1)
+  with open(examples, "w") as f:
+    for i in range(40):
+      f.write(json.dumps({"text": "".join(rng.choice(list("abcdef"), 20)), "label": i % 2}) + "\n")
+  config = config_lib.apply_overrides(
+      config_lib.load_preset("finetune:classify"),
+      {"finetune.init": runs["one"], "data.train": examples, "data.seq_len": str(SEQ_LEN),
+       "train.batch_size": str(BATCH), "train.steps": str(STOP), "train.log_every": "1",
+       "train.eval_every": "0", "optimizer.warmup_steps": "1", "mesh.data": "2",
+       "mesh.fsdp": "2", "mesh.tensor": "2"})
+  two, one = os.path.join(tmp, "finetune_two"), os.path.join(tmp, "finetune_one")
+  procs = _run_processes(tmp, config, two)
+  try:
+    trainer.train(config, one, devices=jax.devices())
+  except BaseException:
+    for proc, _ in procs:
+      proc.kill()
+    raise
+  _wait(procs)
+  a, b = _metrics(two), _metrics(one)
+  assert [m["step"] for m in a] == [m["step"] for m in b] == list(range(1, STOP + 1))
+  for key in ("loss", "cls_loss", "lm_loss", "accuracy"):
+    np.testing.assert_allclose([m[key] for m in a], [m[key] for m in b], rtol=RTOL, err_msg=key)
+  np.testing.assert_allclose([m["grad_norm"] for m in a], [m["grad_norm"] for m in b], rtol=1e-4)
+  data_dir = os.path.join(two, "checkpoints", str(STOP), "data")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
 
 
 @pytest.mark.parametrize("mesh,devices", [((1, 8, 1), slice(0, 8)), ((2, 1, 2), slice(4, 8))],

@@ -14,15 +14,10 @@ from pretrax.data import packing
 from pretrax.data import pipeline
 from pretrax.data.tokenizers import ByteTokenizer
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
-
-
 @pytest.fixture(scope="module")
-def docs() -> list[str]:
+def docs(shakespeare_text) -> list[str]:
   """The first 300 distinct paragraphs of tinyshakespeare (so a text names its document)."""
-  with open(SHAKESPEARE) as f:
-    paragraphs = [p for p in f.read().split("\n\n") if p.strip()]
+  paragraphs = [p for p in shakespeare_text.split("\n\n") if p.strip()]
   return list(dict.fromkeys(paragraphs))[:300]
 
 
@@ -33,14 +28,6 @@ def tok():
 
 def _take(it, n):
   return list(itertools.islice(it, n))
-
-
-def _assert_batches_equal(got, want):
-  assert len(got) == len(want)
-  for g, w in zip(got, want):
-    assert set(g) == set(w)
-    for k in w:
-      np.testing.assert_array_equal(g[k], w[k], err_msg=k)
 
 
 def _texts(batches) -> list[str]:
@@ -100,9 +87,9 @@ def test_one_pass_reads_every_document_once_in_order(docs, tok):
   assert num_targets == sum(len(tok.encode(d)) + 1 for d in docs)
 
 
-def test_deterministic_given_seed_and_seeds_differ(docs, tok):
+def test_deterministic_given_seed_and_seeds_differ(docs, tok, assert_batches_equal):
   a = _batches(docs, tok, n=8, seed=3)
-  _assert_batches_equal(_batches(docs, tok, n=8, seed=3), a)
+  assert_batches_equal(_batches(docs, tok, n=8, seed=3), a)
   assert _texts(_batches(docs, tok, n=8, seed=4))[:5] != _texts(a)[:5]
 
 
@@ -132,7 +119,7 @@ def test_processes_read_disjoint_shards_that_cover_the_source(docs, tok):
   assert t0 != docs[0::2]  # shuffled within the shard
 
 
-def test_resume_from_any_state_including_across_epochs(docs, tok):
+def test_resume_from_any_state_including_across_epochs(docs, tok, assert_batches_equal):
   few = docs[:10]
   kwargs = {"seq_len": 64, "batch_size": 3, "seed": 5, "shuffle": True, "repeat": True}
   n = _batches_for_epochs(few, tok, 2.5, kwargs["seq_len"], kwargs["batch_size"])
@@ -145,12 +132,12 @@ def test_resume_from_any_state_including_across_epochs(docs, tok):
     assert len(json.dumps(state)) < 300, state
     resumed = iter(ds)
     resumed.set_state(json.loads(json.dumps(state)))
-    _assert_batches_equal(_take(resumed, len(full) - k), full[k:])
+    assert_batches_equal(_take(resumed, len(full) - k), full[k:])
     resumed.close()  # stops its prefetch threads
     next(it)
 
 
-def test_orbax_checkpoint_round_trip(docs, tok, tmp_path):
+def test_orbax_checkpoint_round_trip(docs, tok, tmp_path, assert_batches_equal):
   kwargs = {"seq_len": 64, "batch_size": 4, "seed": 1, "shuffle": True, "repeat": True}
   it = pipeline.make_iterator(docs, tok, **kwargs)
   _take(it, 7)
@@ -164,29 +151,29 @@ def test_orbax_checkpoint_round_trip(docs, tok, tmp_path):
   restored = manager.restore(manager.latest_step(),
                              args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
   assert restored.data is fresh
-  _assert_batches_equal(_take(fresh, 5), want)
+  assert_batches_equal(_take(fresh, 5), want)
 
 
-def test_one_worker_process_gives_the_same_batches(docs, tok):
+def test_one_worker_process_gives_the_same_batches(docs, tok, assert_batches_equal):
   kwargs = {"seq_len": 64, "batch_size": 4, "seed": 2, "shuffle": True, "repeat": True}
   want = _batches(docs, tok, n=12, **kwargs)
   start = time.perf_counter()
   it = iter(pipeline.lm_batches(docs, tok, num_workers=1, **kwargs))
   try:
-    _assert_batches_equal(_take(it, 6), want[:6])
+    assert_batches_equal(_take(it, 6), want[:6])
     state = json.loads(json.dumps(it.get_state()))
   finally:
     it.close()
   resumed = iter(pipeline.lm_batches(docs, tok, num_workers=1, **kwargs))
   try:
     resumed.set_state(state)
-    _assert_batches_equal(_take(resumed, 6), want[6:])
+    assert_batches_equal(_take(resumed, 6), want[6:])
   finally:
     resumed.close()
   assert time.perf_counter() - start < 20
 
 
-def test_pad_final_batch(docs, tok):
+def test_pad_final_batch(docs, tok, assert_batches_equal):
   few = docs[:40]
   rows = packing.pack_documents([[tok.bos_id, *tok.encode(d), tok.eos_id] for d in few], 64)
   num_rows = len(rows["inputs"])
@@ -198,7 +185,7 @@ def test_pad_final_batch(docs, tok):
   dropped = _batches(few, tok, **kwargs)
   assert len(padded) == -(-num_rows // batch_size)
   assert len(dropped) == num_rows // batch_size
-  _assert_batches_equal(padded[:-1], dropped)
+  assert_batches_equal(padded[:-1], dropped)
   last, real = padded[-1], num_rows % batch_size
   for k in packing.FEATURES:
     assert last[k].shape == (batch_size, 64)

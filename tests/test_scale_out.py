@@ -157,11 +157,11 @@ def _mesh(data, fsdp, tensor):
 
 
 def test_mesh_errors_name_the_dimension_and_the_axis():
-  _, abstract = checkpointing.abstract_model(_model_config(num_heads=3, d_model=48))
+  _, abstract = models.abstract_model(_model_config(num_heads=3, d_model=48))
   with pytest.raises(ConfigError, match=r"blocks/0/attn/\w+ dimension \d \('heads', size 3\) is "
                                         r"not divisible by mesh axes \('tensor',\) of total size 2"):
     mesh_lib.param_specs(abstract, config_lib.DEFAULT_AXIS_RULES, _mesh(2, 2, 2))
-  _, abstract = checkpointing.abstract_model(_model_config(d_model=36))
+  _, abstract = models.abstract_model(_model_config(d_model=36))
   with pytest.raises(ConfigError, match=r"dimension \d \('embed', size 36\) is not divisible by "
                                         r"mesh axes \('fsdp',\) of total size 8"):
     mesh_lib.param_specs(abstract, config_lib.DEFAULT_AXIS_RULES, _mesh(1, 8, 1))
@@ -177,14 +177,14 @@ def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
   shard shape follow the rules, and describe_sharding's per-device bytes are what device 0 holds."""
   config = config_lib.Config(model=_model_config())
   rules, mesh = config.mesh.axis_rules, _mesh(2, 2, 2)
-  _, abstract = checkpointing.abstract_model(config.model)
+  _, abstract = models.abstract_model(config.model)
   abstract_params = nnx.to_pure_dict(abstract)
   optimizer = optimizer_lib.make_optimizer(config.optimizer, 10)
   params_specs = mesh_lib.param_specs(abstract, rules, mesh)
   opt_specs = mesh_lib.opt_state_specs(optimizer, abstract_params, params_specs)
 
   def init():
-    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model)))
+    params = nnx.to_pure_dict(nnx.state(models.build_model(config.model)))
     return params, optimizer.init(params)
 
   with jax.set_mesh(mesh), sharding.axis_rules(rules):

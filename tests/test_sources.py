@@ -1,4 +1,5 @@
-"""Tests for data/corpora.py and data/sources.py: real builds into tmp dirs, no network."""
+"""The corpus builders (data/corpora.py, pydoc_corpus.py, local_text.py) and data/sources.py:
+real builds into tmp dirs, no network."""
 
 import json
 import logging
@@ -14,12 +15,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from pretrax.data import corpora
+from pretrax.data import corpora, local_text, pydoc_corpus
 from pretrax.data import sources
 from pretrax.data.config import DataConfig
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
 
 
 def _all(source: sources.TextSource) -> list[str]:
@@ -47,7 +46,7 @@ def _write(path, content) -> str:
 def pydoc_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("pydoc"))
   start = time.perf_counter()
-  corpora.build(corpora.pydoc_builder(data_dir))
+  corpora.build(pydoc_corpus.pydoc_builder(data_dir))
   print(f"pydoc_corpus built in {time.perf_counter() - start:.1f} s")
   return data_dir
 
@@ -59,7 +58,7 @@ def pydoc_splits(pydoc_dir):
 
 
 def _ids_and_texts(data_dir, split):
-  records = corpora.build(corpora.pydoc_builder(data_dir)).as_data_source(split=split)
+  records = corpora.build(pydoc_corpus.pydoc_builder(data_dir)).as_data_source(split=split)
   return [(r["id"].decode(), r["text"].decode()) for r in (records[i] for i in range(len(records)))]
 
 
@@ -107,7 +106,7 @@ def test_default_corpus_is_deterministic(pydoc_dir, tmp_path):
 
 def test_default_corpus_config_is_keyed_by_python_version(pydoc_dir):
   v = sys.version_info
-  builder = corpora.pydoc_builder(pydoc_dir)
+  builder = pydoc_corpus.pydoc_builder(pydoc_dir)
   assert builder.builder_config.name.startswith(f"py{v.major}_{v.minor}_{v.micro}")
   assert f"/py{v.major}_{v.minor}_{v.micro}" in builder.data_dir
 
@@ -126,7 +125,7 @@ def test_txt_file_is_split_at_blank_lines(tmp_path):
   path = _write(tmp_path / "a.txt",
                 "\n\nFirst paragraph,\n  two lines.  \n\nSecond.\n \t \n\n\n  Third, indented.\r\n"
                 "still third\r\n\r\nFourth\n\n   \n")
-  docs = list(corpora.read_local_documents(path))
+  docs = list(local_text.read_local_documents(path))
   assert docs == [(f"{path}:3", "First paragraph,\n  two lines."),
                   (f"{path}:6", "Second."),
                   (f"{path}:10", "  Third, indented.\nstill third"),
@@ -143,14 +142,14 @@ def test_directory_of_txt_and_jsonl(tmp_path):
   _write(root / "a" / "empty.txt", "  \n")
   _write(root / "notes.md", "ignored")
   _write(root / ".hidden.txt", "ignored")
-  docs = list(corpora.read_local_documents(str(root)))
+  docs = list(local_text.read_local_documents(str(root)))
   assert docs == [(f"{root}/a/records.jsonl:1", "record one"),
                   (f"{root}/a/records.jsonl:4", "record\n\nthree"),
                   (f"{root}/a/z.txt", "A/Z document."),
                   (f"{root}/b.txt", "Whole file B.\n\nStill B.")]
   # Several paths, comma-separated, in the order given.
   single = _write(tmp_path / "single.jsonl", json.dumps({"text": "alone"}) + "\n")
-  docs = list(corpora.read_local_documents(f"{single}, {root}"))
+  docs = list(local_text.read_local_documents(f"{single}, {root}"))
   assert [text for _, text in docs] == ["alone", "record one", "record\n\nthree", "A/Z document.",
                                         "Whole file B.\n\nStill B."]
 
@@ -171,11 +170,11 @@ def test_validation_is_the_last_fraction(tmp_path):
 def test_rebuilt_when_the_file_changes_and_reused_when_not(tmp_path, caplog):
   path = _write(tmp_path / "c.txt", "old one\n\nold two\n")
   config = _text_config(path, tmp_path)
-  caplog.set_level(logging.INFO, logger="pretrax.data.corpora")
+  caplog.set_level(logging.INFO, logger="pretrax.data")
   assert _all(sources.open_source(config, "train")) == ["old one"]
   assert sum("Building local_text" in m for m in caplog.messages) == 1
 
-  built = corpora.local_text_builder(path, 0.1, config.data_dir)
+  built = local_text.local_text_builder(path, 0.1, config.data_dir)
   record_file = next(f for f in os.listdir(built.data_dir) if "train.array_record" in f)
   stamp = os.stat(os.path.join(built.data_dir, record_file)).st_mtime_ns
   assert _all(sources.open_source(config, "validation")) == ["old two"]
@@ -186,10 +185,10 @@ def test_rebuilt_when_the_file_changes_and_reused_when_not(tmp_path, caplog):
   os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
   assert _all(sources.open_source(config, "train")) == ["new one", "new two"]
   assert sum("Building local_text" in m for m in caplog.messages) == 2
-  rebuilt = corpora.local_text_builder(path, 0.1, config.data_dir)
+  rebuilt = local_text.local_text_builder(path, 0.1, config.data_dir)
   assert rebuilt.builder_config.name != built.builder_config.name
   # A different validation_fraction is a different dataset too.
-  assert corpora.local_text_config_name(path, 0.2) != rebuilt.builder_config.name
+  assert local_text.local_text_config_name(path, 0.2) != rebuilt.builder_config.name
 
 
 @pytest.mark.parametrize("files, source, message", [
@@ -227,13 +226,13 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
   # Four invalid bytes (\xe9, \xef, \xff, \xfe) and one genuine U+FFFD, which is not counted.
   path = _write(tmp_path / "latin.txt",
                 b"caf\xe9 au lait\n\nna\xefve \xff\xfe ok \xef\xbf\xbd\n\nplain\n")
-  with caplog.at_level(logging.WARNING, logger="pretrax.data.corpora"):
-    docs = [text for _, text in corpora.read_local_documents(path)]
+  with caplog.at_level(logging.WARNING, logger="pretrax.data"):
+    docs = [text for _, text in local_text.read_local_documents(path)]
   assert docs == ["caf\ufffd au lait", "na\ufffdve \ufffd\ufffd ok \ufffd", "plain"]
   warnings = [m for m in caplog.messages if "latin.txt" in m]
   assert len(warnings) == 1 and ": 4 characters were not valid UTF-8" in warnings[0]
   caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="pretrax.data.corpora"):
+  with caplog.at_level(logging.WARNING, logger="pretrax.data"):
     config = _text_config(path, tmp_path)
     assert _all(sources.open_source(config, "validation")) == ["plain"]
   assert sum("latin.txt" in m for m in caplog.messages) == 1  # once per build, not per pass
@@ -242,12 +241,12 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
 _RACER = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-from pretrax.data import corpora
+from pretrax.data import corpora, local_text, pydoc_corpus
 ready, go, paths, data_dir = sys.argv[1:]
 open(ready + str(os.getpid()), "w").close()
 while not os.path.exists(go):
   time.sleep(0.005)
-builder = corpora.build(corpora.local_text_builder(paths, 0.1, data_dir))
+builder = corpora.build(local_text.local_text_builder(paths, 0.1, data_dir))
 records = builder.as_data_source(split="validation")
 print(len(builder.as_data_source(split="train")), len(records), records[0]["text"].decode())
 """
@@ -347,14 +346,13 @@ def test_data_dir_resolution(monkeypatch):
 # The text source the pipeline sees.
 
 
-def test_tinyshakespeare_documents_and_held_out_end(tmp_path):
-  if not os.path.exists(SHAKESPEARE):
-    pytest.skip("shared/data/tinyshakespeare.txt is only on developer machines")
-  text = open(SHAKESPEARE, encoding="utf-8").read()
+def test_tinyshakespeare_documents_and_held_out_end(tmp_path, shakespeare_path,
+                                                    shakespeare_text):
+  text = shakespeare_text
   # Independent split: maximal runs of non-blank lines, with where each starts in the file.
   paragraphs = [(m.start(), m.group()) for m in re.finditer(r"(?:^[^\n]*\S[^\n]*(?:\n|$))+", text,
                                                             re.MULTILINE)]
-  config = _text_config(SHAKESPEARE, tmp_path)
+  config = _text_config(shakespeare_path, tmp_path)
   train = sources.open_source(config, "train")
   validation = sources.open_source(config, "validation")
   n = len(paragraphs)
@@ -370,7 +368,7 @@ def test_tinyshakespeare_documents_and_held_out_end(tmp_path):
   held_out_from = paragraphs[len(train)][0] / len(text)
   assert 0.89 < held_out_from < 0.91  # the final 10% of the file
   assert text.rstrip().endswith(validation[-1])
-  assert validation.name == f"text:{SHAKESPEARE}[validation]"
+  assert validation.name == f"text:{shakespeare_path}[validation]"
 
 
 def test_text_source_is_picklable_across_processes(tmp_path):

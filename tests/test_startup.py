@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-from pretrax.training import cli, startup
-from tests.conftest import REPO
+from pretrax.cli import main as cli
+from pretrax.cli import startup
 
 # A jitted function whose [4096, 4096] float32 intermediate (64 MiB, more than glibc's largest
 # mmap threshold) lives in XLA's temporary buffer; the kernel's minor fault count over 20 calls.
 # The runtime frees that buffer asynchronously, just after the result is ready; the pause after
 # each call lets the free land before the next call allocates, as a training step's host work
-# between steps usually does (when it does not, a second buffer is kept: see training/startup.py).
+# between steps usually does (when it does not, a second buffer is kept: see cli/startup.py).
 _FAULTS = """
 import json, resource, sys, time
-from pretrax.training import startup
+from pretrax.cli import startup
 done = startup.prepare({"PRETRAX_HOST_MEMORY": sys.argv[1]})
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x, w1, w2: (x @ w1) @ w2)
@@ -37,7 +37,7 @@ print(json.dumps({"done": done,
 
 
 def _run(code: str, *args: str, **env) -> dict:
-  out = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
+  out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
   assert out.returncode == 0, out.stderr
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,7 +64,7 @@ def test_kept_host_memory_removes_the_page_faults_of_each_step():
 def test_gpu_flags_only_where_a_cuda_plugin_is_and_xla_flags_is_unset():
   code = """
 import json
-from pretrax.training import startup
+from pretrax.cli import startup
 cases = [({}, ("xla_cuda12",)), ({"XLA_FLAGS": "--mine"}, ("xla_cuda12",)), ({}, ())]
 out = []
 for env, plugins in cases:

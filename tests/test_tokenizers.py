@@ -12,7 +12,6 @@ from pretrax.data import tokenizers
 from pretrax.data.tokenizers import (
     BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID)
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
 TRAIN_BYTES = 200_000  # the head of the file trains the models (< 1 s each)
 HELD_OUT_BYTES = 5_000  # the tail of the file is never trained on
 MULTILINGUAL = "héllo 世界 🙂"
@@ -20,11 +19,8 @@ AWKWARD = "  two  spaces\tand\ttabs\n\nnewlines \r\n[MASK] [CLS] <s> </s> <pad> 
 
 
 @pytest.fixture(scope="module")
-def shakespeare() -> str:
-  if not os.path.isfile(SHAKESPEARE):
-    pytest.skip(f"{SHAKESPEARE} not found (the shared/ folder beside the repo)")
-  with open(SHAKESPEARE, encoding="utf-8") as f:
-    return f.read()
+def shakespeare(shakespeare_text) -> str:
+  return shakespeare_text
 
 
 @pytest.fixture(scope="module")

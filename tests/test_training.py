@@ -10,38 +10,15 @@ import jax
 import numpy as np
 import pytest
 
+from pretrax.inference import loading
 from pretrax.training import checkpointing, config as config_lib, optimizer as optimizer_lib
 from pretrax.training import trainer
-from tests.conftest import REPO, SHAKESPEARE
 
 
-def _tiny(tmp_path, **overrides):
-  """A seconds-long tiny GPT on the first 60 KB of tinyshakespeare."""
-  corpus = tmp_path / "shakespeare.txt"
-  if not corpus.exists():
-    with open(SHAKESPEARE) as f:
-      corpus.write_text(f.read(60_000))
-  base = {"data.source": f"text:{corpus}", "data.data_dir": str(tmp_path / "tfds"),
-          "model.num_layers": "1", "model.d_model": "32", "model.num_heads": "2",
-          "model.max_seq_len": "32", "data.seq_len": "32", "train.batch_size": "8",
-          "train.steps": "8", "train.log_every": "2", "train.eval_every": "4",
-          "train.eval_steps": "2", "checkpoint.every": "4", "optimizer.warmup_steps": "2"}
-  base.update(overrides)
-  return config_lib.apply_overrides(
-      config_lib.load_preset(os.path.join(REPO, "configs/gpt.py:tiny")), base)
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-DETERMINISTIC = ("step", "loss", "accuracy", "lr", "grad_norm", "eval_loss", "eval_accuracy",
-                 "eval_bits_per_byte")
-
-
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-  config = _tiny(tmp_path, **{"model.dropout": "0.1"})  # dropout: the RNG must resume too
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_gpt_config, read_metrics,
+                                              assert_equal_runs):
+  # Dropout on: the dropout RNG must resume too.
+  config = tiny_gpt_config(tmp_path, **{"model.dropout": "0.1"})
   whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
   trainer.train(config, whole)
   trainer.train(config, split, stop_after=4)
@@ -55,52 +32,47 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   shutil.rmtree(os.path.join(crashed, "checkpoints", "8"))
   trainer.train(config, crashed)
 
-  a = checkpointing.load_run(whole)
-  assert a.step == 8
+  assert loading.load_run(whole).step == 8
+  assert [m["step"] for m in read_metrics(whole)] == [2, 4, 6, 8]
   for other in (split, crashed):
-    b = checkpointing.load_run(other)
-    assert b.step == 8
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    ma, mb = _metrics(whole), _metrics(other)
-    assert [m["step"] for m in ma] == [m["step"] for m in mb] == [2, 4, 6, 8]
-    for ra, rb in zip(ma, mb):
-      assert {k: ra.get(k) for k in DETERMINISTIC} == {k: rb.get(k) for k in DETERMINISTIC}
+    assert_equal_runs(whole, other)
 
 
 @pytest.mark.parametrize("family", ["gpt", "bert"])
-def test_sharded_meshes_match_one_device(tmp_path, family):
+def test_sharded_meshes_match_one_device(tmp_path, family, tiny_gpt_config, tiny_bert_config,
+                                         read_metrics):
   """Data, FSDP and tensor parallel over 8 fake devices give the single-device losses."""
   losses = {}
-  meshes = [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)] if family == "gpt" else [(1, 1, 1), (2, 2, 2)]
+  meshes = ([(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)] if family == "gpt"
+            else [(1, 1, 1), (2, 2, 2)])
   for mesh in meshes:
     overrides = {"mesh.data": str(mesh[0]), "mesh.fsdp": str(mesh[1]), "mesh.tensor": str(mesh[2]),
                  "model.num_heads": "4", "train.steps": "4", "train.eval_every": "0"}
-    config = (_tiny if family == "gpt" else _tiny_bert)(tmp_path, **overrides)
+    config = (tiny_gpt_config if family == "gpt" else tiny_bert_config)(tmp_path, **overrides)
     devices = jax.devices()[:np.prod(mesh)]
     workdir = str(tmp_path / f"mesh_{'x'.join(map(str, mesh))}")
     trainer.train(config, workdir, devices=devices)
-    losses[mesh] = [m["loss"] for m in _metrics(workdir)]
+    losses[mesh] = [m["loss"] for m in read_metrics(workdir)]
   for mesh, values in losses.items():
     np.testing.assert_allclose(values, losses[(1, 1, 1)], rtol=2e-5, err_msg=str(mesh))
 
 
-def test_gradient_accumulation_equals_one_big_batch(tmp_path):
-  one = _tiny(tmp_path, **{"train.steps": "3", "train.eval_every": "0", "train.log_every": "1"})
-  acc = _tiny(tmp_path, **{"train.steps": "3", "train.eval_every": "0", "train.log_every": "1",
-                           "train.grad_accum_steps": "4"})
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_gpt_config, read_metrics):
+  steps = {"train.steps": "3", "train.eval_every": "0", "train.log_every": "1"}
+  one = tiny_gpt_config(tmp_path, **steps)
+  acc = tiny_gpt_config(tmp_path, **steps, **{"train.grad_accum_steps": "4"})
   trainer.train(one, str(tmp_path / "one"))
   trainer.train(acc, str(tmp_path / "acc"))
-  for a, b in zip(_metrics(str(tmp_path / "one")), _metrics(str(tmp_path / "acc"))):
+  for a, b in zip(read_metrics(str(tmp_path / "one")), read_metrics(str(tmp_path / "acc"))):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
 
 
-def test_refuses_to_resume_a_different_model(tmp_path):
-  trainer.train(_tiny(tmp_path, **{"train.steps": "2", "train.eval_every": "0"}),
+def test_refuses_to_resume_a_different_model(tmp_path, tiny_gpt_config):
+  trainer.train(tiny_gpt_config(tmp_path, **{"train.steps": "2", "train.eval_every": "0"}),
                 str(tmp_path / "run"))
   with pytest.raises(config_lib.ConfigError, match="model.d_model: saved 32, requested 64"):
-    trainer.train(_tiny(tmp_path, **{"model.d_model": "64"}), str(tmp_path / "run"))
+    trainer.train(tiny_gpt_config(tmp_path, **{"model.d_model": "64"}), str(tmp_path / "run"))
 
 
 def test_schedule_warmup_then_decay_and_decay_mask():
@@ -113,21 +85,21 @@ def test_schedule_warmup_then_decay_and_decay_mask():
   assert mask == {"w": True, "b": False, "s": False}
 
 
-def test_cli_train_eval_score_sample_on_default_corpus(tmp_path):
+def test_cli_train_eval_score_sample_on_default_corpus(tmp_path, read_metrics):
   """The README path, as real subprocesses, on the built-in corpus."""
   env = dict(os.environ, PRETRAX_DATA_DIR=str(tmp_path / "tfds"), JAX_PLATFORMS="cpu")
   workdir = str(tmp_path / "run")
 
   def pretrax(*args):
-    out = subprocess.run([sys.executable, "-m", "pretrax.training.cli", *args], env=env,
+    out = subprocess.run([sys.executable, "-m", "pretrax.cli", *args], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.rstrip("\n").splitlines()
 
-  pretrax("train", f"--config={REPO}/configs/gpt.py:tiny", f"--workdir={workdir}",
+  pretrax("train", "--config=gpt:tiny", f"--workdir={workdir}",
           "--config.train.steps=60", "--config.train.eval_every=30", "--config.train.log_every=10",
           "--config.checkpoint.every=30", "--config.model.num_layers=1")
-  records = _metrics(workdir)
+  records = read_metrics(workdir)
   assert records[-1]["loss"] < records[0]["loss"] - 1.0  # it learns
   assert {"tokens_per_sec", "mfu", "grad_norm", "lr", "eval_bits_per_byte"} <= set(records[-1])
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["num_layers"] == 1
@@ -149,26 +121,26 @@ def test_cli_train_eval_score_sample_on_default_corpus(tmp_path):
   assert out.startswith("The module") and len(out.strip()) > len("The module") + 5
 
 
-def test_trained_tokenizer_run_reports_bits_per_byte(tmp_path):
+def test_trained_tokenizer_run_reports_bits_per_byte(tmp_path, tiny_gpt_config, read_metrics):
   """data.tokenizer=train: a SentencePiece model is trained on the corpus and kept in the run."""
-  config = _tiny(tmp_path, **{"data.tokenizer": "train", "data.tokenizer_vocab_size": "512",
-                              "train.steps": "4", "train.eval_every": "4"})
+  config = tiny_gpt_config(tmp_path, **{"data.tokenizer": "train",
+                                        "data.tokenizer_vocab_size": "512", "train.steps": "4",
+                                        "train.eval_every": "4"})
   workdir = str(tmp_path / "spm_run")
   trainer.train(config, workdir)
   assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
   saved = config_lib.load_json(os.path.join(workdir, "config.json"))
   assert saved.model.vocab_size == 512  # 512 pieces, already a multiple of 128
-  record = _metrics(workdir)[-1]
+  record = read_metrics(workdir)[-1]
   # A subword tokenizer covers several bytes per token: bits/byte < bits/token.
   assert record["eval_bits_per_byte"] < record["eval_loss"] / np.log(2)
   assert record["eval_bytes"] > record["eval_tokens"]
 
 
-def test_tokenizer_train_cli(tmp_path, capsys):
-  from pretrax.training import cli
+def test_tokenizer_train_cli(tmp_path, capsys, shakespeare_text):
+  from pretrax.cli import main as cli
   corpus = tmp_path / "corpus.txt"
-  with open(SHAKESPEARE) as f:
-    corpus.write_text(f.read(100_000))
+  corpus.write_text(shakespeare_text[:100_000])
   code = cli.main(["tokenizer", "train", f"--input={corpus}", f"--output={tmp_path}/tok/spm",
                    "--vocab_size=600", "--model_type=bpe"])
   assert code == 0
@@ -181,22 +153,22 @@ def test_tokenizer_train_cli(tmp_path, capsys):
                    f"--output={tmp_path}/x", "--vocab_size=600"]) == 2
 
 
-def test_chunked_loss_equals_full_logits_loss(tmp_path):
+def test_chunked_loss_equals_full_logits_loss(tmp_path, tiny_gpt_config, read_metrics):
   """train.loss_chunk_size: same losses and gradient norms without [B, T, V] logits at once."""
-  full = _tiny(tmp_path, **{"train.steps": "3", "train.eval_every": "3", "train.log_every": "1"})
-  chunked = _tiny(tmp_path, **{"train.steps": "3", "train.eval_every": "3", "train.log_every": "1",
-                               "train.loss_chunk_size": "8"})
+  steps = {"train.steps": "3", "train.eval_every": "3", "train.log_every": "1"}
+  full = tiny_gpt_config(tmp_path, **steps)
+  chunked = tiny_gpt_config(tmp_path, **steps, **{"train.loss_chunk_size": "8"})
   trainer.train(full, str(tmp_path / "full"))
   trainer.train(chunked, str(tmp_path / "chunked"))
-  for a, b in zip(_metrics(str(tmp_path / "full")), _metrics(str(tmp_path / "chunked"))):
+  for a, b in zip(read_metrics(str(tmp_path / "full")), read_metrics(str(tmp_path / "chunked"))):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
   np.testing.assert_allclose(a["eval_loss"], b["eval_loss"], rtol=1e-5)
 
 
-def test_persistent_compilation_cache_is_written(tmp_path):
+def test_persistent_compilation_cache_is_written(tmp_path, tiny_gpt_config):
   cache = tmp_path / "xla_cache"
-  config = _tiny(tmp_path, **{"train.steps": "2", "train.eval_every": "0",
+  config = tiny_gpt_config(tmp_path, **{"train.steps": "2", "train.eval_every": "0",
                               "train.compile_cache_dir": str(cache)})
   try:
     trainer.train(config, str(tmp_path / "run"))
@@ -205,34 +177,23 @@ def test_persistent_compilation_cache_is_written(tmp_path):
   assert cache.is_dir() and any(cache.iterdir())  # compiled programs a restart can reuse
 
 
-def _tiny_bert(tmp_path, **overrides):
-  config = config_lib.load_preset(os.path.join(REPO, "configs/bert.py:tiny"))
-  gpt = _tiny(tmp_path)  # same corpus and shapes
-  base = {"data.source": gpt.data.source, "data.data_dir": gpt.data.data_dir,
-          "model.num_layers": "1", "model.d_model": "32", "model.num_heads": "2",
-          "model.max_seq_len": "64", "data.seq_len": "64", "data.max_predictions_per_seq": "10",
-          "train.batch_size": "8", "train.steps": "8", "train.log_every": "2",
-          "train.eval_every": "4", "train.eval_steps": "2", "checkpoint.every": "4",
-          "optimizer.warmup_steps": "2", "optimizer.learning_rate": "3e-3"}
-  return config_lib.apply_overrides(config, base | overrides)
-
-
 @pytest.mark.parametrize("objective", ["mlm+nsp", "mlm"])
-def test_bert_pretraining_learns_and_resumes_exactly(tmp_path, objective):
-  config = _tiny_bert(tmp_path, **{"data.objective": objective, "model.dropout": "0.1",
+def test_bert_pretraining_learns_and_resumes_exactly(tmp_path, objective, tiny_bert_config,
+                                                     read_metrics):
+  config = tiny_bert_config(tmp_path, **{"data.objective": objective, "model.dropout": "0.1",
                                    "train.steps": "40", "checkpoint.every": "20",
                                    "train.eval_every": "20", "train.log_every": "10"})
   whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
   trainer.train(config, whole)
   trainer.train(config, split, stop_after=20)
   trainer.train(config, split)
-  records = _metrics(whole)
+  records = read_metrics(whole)
   assert records[-1]["eval_mlm_accuracy"] > 0.1  # chance: 1 / 263 byte tokens
   if objective == "mlm+nsp":
     assert {"nsp_loss", "nsp_accuracy", "eval_nsp_accuracy"} <= set(records[-1])
-  a, b = checkpointing.load_run(whole), checkpointing.load_run(split)
+  a, b = loading.load_run(whole), loading.load_run(split)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   keys = ("step", "loss", "mlm_loss", "mlm_accuracy", "grad_norm", "eval_mlm_loss")
   assert [{k: r.get(k) for k in keys} for r in records] == \
-         [{k: r.get(k) for k in keys} for r in _metrics(split)]
+         [{k: r.get(k) for k in keys} for r in read_metrics(split)]

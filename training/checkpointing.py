@@ -1,36 +1,24 @@
-"""Orbax checkpoints of the train state and the data-iterator state, and loading a run back.
+"""Orbax checkpoints of the train state and the data-iterator state: saving, verifying, restoring.
 
-A run directory holds:
-  config.json        the fully resolved config
-  tokenizer.model    (SentencePiece) or tokenizer.json (byte tokenizer)
-  checkpoints/N/     state (params, optimizer state, step) and data (Grain iterator state),
-                     plus pretrax_manifest.json: size and CRC32 of every file, written once the
-                     save is complete, checked before the checkpoint is read
-  checkpoints_corrupt/N/  checkpoints found corrupt, moved aside (never deleted)
-  metrics.jsonl      one JSON object per log step
-  .lock              held by the run training in this directory
+WORKDIR/checkpoints/N/ holds `state` (params, optimizer state, step counters) and `data` (the
+Grain iterator state of each process), plus pretrax_manifest.json: size and CRC32 of every file,
+written once the save is complete, checked before the checkpoint is read. The rest of a run
+directory is described in training/run_dir.py.
 """
 
-import dataclasses
-import fcntl
 import json
 import logging
 import os
-import socket
-import sys
 import time
 import zlib
 
 import grain
 import jax
 import orbax.checkpoint as ocp
-from flax import nnx
 
-from pretrax.data import tokenizers
-from pretrax.modeling.config import ModelConfig
-from pretrax.modeling import models
-from pretrax.training import config as config_lib, distributed
-from pretrax.training.config import CheckpointConfig, Config
+from pretrax.data import files
+from pretrax.training import distributed
+from pretrax.training.config import CheckpointConfig
 
 
 log = logging.getLogger("pretrax")
@@ -60,10 +48,7 @@ def _files(step_dir: str) -> list[str]:
 def write_manifest(step_dir: str) -> None:
   """Records size and CRC32 of every file of a complete checkpoint (atomically)."""
   manifest = {name: _digest(os.path.join(step_dir, name)) for name in _files(step_dir)}
-  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(manifest, f)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+  files.atomic_write_json(os.path.join(step_dir, MANIFEST), manifest)
 
 
 def verify_manifest(step_dir: str) -> str | None:
@@ -216,103 +201,3 @@ class Checkpointer:
       self.wait()
     finally:
       self.manager.close()
-
-
-class WorkdirLock:
-  """An exclusive lock on WORKDIR/.lock for the duration of a run (process 0 only).
-
-  The operating system drops it when the process dies, even by SIGKILL, so a crash never leaves a
-  stale lock behind.
-  """
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, ".lock")
-    self.file = None
-
-  def __enter__(self):
-    if jax.process_index() != 0:
-      return self
-    self.file = open(self.path, "a+")
-    try:
-      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self.file.seek(0)
-      holder = self.file.read().strip() or "another process"
-      self.file.close()
-      raise CheckpointError(f"{os.path.dirname(self.path) or '.'} is in use by another pretrax "
-                            f"run ({holder}); wait for it to finish or use another --workdir")
-    self.file.seek(0)
-    self.file.truncate()
-    self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-    self.file.flush()
-    return self
-
-  def __exit__(self, *exc):
-    if self.file is not None:
-      fcntl.flock(self.file, fcntl.LOCK_UN)
-      self.file.close()
-
-
-def build_model(config: ModelConfig, seed: int = 0):
-  return models.build(config, nnx.Rngs(params=seed))
-
-
-def abstract_model(config: ModelConfig):
-  """(graphdef, abstract nnx.State) without allocating parameters."""
-  return nnx.split(nnx.eval_shape(lambda: build_model(config)))
-
-
-@dataclasses.dataclass
-class Run:
-  """A trained run loaded for inference: its config, tokenizer, model and parameters."""
-  config: Config
-  tokenizer: tokenizers.Tokenizer
-  graphdef: nnx.GraphDef
-  params: dict
-  step: int
-
-  def model(self):
-    return nnx.merge(self.graphdef, self.params)
-
-
-def load_run(workdir: str, step: int | None = None) -> Run:
-  """Loads config, tokenizer and the parameters of checkpoint `step` (default: latest)."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{workdir} is not a pretrax run directory: no config.json "
-                            "(train one with `pretrax train --workdir=...`)")
-  config = config_lib.load_json(config_path)
-  if config.finetune.task:
-    raise ValueError(f"{workdir} is a fine-tuned {config.finetune.task} run: `pretrax eval` "
-                     "evaluates it; score and sample need a pretrained language model")
-  tokenizer = tokenizers.load_from_directory(workdir)
-  checkpointer = Checkpointer(workdir, config.checkpoint, read_only=True)
-  steps = checkpointer.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"{workdir} has no checkpoint under {checkpointer.directory}")
-  if step is not None and step not in steps:
-    raise FileNotFoundError(f"{workdir} has no checkpoint for step {step}; available: {sorted(steps)}")
-  for candidate in ([step] if step is not None else sorted(steps, reverse=True)):
-    problem = verify_manifest(checkpointer.step_dir(candidate))
-    if problem is None:
-      step = candidate
-      break
-    print(f"WARNING: checkpoint of step {candidate} is corrupt: {problem}", file=sys.stderr)
-  else:
-    raise CheckpointError(f"no usable checkpoint in {checkpointer.directory} (see the warnings "
-                          "above)")
-  graphdef, abstract_state = abstract_model(config.model)
-  abstract_params = jax.tree.map(
-      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-      nnx.to_pure_dict(abstract_state))
-  params = checkpointer.restore_params(step, abstract_params)
-  checkpointer.close()
-  return Run(config=config, tokenizer=tokenizer, graphdef=graphdef, params=params, step=step)
-
-
-def require_causal(run: Run, command: str, workdir: str) -> None:
-  if run.config.model.family != "gpt":
-    raise ValueError(f"pretrax {command} needs a causal language model; {workdir} holds a "
-                     f"{run.config.model.family!r} model (use `pretrax eval` for its metrics)")

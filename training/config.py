@@ -11,10 +11,12 @@ import difflib
 import importlib.util
 import json
 import os
-import types
 import typing
 
+from pretrax import configs as configs_package
+from pretrax.data import files
 from pretrax.data.config import DataConfig
+from pretrax.data.errors import InputError
 from pretrax.modeling.config import ModelConfig
 
 # Logical axis name -> mesh axes. The one table that decides where every parameter and
@@ -31,7 +33,7 @@ DEFAULT_AXIS_RULES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """A config key, value or combination that cannot run; the message says what to change."""
 
 
@@ -104,11 +106,25 @@ class Config:
 # Loading presets and applying overrides.
 
 
+def available_presets() -> list[str]:
+  """The preset files shipped with pretrax, by name (`gpt`, `bert`, `finetune`)."""
+  folder = os.path.dirname(os.path.abspath(configs_package.__file__))
+  return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
 def load_preset(spec: str) -> Config:
-  """Loads `path/to/file.py[:variant]` by calling the file's `get_config(variant)`."""
+  """Loads `NAME[:variant]` (a preset shipped with pretrax: configs/NAME.py, from any directory)
+  or `path/to/file.py[:variant]`, by calling the file's `get_config(variant)`."""
   path, _, variant = spec.partition(":")
+  if not os.path.isfile(path) and os.sep not in path and not path.endswith(".py"):
+    if path not in available_presets():
+      raise ConfigError(f"--config: no preset {path!r}; the presets are "
+                        f"{', '.join(available_presets())} (e.g. --config=gpt:tiny), or give a "
+                        "file: --config=path/to/file.py:variant")
+    path = os.path.join(os.path.dirname(os.path.abspath(configs_package.__file__)), f"{path}.py")
   if not os.path.isfile(path):
-    raise ConfigError(f"--config: no such file {path!r} (expected e.g. configs/gpt.py:tiny)")
+    raise ConfigError(f"--config: no such file {path!r} (expected a preset name such as gpt:tiny, "
+                      "or a file such as configs/gpt.py:tiny)")
   module_spec = importlib.util.spec_from_file_location(f"pretrax_preset_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -251,11 +267,7 @@ def from_dict(values: dict) -> Config:
 
 
 def save_json(config: Config, path: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_dict(config), f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  files.atomic_write_json(path, to_dict(config))
 
 
 def load_json(path: str) -> Config:

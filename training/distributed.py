@@ -23,6 +23,8 @@ import re
 
 import jax
 
+from pretrax.data.errors import InputError
+
 # Environment variables by which JAX's cluster detection (jax._src.clusters) recognises a cluster;
 # read here without calling into it, because some of its detectors have side effects (network).
 _SLURM = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
@@ -74,23 +76,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   if coordinator_address == "auto":
     if num_processes is not None or process_id is not None:
-      raise ValueError("--coordinator_address=auto detects --num_processes and --process_id "
+      raise InputError("--coordinator_address=auto detects --num_processes and --process_id "
                        "too; leave them out")
     _initialize()
     return
   missing = [flag for flag, value in given.items() if value is None]
   if missing and len(missing) < len(given):
-    raise ValueError(f"multi-process training needs all of --coordinator_address=HOST:PORT, "
+    raise InputError(f"multi-process training needs all of --coordinator_address=HOST:PORT, "
                      f"--num_processes=N and --process_id=I (missing {', '.join(missing)}); give "
                      "all three, --coordinator_address=auto, or none for a single process")
   if not missing:
     if num_processes < 1:
-      raise ValueError(f"--num_processes must be >= 1, got {num_processes}")
+      raise InputError(f"--num_processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"--process_id must be in [0, --num_processes={num_processes}), "
+      raise InputError(f"--process_id must be in [0, --num_processes={num_processes}), "
                        f"got {process_id}")
     if not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", coordinator_address):
-      raise ValueError(f"--coordinator_address={coordinator_address!r}: expected HOST:PORT "
+      raise InputError(f"--coordinator_address={coordinator_address!r}: expected HOST:PORT "
                        "(process 0's address, reachable from every process)")
     if num_processes > 1:
       _initialize(coordinator_address, num_processes, process_id)
@@ -122,7 +124,7 @@ def data_process_count(data_dir: str) -> int | None:
     if match:
       counts.add(int(match.group(2)))
   if len(counts) > 1:
-    raise ValueError(f"{data_dir} mixes data-iterator states of {sorted(counts)} processes; "
+    raise InputError(f"{data_dir} mixes data-iterator states of {sorted(counts)} processes; "
                      "the checkpoint is damaged")
   return counts.pop() if counts else None
 
@@ -137,7 +139,7 @@ def check_data_process_count(data_dir: str, process_count: int | None = None) ->
   saved = data_process_count(data_dir)
   current = jax.process_count() if process_count is None else process_count
   if saved is not None and saved != current:
-    raise ValueError(
+    raise InputError(
         f"{data_dir} holds the data-iterator positions of {saved} process(es), but this run has "
         f"{current}; a data position cannot move to a different process count (each process "
         f"reads its own shard of the documents). Resume with {saved} process(es), or pass "

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pretrax.data import files
 from pretrax.modeling.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
@@ -97,6 +98,11 @@ def truncate_after(path: str, step: int) -> None:
           kept.append(line if line.endswith("\n") else line + "\n")
       except ValueError:
         continue  # a line the crash cut short
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  files.atomic_write(path, "".join(kept))
+
+
+def token_bytes(tokenizer, vocab_size: int) -> jax.Array:
+  """[vocab_size] float32: the UTF-8 bytes each token id stands for; 0 for special tokens and
+  for the ids past the tokenizer's vocabulary (the model's rows padded to a multiple of 128)."""
+  table = jnp.asarray(tokenizer.token_byte_lengths(), jnp.float32)
+  return jnp.pad(table, (0, vocab_size - table.shape[0]))

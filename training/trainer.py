@@ -1,14 +1,17 @@
-"""The training loop: set up the run directory, the mesh and the state, then step, log, eval, save.
+"""The training loop of every task: set up the run directory, the mesh and the state, then step,
+log, eval, save.
 
-The loop reads top to bottom; every periodic action is an explicit `if step % every == 0` block.
+What differs between jobs (the model, its initialization, batches, loss terms, metrics) is the
+task's (training/tasks/); everything here holds for all of them: the workdir lock, checkpoints
+with the data position, SIGTERM/SIGINT, the non-finite policy, gradient accumulation, meshes and
+several processes. The loop reads top to bottom; every periodic action is an explicit
+`if step % every == 0` block.
 """
 
 import dataclasses
 import json
-import logging
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Any, Callable
@@ -19,138 +22,23 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from pretrax.data import bert_pipeline, pipeline, sources, tokenizers
 from pretrax.modeling import sharding
-from pretrax.training import checkpointing, config as config_lib, mesh as mesh_lib, metrics as metrics_lib
-from pretrax.training import optimizer as optimizer_lib, sharding_report, step as step_lib
+from pretrax.training import checkpointing, mesh as mesh_lib
+from pretrax.training import metrics as metrics_lib, optimizer as optimizer_lib, run_dir
+from pretrax.training import sharding_report, step as step_lib, tasks as tasks_lib
 from pretrax.training.config import Config, ConfigError
-
-log = logging.getLogger("pretrax")
-
-TOKENIZER_TRAIN_DOCUMENTS = 200_000  # documents read to train a tokenizer when data.tokenizer=train
+from pretrax.training.tasks.base import Task
 
 
-# --------------------------------------------------------------------------------------------
-# Run directory: tokenizer and resolved config.
-
-
-def _prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
-  """The run's tokenizer: the workdir's own when resuming, else the configured one, copied in."""
-  if any(os.path.exists(os.path.join(workdir, f)) for f in ("tokenizer.model", "tokenizer.json")):
-    return tokenizers.load_from_directory(workdir)
-  spec = config.data.tokenizer
-  if spec == "train" and jax.process_index() != 0:  # process 0 trains it; the others load it
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("pretrax tokenizer trained")
-    return tokenizers.load_from_directory(workdir)
-  if spec == "train":
-    print(f"Training a {config.data.tokenizer_model_type} SentencePiece tokenizer "
-          f"(vocab {config.data.tokenizer_vocab_size}) on {config.data.source} ...", flush=True)
-    texts = sources.iter_texts(config.data, config.data.train_split,
-                               max_documents=TOKENIZER_TRAIN_DOCUMENTS)
-    tokenizer = tokenizers.train_sentencepiece(
-        texts, os.path.join(workdir, "tokenizer"), vocab_size=config.data.tokenizer_vocab_size,
-        model_type=config.data.tokenizer_model_type)
-    if os.path.exists(os.path.join(workdir, "tokenizer.vocab")):
-      os.remove(os.path.join(workdir, "tokenizer.vocab"))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("pretrax tokenizer trained")
-    return tokenizer
-  tokenizer = tokenizers.load_tokenizer(spec)
-  tokenizer.save(workdir)
-  return tokenizer
-
-
-def resolve_vocab(config: Config, tokenizer: tokenizers.Tokenizer) -> Config:
-  """Fills model.vocab_size from the tokenizer (rounded up to 128) and checks it is big enough."""
-  if config.model.vocab_size == 0:
-    config.model.vocab_size = -(-tokenizer.vocab_size // 128) * 128
-  elif config.model.vocab_size < tokenizer.vocab_size:
-    raise ConfigError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
-                      f"tokenizer's vocabulary ({tokenizer.vocab_size}); set it to 0 (automatic) "
-                      f"or at least {tokenizer.vocab_size}")
-  return config
-
-
-def _check_same_model(saved: Config, config: Config, workdir: str) -> None:
-  differing = [f"model.{k}: saved {v!r}, requested {getattr(config.model, k)!r}"
-               for k, v in config_lib.to_dict(saved)["model"].items()
-               if getattr(config.model, k) != v]
-  if differing:
-    raise ConfigError(f"{workdir} holds a run with a different model; refusing to resume it "
-                      f"with this config ({'; '.join(differing)}). Use a new --workdir.")
-
-
-def prepare_workdir(config: Config, workdir: str) -> tuple[Config, tokenizers.Tokenizer]:
-  """Resolves tokenizer and vocabulary, checks a resumed run's model, writes config.json."""
-  tokenizer = _prepare_tokenizer(config, workdir)
-  config = resolve_vocab(config, tokenizer)
-  config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):
-    _check_same_model(config_lib.load_json(config_path), config, workdir)
-  if jax.process_index() == 0:
-    config_lib.save_json(config, config_path)
-  return config, tokenizer
-
-
-# --------------------------------------------------------------------------------------------
-# Data.
-
-
-def batches(config: Config, tokenizer, split: str, *, shuffle: bool, repeat: bool,
-            pad_final_batch: bool = False):
-  """This process's batches of `split` for config.data.objective (a Grain IterDataset)."""
-  process_count = jax.process_count()
-  if config.train.batch_size % process_count:
-    raise ConfigError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
-                      f"the {process_count} processes")
-  kwargs = dict(batch_size=config.train.batch_size // process_count, seed=config.train.seed,
-                shuffle=shuffle, repeat=repeat, process_index=jax.process_index(),
-                process_count=process_count, num_workers=config.data.num_workers,
-                pad_final_batch=pad_final_batch)
-  source = sources.open_source(config.data, split)
-  if config.data.objective == "causal":
-    return pipeline.lm_batches(source, tokenizer, seq_len=config.data.seq_len, **kwargs)
-  return bert_pipeline.bert_batches(source, tokenizer, config.data, **kwargs)
-
-
-def eval_batches(config: Config, tokenizer, split: str | None = None, max_batches: int | None = None):
-  """Yields the first `max_batches` validation batches, the same ones every time (no shuffle).
-
-  With several processes each one reads its own shard of documents; shards can yield different
-  numbers of batches, so a process that runs out yields all-padding batches (weight 0) until
-  `max_batches`, keeping every process in the same collective steps.
-  """
-  split = split or sources.eval_split(config.data)
-  process_count = jax.process_count()
-  if process_count > 1 and not max_batches:
-    raise ConfigError("evaluating the whole split with several processes is not supported; "
-                      "give a number of batches (config.train.eval_steps / --batches)")
-  count = 0
-  for batch in batches(config, tokenizer, split, shuffle=False, repeat=False, pad_final_batch=True):
-    if max_batches and count >= max_batches:
-      return
-    count += 1
-    yield batch
-  while process_count > 1 and count < max_batches:
-    count += 1
-    yield jax.tree.map(np.zeros_like, batch)
-
-
-def evaluate(eval_step, params, eval_data, token_bytes_v, batch_sharding,
-             objective: str) -> dict[str, float]:
+def evaluate(eval_step, params, eval_data, batch_sharding, task: Task) -> dict[str, float]:
+  """The task's validation metrics: eval sums added over `eval_data` on the devices."""
   totals = None
   for batch in eval_data:
-    sums = eval_step(params, mesh_lib.global_batch(batch, batch_sharding), token_bytes_v)
+    sums = eval_step(params, mesh_lib.global_batch(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError("the validation split produced no batch")
-  return step_lib.summarize(totals, objective)
-
-
-# --------------------------------------------------------------------------------------------
-# Training.
+  return task.summarize(totals)
 
 
 class StopRequest:
@@ -189,17 +77,6 @@ class StopRequest:
     return self.signal_name is not None
 
 
-def _check_writable(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"--workdir={workdir} cannot be written: {e.strerror or e}") from None
-
-
 # --------------------------------------------------------------------------------------------
 # The train state and the jitted step, in their shardings.
 
@@ -208,8 +85,8 @@ def _check_writable(workdir: str) -> None:
 class TrainSetup:
   """What a training step needs, built once per run (`build_train_setup`).
 
-  `init_state()` makes the step-0 state; call it (jitted with `out_shardings=state_sharding`) and
-  `p_train_step(state, batch)` inside `jax.set_mesh(mesh)` and `sharding.axis_rules(...)`.
+  `init_state()` makes the step-0 state; call it and `p_train_step(state, batch)` inside
+  `jax.set_mesh(mesh)` and `sharding.axis_rules(...)`.
   """
   graphdef: Any
   abstract_state: Any           # nnx.State of ShapeDtypeStructs
@@ -221,15 +98,17 @@ class TrainSetup:
   batch_sharding: Any
   init_state: Callable[[], dict]
   p_train_step: Callable        # jitted, donating the state
+  p_eval_step: Callable
 
 
-def build_train_setup(config: Config, mesh) -> TrainSetup:
-  """The model, optimizer, state shardings and jitted train step of `config` on `mesh`.
+def build_train_setup(task: Task, mesh) -> TrainSetup:
+  """The model, optimizer, state shardings and jitted steps of `task` on `mesh`.
 
   The trainer and benchmarks/throughput.py both use it, so what is benchmarked is what trains.
   """
+  config = task.config
   tc, rules = config.train, config.mesh.axis_rules
-  graphdef, abstract_state = checkpointing.abstract_model(config.model)
+  graphdef, abstract_state = task.abstract_model()
   abstract_params = nnx.to_pure_dict(abstract_state)
   optimizer = optimizer_lib.make_optimizer(config.optimizer, tc.steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, tc.steps)
@@ -242,23 +121,24 @@ def build_train_setup(config: Config, mesh) -> TrainSetup:
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)
 
   def init_state():
-    params = nnx.to_pure_dict(nnx.state(checkpointing.build_model(config.model, tc.seed)))
-    return step_lib.initial_state(params, optimizer)
+    params = task.init_params(abstract_params, state_sharding["params"])
+    return jax.jit(lambda p: step_lib.initial_state(p, optimizer),
+                   out_shardings=state_sharding)(params)
 
-  train_step = step_lib.make_train_step(
-      graphdef, optimizer, schedule, objective=config.data.objective,
-      grad_accum_steps=tc.grad_accum_steps, seed=tc.seed,
-      dropout=config.model.dropout > 0 or config.model.attention_dropout > 0,
-      loss_chunk=tc.loss_chunk_size)
+  train_step = step_lib.make_train_step(graphdef, optimizer, schedule, task,
+                                        grad_accum_steps=tc.grad_accum_steps, seed=tc.seed)
   p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, None), donate_argnums=0)
+  p_eval_step = jax.jit(step_lib.make_eval_step(graphdef, task),
+                        in_shardings=(state_sharding["params"], batch_sharding))
   return TrainSetup(graphdef, abstract_state, abstract_params, optimizer, schedule, state_specs,
-                    state_sharding, batch_sharding, init_state, p_train_step)
+                    state_sharding, batch_sharding, init_state, p_train_step, p_eval_step)
 
 
 def train(config: Config, workdir: str, *, stop_after: int | None = None, devices=None,
           print_sharding: bool = False, restart_data: bool = False) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
+  """Trains (or resumes) the run in `workdir` on its task (config.finetune.task, else
+  config.data.objective); returns the last logged metrics.
 
   `stop_after` ends this invocation after that step (saving a checkpoint) as if the process had
   been stopped there; the schedule still spans config.train.steps, so a later call resumes the
@@ -267,10 +147,11 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
   `restart_data` restores model and optimizer state but starts the data stream over (needed to
   resume with a different number of processes).
   """
-  config_lib.validate(config)
-  _check_writable(workdir)
-  with checkpointing.WorkdirLock(workdir), StopRequest() as stop:
-    return _train(config, workdir, stop, stop_after, devices, print_sharding, restart_data)
+  tasks_lib.task_class(config).check_config(config)  # before the workdir is touched
+  run_dir.check_writable(workdir)
+  with run_dir.WorkdirLock(workdir), StopRequest() as stop:
+    task = tasks_lib.open_task(config, workdir)
+    return _train(task, stop, stop_after, devices, print_sharding, restart_data)
 
 
 def enable_compile_cache(directory: str) -> None:
@@ -281,18 +162,19 @@ def enable_compile_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices, print_sharding,
+def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
            restart_data) -> dict:
-  config, tokenizer = prepare_workdir(config, workdir)
+  config, workdir = task.config, task.workdir
   tc = config.train
   enable_compile_cache(tc.compile_cache_dir)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = config.mesh.axis_rules
-  if tc.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if tc.batch_size % rows:
     raise ConfigError(f"config.train.batch_size={tc.batch_size} is not divisible by the "
-                      f"data*fsdp mesh size {mesh.shape['data'] * mesh.shape['fsdp']}")
+                      f"data*fsdp mesh size {rows}")
 
-  setup = build_train_setup(config, mesh)
+  setup = build_train_setup(task, mesh)
   if print_sharding:
     if jax.process_index() == 0:
       print(sharding_report.describe_sharding(
@@ -300,18 +182,12 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices,
           jax.eval_shape(setup.optimizer.init, setup.abstract_params),
           setup.state_specs["opt_state"]), flush=True)
     return {}
-  graphdef, abstract_params, init_state = setup.graphdef, setup.abstract_params, setup.init_state
-  state_sharding, batch_sharding = setup.state_sharding, setup.batch_sharding
-  p_train_step = setup.p_train_step
   with jax.set_mesh(mesh), sharding.axis_rules(rules):
-    abstract = jax.eval_shape(init_state)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, state_sharding)
-    p_eval_step = jax.jit(step_lib.make_eval_step(graphdef, config.data.objective,
-                                                  tc.loss_chunk_size))
-
-    data_iter = iter(batches(config, tokenizer, config.data.train_split,
-                             shuffle=config.data.shuffle, repeat=True))
+                            jax.eval_shape(lambda p: step_lib.initial_state(p, setup.optimizer),
+                                           setup.abstract_params),
+                            setup.state_sharding)
+    data_iter = task.train_batches()
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
     start, state = checkpointer.restore_latest(abstract, None if restart_data else data_iter)
@@ -320,20 +196,22 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices,
         metrics_lib.truncate_after(writer.path, start)
       print(f"Resumed from {checkpointer.directory}/{start}", flush=True)
     else:
-      state = jax.jit(init_state, out_shardings=state_sharding)()
+      state = setup.init_state()
       start = 0
 
-    n_params = metrics_lib.num_params(abstract_params)
-    flops_token = metrics_lib.flops_per_token(config.model, n_params, config.data.seq_len,
-                                              config.data)
+    n_params = metrics_lib.num_params(setup.abstract_params)
+    flops_token = task.flops_per_token(n_params)
     peak = metrics_lib.device_peak_flops(tc.peak_flops) * mesh.size
-    token_bytes_v = jnp.asarray(tokenizer.token_byte_lengths(), jnp.float32)
-    token_bytes_v = jnp.pad(token_bytes_v, (0, config.model.vocab_size - token_bytes_v.shape[0]))
     if jax.process_index() == 0:
-      print(f"pretrax: {config.model.family} {n_params / 1e6:.2f}M params, mesh "
+      print(f"pretrax: {task.describe()}, {n_params / 1e6:.2f}M params, mesh "
             f"{dict(mesh.shape)}, {tc.batch_size}x{config.data.seq_len} tokens/step, "
             f"{mesh.size} {mesh.devices.flat[0].platform} device(s), workdir {workdir}",
             flush=True)
+
+    def run_eval():
+      data = task.eval_batches(tc.eval_steps)
+      return None if data is None else evaluate(setup.p_eval_step, state["params"], data,
+                                                setup.batch_sharding, task)
 
     bar = tqdm.tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0,
                     dynamic_ncols=True, mininterval=1.0)
@@ -344,8 +222,8 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices,
       while step < end:
         # Dispatch is asynchronous: this batch is read (Grain prefetches in threads) and copied
         # to the devices while the previous step is still running.
-        batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
-        state, step_metrics = p_train_step(state, batch)
+        batch = mesh_lib.global_batch(next(data_iter), setup.batch_sharding)
+        state, step_metrics = setup.p_train_step(state, batch)
         step += 1
         bar.update(1)
         if step == start + 1:  # keep compilation out of the throughput figures
@@ -363,13 +241,11 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices,
         if do_log or do_eval:
           values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           elapsed = time.perf_counter() - tick
-          tokens_per_sec = (step - tick_step) * tc.batch_size * config.data.seq_len / elapsed
+          tokens_per_sec = (step - tick_step) * task.tokens_per_step / elapsed
           record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
                     "mfu": tokens_per_sec * flops_token / peak}
-          if do_eval:
-            eval_metrics = evaluate(p_eval_step, state["params"],
-                                    eval_batches(config, tokenizer, max_batches=tc.eval_steps),
-                                    token_bytes_v, batch_sharding, config.data.objective)
+          eval_metrics = run_eval() if do_eval else None
+          if eval_metrics is not None:
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
             if jax.process_index() == 0:
               bar.write(f"step {step}: " + ", ".join(
@@ -399,8 +275,12 @@ def _train(config: Config, workdir: str, stop: StopRequest, stop_after, devices,
     finally:
       bar.close()
     checkpointer.close()
+    if not last and tc.eval_every > 0:  # nothing left to train: report the checkpoint's eval
+      eval_metrics = run_eval()
+      if eval_metrics is not None:
+        last = {f"eval_{k}": v for k, v in eval_metrics.items()}
   if jax.process_index() == 0:
-    print(json.dumps({k: v for k, v in last.items()} | {"step": step}), flush=True)
+    print(json.dumps(last | {"step": step}), flush=True)
   return last
 
 
@@ -420,5 +300,3 @@ def _check_nonfinite(flags: dict, step: int, tc, checkpointer) -> None:
         "then rerun.")
   print(f"WARNING: non-finite loss or gradients at step {step}: update skipped "
         f"({streak} in a row)", flush=True)
-
-

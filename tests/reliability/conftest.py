@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHAKESPEARE
-
+# A 1-layer model: every run here takes seconds.
 TINY = ["--config.model.num_layers=1", "--config.model.d_model=32", "--config.model.num_heads=2",
         "--config.model.max_seq_len=32", "--config.data.seq_len=32",
         "--config.train.batch_size=8", "--config.train.log_every=1", "--config.train.eval_every=0",
@@ -21,17 +20,16 @@ TINY = ["--config.model.num_layers=1", "--config.model.d_model=32", "--config.mo
 class Runner:
   """Runs `pretrax` subprocesses on one corpus and data dir, with 1 CPU device each."""
 
-  def __init__(self, tmp_path):
+  def __init__(self, tmp_path, text: str):
     self.tmp_path = tmp_path
     self.corpus = tmp_path / "corpus.txt"
-    with open(SHAKESPEARE) as f:
-      self.corpus.write_text(f.read(40_000))
+    self.corpus.write_text(text[:40_000])
     self.env = dict(os.environ, JAX_PLATFORMS="cpu", PRETRAX_DATA_DIR=str(tmp_path / "tfds"))
     self.env.pop("XLA_FLAGS", None)
 
   def args(self, workdir, *extra):
-    return [sys.executable, "-m", "pretrax.training.cli", "train",
-            f"--config={REPO}/configs/gpt.py:tiny", f"--workdir={workdir}",
+    return [sys.executable, "-m", "pretrax.cli", "train",
+            "--config=gpt:tiny", f"--workdir={workdir}",
             f"--config.data.source=text:{self.corpus}", *TINY, *extra]
 
   def run(self, workdir, *extra, timeout=300):
@@ -62,28 +60,56 @@ class Runner:
     raise AssertionError(f"no progress to step {target} within {timeout}s")
 
 
+class FinetuneRunner(Runner):
+  """Runs `pretrax finetune` subprocesses over a pretrained run: classify a line of the corpus
+  as written or reversed."""
+
+  def __init__(self, tmp_path, text: str, init: str):
+    super().__init__(tmp_path, text)
+    self.init = init
+    lines = [l.strip() for l in self.corpus.read_text().splitlines() if len(l.strip()) >= 20]
+    self.examples = tmp_path / "examples.jsonl"
+    self.examples.write_text("".join(
+        json.dumps({"text": line[::-1] if i % 2 else line, "label": i % 2}) + "\n"
+        for i, line in enumerate(lines[:200])))
+
+  def args(self, workdir, *extra):
+    return [sys.executable, "-m", "pretrax.cli", "finetune",
+            "--config=finetune:classify", f"--init={self.init}",
+            f"--workdir={workdir}", f"--config.data.train={self.examples}",
+            "--config.data.seq_len=32", "--config.train.batch_size=8",
+            "--config.train.log_every=1", "--config.train.eval_every=0",
+            "--config.optimizer.warmup_steps=2", *extra]
+
+
 @pytest.fixture
-def runner(tmp_path):
-  return Runner(tmp_path)
+def tiny_args():
+  """The TINY model overrides, for tests that call the CLI in-process."""
+  return list(TINY)
 
 
-def metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+@pytest.fixture
+def runner(tmp_path, shakespeare_text):
+  return Runner(tmp_path, shakespeare_text)
 
 
-DETERMINISTIC = ("step", "loss", "accuracy", "lr", "grad_norm")
+@pytest.fixture(scope="session")
+def pretrained_gpt(tmp_path_factory, shakespeare_text):
+  """A tiny GPT pretrained for 4 steps by `pretrax train`: what fine-tuning starts from."""
+  tmp = tmp_path_factory.mktemp("pretrained")
+  workdir = str(tmp / "run")
+  out = Runner(tmp, shakespeare_text).run(workdir, "--config.train.steps=4")
+  assert out.returncode == 0, out.stderr[-2000:]
+  return workdir
 
 
-def assert_same_run(a, b):
-  """Identical final parameters and identical per-step metrics (all but timings)."""
-  from pretrax.training import checkpointing
-  import jax
-  ra, rb = checkpointing.load_run(a), checkpointing.load_run(b)
-  assert ra.step == rb.step
-  for x, y in zip(jax.tree.leaves(ra.params), jax.tree.leaves(rb.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  ma, mb = metrics(a), metrics(b)
-  assert [m["step"] for m in ma] == [m["step"] for m in mb]
-  for x, y in zip(ma, mb):
-    assert {k: x[k] for k in DETERMINISTIC} == {k: y[k] for k in DETERMINISTIC}, (x, y)
+@pytest.fixture
+def finetune_runner(tmp_path, shakespeare_text, pretrained_gpt):
+  return FinetuneRunner(tmp_path, shakespeare_text, pretrained_gpt)
+
+
+@pytest.fixture(params=["pretrain", "finetune"])
+def any_runner(request):
+  """The same promise checked for a pretraining run and for a fine-tuning run: both run on the
+  one trainer."""
+  return request.getfixturevalue("runner" if request.param == "pretrain" else "finetune_runner")

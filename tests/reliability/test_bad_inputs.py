@@ -4,17 +4,15 @@ import os
 
 import pytest
 
-from pretrax.training import cli
-from tests.conftest import REPO
-from tests.reliability.conftest import TINY
+from pretrax.cli import main as cli
 
 
-def _train(tmp_path, *args, source=None, name="run"):
+def _train(tmp_path, tiny_args, *args, source=None, name="run"):
   corpus = tmp_path / "ok.txt"
   corpus.write_text("\n\n".join(f"Paragraph {i} of a small but real corpus." for i in range(40)))
   workdir = tmp_path / name
-  argv = ["train", f"--config={REPO}/configs/gpt.py:tiny", f"--workdir={workdir}",
-          f"--config.data.data_dir={tmp_path / 'tfds'}", *TINY, "--config.train.steps=2",
+  argv = ["train", "--config=gpt:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={tmp_path / 'tfds'}", *tiny_args, "--config.train.steps=2",
           f"--config.data.source={source or f'text:{corpus}'}", *args]
   return cli.main(argv), workdir
 
@@ -28,8 +26,8 @@ def _train(tmp_path, *args, source=None, name="run"):
     (["--config.mesh.data=3"], "config.mesh: data*fsdp*tensor = 3*1*1 = 3, but there are 8 devices"),
     (["--config.mesh.tensor=4", "--config.mesh.data=2"], "is not divisible by mesh axes ('tensor',)"),
 ])
-def test_bad_config_is_a_clear_error_before_compute(tmp_path, capsys, args, message):
-  code, workdir = _train(tmp_path, *args)
+def test_bad_config_is_a_clear_error_before_compute(tmp_path, tiny_args, capsys, args, message):
+  code, workdir = _train(tmp_path, tiny_args, *args)
   err = capsys.readouterr().err
   assert code == 2 and message in err, err
   assert "Traceback" not in err
@@ -43,33 +41,33 @@ def test_bad_config_is_a_clear_error_before_compute(tmp_path, capsys, args, mess
     (lambda d: (d / "one.txt").write_text("just one paragraph") and None or f"text:{d}/one.txt", "found 1 document"),
     (lambda d: (d / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "oops"}\n') and None or f"text:{d}/bad.jsonl", "bad.jsonl:2"),
 ])
-def test_bad_corpus_names_the_file(tmp_path, capsys, make, message):
+def test_bad_corpus_names_the_file(tmp_path, tiny_args, capsys, make, message):
   source = make(tmp_path)
-  code, _ = _train(tmp_path, source=source)
+  code, _ = _train(tmp_path, tiny_args, source=source)
   err = capsys.readouterr().err
   assert code == 2 and message in err, err
   assert "Traceback" not in err
 
 
-def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, capsys, caplog):
+def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, tiny_args, capsys, caplog):
   corpus = tmp_path / "latin1.txt"
   corpus.write_bytes(b"\n\n".join(b"caf\xe9 number %d, fa\xe7ade" % i for i in range(30)))
-  code, workdir = _train(tmp_path, source=f"text:{corpus}")
+  code, workdir = _train(tmp_path, tiny_args, source=f"text:{corpus}")
   assert code == 0
   logged = caplog.text + capsys.readouterr().err
   assert "latin1.txt" in logged and "60" in logged  # 2 bad bytes in each of 30 documents
 
 
-def test_one_enormous_document_trains(tmp_path):
+def test_one_enormous_document_trains(tmp_path, tiny_args):
   big = tmp_path / "big.txt"
   big.write_text("word " * 200_000 + "\n\n" + "a short second document")  # 1 MB, no blank line
-  code, workdir = _train(tmp_path, source=f"text:{big}", name="big")
+  code, workdir = _train(tmp_path, tiny_args, source=f"text:{big}", name="big")
   assert code == 0 and (workdir / "checkpoints" / "2").is_dir()
 
 
-def test_a_corpus_smaller_than_one_batch_is_repeated(tmp_path):
+def test_a_corpus_smaller_than_one_batch_is_repeated(tmp_path, tiny_args):
   """Documented: the training stream repeats the corpus (reshuffled) to fill every batch."""
   small = tmp_path / "small.txt"
   small.write_text("tiny one\n\ntiny two")  # far fewer tokens than one 8x32 batch
-  code, workdir = _train(tmp_path, source=f"text:{small}", name="small")
+  code, workdir = _train(tmp_path, tiny_args, source=f"text:{small}", name="small")
   assert code == 0 and (workdir / "checkpoints" / "2").is_dir()

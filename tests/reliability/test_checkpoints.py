@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from tests.reliability.conftest import metrics
 
 STEPS = ["--config.train.steps=6", "--config.checkpoint.every=2", "--config.checkpoint.keep=3"]
 
@@ -17,7 +16,8 @@ def _largest_file(step_dir):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "alter"])
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_path, damage):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_path, damage,
+                                                                  read_metrics):
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, *STEPS).returncode == 0
   victim = _largest_file(os.path.join(workdir, "checkpoints", "6"))
@@ -35,21 +35,21 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_pa
   assert "Resumed from" in out.stdout and out.stdout.split("Resumed from")[1].split()[0].endswith("/4")
   kept = os.listdir(os.path.join(workdir, "checkpoints_corrupt"))
   assert len(kept) == 1 and kept[0].startswith("6-")  # set aside, not deleted
-  assert max(m["step"] for m in metrics(workdir)) == 8
+  assert max(m["step"] for m in read_metrics(workdir)) == 8
 
 
-def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(runner, tmp_path):
+def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(runner, tmp_path, read_metrics):
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, *STEPS).returncode == 0
   for step_dir in glob.glob(os.path.join(workdir, "checkpoints", "*")):
     victim = _largest_file(step_dir)
     with open(victim, "r+b") as f:
       f.truncate(os.path.getsize(victim) // 3)
-  before = metrics(workdir)
+  before = read_metrics(workdir)
   out = runner.run(workdir, *STEPS)
   assert out.returncode == 1
   assert "no usable checkpoint" in out.stderr and "Refusing to start a fresh run" in out.stderr
-  assert metrics(workdir) == before  # nothing was overwritten
+  assert read_metrics(workdir) == before  # nothing was overwritten
 
 
 def test_eval_skips_a_corrupt_latest_checkpoint_with_a_warning(runner, tmp_path):
@@ -61,7 +61,7 @@ def test_eval_skips_a_corrupt_latest_checkpoint_with_a_warning(runner, tmp_path)
   import json
   import subprocess
   import sys
-  out = subprocess.run([sys.executable, "-m", "pretrax.training.cli", "eval",
+  out = subprocess.run([sys.executable, "-m", "pretrax.cli", "eval",
                         f"--workdir={workdir}"], env=runner.env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "checkpoint of step 6 is corrupt" in out.stderr

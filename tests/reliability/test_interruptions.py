@@ -7,11 +7,14 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import assert_same_run, metrics
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_checkpoints_the_current_step_and_resume_is_exact(runner, tmp_path, sig):
+@pytest.mark.parametrize("job,sig", [("pretrain", signal.SIGTERM), ("pretrain", signal.SIGINT),
+                                     ("finetune", signal.SIGTERM)],
+                         ids=["pretrain-SIGTERM", "pretrain-SIGINT", "finetune-SIGTERM"])
+def test_signal_checkpoints_the_current_step_and_resume_is_exact(request, tmp_path, job, sig,
+                                                                 read_metrics, assert_equal_runs):
+  runner = request.getfixturevalue("runner" if job == "pretrain" else "finetune_runner")
   steps = ["--config.train.steps=40", "--config.checkpoint.every=25"]
   reference = str(tmp_path / "reference")
   assert runner.run(reference, *steps).returncode == 0
@@ -23,17 +26,17 @@ def test_signal_checkpoints_the_current_step_and_resume_is_exact(runner, tmp_pat
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-2000:]
   assert f"received {sig.name}" in out
-  stopped_at = max(m["step"] for m in metrics(workdir))
+  stopped_at = max(m["step"] for m in read_metrics(workdir))
   assert 8 <= stopped_at < 40
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped_at)))  # not step 25: now
 
   resumed = runner.run(workdir, *steps)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f"Resumed from {os.path.abspath(workdir)}/checkpoints/{stopped_at}" in resumed.stdout
-  assert_same_run(reference, workdir)
+  assert_equal_runs(reference, workdir)
 
 
-def test_five_sigkills_at_random_moments_lose_nothing(runner, tmp_path):
+def test_five_sigkills_at_random_moments_lose_nothing(runner, tmp_path, assert_equal_runs):
   """Checkpoints every step, async: most kills land while one is being written."""
   steps = ["--config.train.steps=60", "--config.checkpoint.every=1", "--config.checkpoint.keep=2"]
   reference = str(tmp_path / "reference")
@@ -55,4 +58,4 @@ def test_five_sigkills_at_random_moments_lose_nothing(runner, tmp_path):
   assert final.returncode == 0, final.stderr[-2000:]
   assert "corrupt" not in final.stdout + final.stderr  # a partial checkpoint is never read
   assert len(resumed_from) == 4 and resumed_from == sorted(resumed_from)
-  assert_same_run(reference, workdir)
+  assert_equal_runs(reference, workdir)

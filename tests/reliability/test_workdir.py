@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import metrics
 
 
-def test_different_model_in_the_same_workdir_is_refused(runner, tmp_path):
+def test_different_model_in_the_same_workdir_is_refused(runner, tmp_path, read_metrics):
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, "--config.train.steps=2").returncode == 0
   out = runner.run(workdir, "--config.train.steps=4", "--config.model.num_layers=2",
@@ -17,10 +16,11 @@ def test_different_model_in_the_same_workdir_is_refused(runner, tmp_path):
   assert out.returncode == 2
   assert "model.num_layers: saved 1, requested 2" in out.stderr
   assert "model.norm: saved 'layernorm', requested 'rmsnorm'" in out.stderr
-  assert max(m["step"] for m in metrics(workdir)) == 2  # the run is untouched
+  assert max(m["step"] for m in read_metrics(workdir)) == 2  # the run is untouched
 
 
-def test_a_second_concurrent_run_on_one_workdir_refuses(runner, tmp_path):
+def test_a_second_concurrent_run_on_one_workdir_refuses(any_runner, tmp_path):
+  runner = any_runner
   workdir = str(tmp_path / "run")
   first = runner.start(workdir, "--config.train.steps=100000")
   runner.wait_for_progress(workdir, first, 2)
@@ -62,6 +62,7 @@ def test_disk_full_stops_training_and_keeps_earlier_checkpoints(runner, small_di
   assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
   assert "No space left on device" in out.stderr
   assert "earlier checkpoints are untouched" in out.stderr
+  from pretrax.inference import loading
   from pretrax.training import checkpointing
-  run = checkpointing.load_run(workdir)  # the latest complete checkpoint still loads
+  run = loading.load_run(workdir)  # the latest complete checkpoint still loads
   assert 1 <= run.step < 200

@@ -6,14 +6,13 @@
   scheduler and friends, so collectives overlap with compute.
 - CPU only (no accelerator plugin, or JAX_PLATFORMS=cpu): the host allocator keeps freed memory.
   XLA's CPU runtime allocates one buffer for all of a step's intermediates at every execution and
-  frees it after (150 MB for bert.py:tiny, 2.6 GB for gpt.py:small). glibc serves blocks that
-  large with fresh mmaps, so every step the kernel zero-fills every page on first touch again:
-  37,000 page faults and ~70 ms of system time in a ~165 ms bert.py:tiny step on 2 cores. With one
-  malloc arena, no mmap for large blocks and no trimming, the next step reuses the same pages.
-  The process keeps its peak host memory, and when a step's buffer is allocated before the
-  previous step's is freed (the runtime frees it asynchronously), both stay resident (10 steps of
-  gpt.py:small: peak RSS 8.6 GB, against 3.5 GB released). PRETRAX_HOST_MEMORY=release leaves
-  glibc's defaults.
+  frees it after. glibc serves blocks that large with fresh mmaps, so every step the kernel
+  zero-fills every page on first touch again. With one malloc arena, no mmap for large blocks and
+  no trimming, the next step reuses the same pages. The price: the process keeps its peak host
+  memory, and when a step's buffer is allocated before the previous step's is freed (the runtime
+  frees it asynchronously), both stay resident. Page faults, step times and peak RSS with and
+  without the setting are in benchmarks/RESULTS.md. PRETRAX_HOST_MEMORY=release leaves glibc's
+  defaults.
 
 Threads pick their malloc arena when they first allocate, so the allocator setting only helps when
 it comes before JAX creates its CPU threads; a process whose backend is already running gets

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pretrax.training import checkpointing
+from pretrax.inference import loading
 
 
 def filter_logits(logits_v: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -47,8 +47,8 @@ def sample(workdir: str, prompt: str, max_new_tokens: int, *, temperature: float
            top_k: int = 0, top_p: float = 1.0, seed: int = 0, step: int | None = None,
            stop_at_eos: bool = True) -> str:
   """Returns the continuation of `prompt` (without the prompt)."""
-  run = checkpointing.load_run(workdir, step)
-  checkpointing.require_causal(run, "sample", workdir)
+  run = loading.load_run(workdir, step)
+  loading.require_language_model(run, "sample", workdir)
   tok = run.tokenizer
   context = run.config.model.max_seq_len if run.config.model.position == "learned" \
       else run.config.data.seq_len

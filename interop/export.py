@@ -11,7 +11,7 @@
       a local GPT-2 / BERT folder -> a run directory with checkpoint 0 (params + a fresh
       optimizer state) that `pretrax train` continues.
 
-The parameter mapping itself lives in `training/hf.py`.
+The parameter mapping itself lives in `interop/hf.py`.
 """
 
 import dataclasses
@@ -23,9 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pretrax.modeling import models
+from pretrax.inference import loading
+from pretrax.data.errors import InputError
 from pretrax.data import tokenizers
 from pretrax.modeling.config import ModelConfig
-from pretrax.training import checkpointing, config as config_lib, hf, optimizer as optimizer_lib
+from pretrax.interop import hf
+from pretrax.training import checkpointing, config as config_lib, optimizer as optimizer_lib
 from pretrax.training import step as step_lib
 from pretrax.training.config import Config
 
@@ -44,7 +48,7 @@ def directory_bytes(path: str) -> int:
 
 def _check_new_output(output: str) -> None:
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-    raise ValueError(f"--output={output} already exists and is not an empty directory; choose a "
+    raise InputError(f"--output={output} already exists and is not an empty directory; choose a "
                      "new path (nothing is overwritten)")
 
 
@@ -68,7 +72,7 @@ def export_hf(workdir: str, output: str, step: int | None = None) -> dict:
   """
   hf.check_exportable(_load_config(workdir).model)  # fail before reading any parameter
   _check_new_output(output)
-  run = checkpointing.load_run(workdir, step)
+  run = loading.load_run(workdir, step)
   model = run.config.model
   tok = run.tokenizer
   special = {"pad_token_id": tok.pad_id, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
@@ -107,7 +111,7 @@ def export_params(workdir: str, output: str, step: int | None = None) -> dict:
   `checkpointing.load_run` (eval, score, sample) reads like a training checkpoint.
   """
   _check_new_output(output)
-  run = checkpointing.load_run(workdir, step)
+  run = loading.load_run(workdir, step)
   os.makedirs(output, exist_ok=True)
   config_lib.save_json(run.config, os.path.join(output, "config.json"))
   run.tokenizer.save(output)
@@ -165,11 +169,11 @@ def _folder_tokenizer(input_dir: str) -> tokenizers.Tokenizer | None:
   if description.get("kind") == "byte":
     return tokenizers.ByteTokenizer()
   if description.get("kind") != "sentencepiece":
-    raise ValueError(f"{path}: unknown tokenizer kind {description.get('kind')!r}")
+    raise InputError(f"{path}: unknown tokenizer kind {description.get('kind')!r}")
   model_path = os.path.join(input_dir, description.get("file") or tokenizers.MODEL_FILENAME)
   tok = tokenizers.SentencePieceTokenizer(model_path)
   if description.get("sha256") and tok.describe()["sha256"] != description["sha256"]:
-    raise ValueError(f"{model_path} is not the SentencePiece model {path} describes (sha256 "
+    raise InputError(f"{model_path} is not the SentencePiece model {path} describes (sha256 "
                      "differs)")
   return tok
 
@@ -192,7 +196,7 @@ def _import_tokenizer(input_dir: str, spec: str | None,
     hf_files = [f for f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer.model")
                 if os.path.exists(os.path.join(input_dir, f))]
     found = f" (it holds {', '.join(hf_files)}: a Hugging Face tokenizer)" if hf_files else ""
-    raise ValueError(
+    raise InputError(
         f"{input_dir} holds no pretrax tokenizer ({PRETRAX_TOKENIZER}){found}. Pass "
         "--tokenizer=byte or --tokenizer=PATH.model (a SentencePiece model trained with `pretrax "
         "tokenizer train`). Hugging Face tokenizers, such as GPT-2's byte-level BPE "
@@ -200,7 +204,7 @@ def _import_tokenizer(input_dir: str, spec: str | None,
         "tokens at ids 0..6, so with another tokenizer the pretrained embedding rows only serve "
         "as an initialization")
   if tok.vocab_size > vocab_size:
-    raise ValueError(f"the {tok.kind} tokenizer has {tok.vocab_size} ids but the model's "
+    raise InputError(f"the {tok.kind} tokenizer has {tok.vocab_size} ids but the model's "
                      f"embedding (vocab_size in {input_dir}/config.json) has only {vocab_size} "
                      "rows; use a tokenizer with at most that many ids")
   return tok, notes
@@ -246,7 +250,7 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
   family, architecture = hf.family_of(hf_config, config_path)
   if os.path.exists(os.path.join(workdir, "config.json")) or os.path.exists(
       os.path.join(workdir, "checkpoints")):
-    raise ValueError(f"--workdir={workdir} already holds a run; import into a new directory")
+    raise InputError(f"--workdir={workdir} already holds a run; import into a new directory")
 
   config, from_pretrax = _base_config(input_dir, family)
   model = hf.from_hf_config(hf_config, config.model, config_path)
@@ -271,11 +275,11 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
     notes.append(f"embd_pdrop={hf_config.get('embd_pdrop')} and resid_pdrop="
                  f"{hf_config.get('resid_pdrop')} differ; pretrax has one dropout rate "
                  f"(config.model.dropout={model.dropout}, from resid_pdrop)")
-  _, abstract_state = checkpointing.abstract_model(model)
+  _, abstract_state = models.abstract_model(model)
   abstract_params = nnx.to_pure_dict(abstract_state)
 
   def fresh():
-    return nnx.to_pure_dict(nnx.state(checkpointing.build_model(model, config.train.seed)))
+    return nnx.to_pure_dict(nnx.state(models.build_model(model, config.train.seed)))
 
   params, fresh_names = hf.from_hf_state(model, tensors, abstract_params, fresh,
                                          source=input_dir)

@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from pretrax.data.errors import InputError
 from pretrax.modeling.config import ModelConfig
 
 # pretrax activation -> HF name; and the HF names pretrax computes identically.
@@ -67,7 +68,7 @@ def check_exportable(model: ModelConfig) -> None:
   target = {"gpt": "GPT-2", "bert": "BERT"}[model.family]
 
   def refuse(field: str, why: str):
-    raise ValueError(f"config.model.{field}={getattr(model, field)!r} has no {target} "
+    raise InputError(f"config.model.{field}={getattr(model, field)!r} has no {target} "
                      f"equivalent ({why}); only {target}-layout models can be exported to "
                      "Hugging Face (use --format=params to export the parameters for pretrax)")
 
@@ -136,14 +137,14 @@ def family_of(hf_config: dict, path: str = "config.json") -> tuple[str, str]:
   archs = hf_config.get("architectures") or []
   supported = ", ".join(a for f in FAMILIES.values() for a in f[2])
   if model_type not in MODEL_TYPE_TO_FAMILY:
-    raise ValueError(f"{path}: model_type={model_type!r} (architectures {archs}) is not "
+    raise InputError(f"{path}: model_type={model_type!r} (architectures {archs}) is not "
                      f"supported; pretrax imports {supported}")
   family = MODEL_TYPE_TO_FAMILY[model_type]
   accepted = FAMILIES[family][2]
   if not archs:
     return family, accepted[-1]  # GPT2Model / BertModel: whatever heads the weights hold
   if len(archs) != 1 or archs[0] not in accepted:
-    raise ValueError(f"{path}: architectures={archs} is not supported; pretrax imports "
+    raise InputError(f"{path}: architectures={archs} is not supported; pretrax imports "
                      f"{supported} (a task head such as a classifier has no pretrax equivalent)")
   return family, archs[0]
 
@@ -165,7 +166,7 @@ def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json") -> Mo
 
   def need(field: str, ok: bool, why: str):
     if not ok:
-      raise ValueError(f"{path}: {field}={hf.get(field)!r} is not supported by pretrax ({why})")
+      raise InputError(f"{path}: {field}={hf.get(field)!r} is not supported by pretrax ({why})")
 
   def activation(field: str, default: str) -> str:
     name = _hf_get(hf, field, default)
@@ -380,7 +381,7 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
   for key, value in tensors.items():
     name = _normalize_key(key, prefix)
     if name in by_name:
-      raise ValueError(f"{source}: two tensors map to {name!r} (one of them is {key!r})")
+      raise InputError(f"{source}: two tensors map to {name!r} (one of them is {key!r})")
     by_name[name] = np.asarray(value, np.float32)
   used, params, fresh, missing = set(), {}, [], []
   for name, paths, _, from_hf in layout(model):
@@ -394,23 +395,23 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
     for path, value in zip(paths, from_hf(by_name[name])):
       want = _get(abstract_params, path).shape
       if tuple(value.shape) != tuple(want):
-        raise ValueError(f"{source}: {name} has shape {tuple(by_name[name].shape)}, which does "
+        raise InputError(f"{source}: {name} has shape {tuple(by_name[name].shape)}, which does "
                          f"not give {'.'.join(map(str))} of shape {tuple(want)} (does "
                          "config.json describe these weights?)")
       _set(params, path, np.ascontiguousarray(value))
   if missing:
-    raise ValueError(f"{source} lacks {len(missing)} tensor(s) the model needs, e.g. "
+    raise InputError(f"{source} lacks {len(missing)} tensor(s) the model needs, e.g. "
                      f"{', '.join(missing[:4])}")
   for name, target in _TIED.items():
     if name in by_name:
       used.add(name)
       if target in by_name and not np.array_equal(by_name[name], by_name[target]):
-        raise ValueError(f"{source}: {name} differs from {target}; pretrax ties the output "
+        raise InputError(f"{source}: {name} differs from {target}; pretrax ties the output "
                          "projection to the token embedding and cannot import an untied head")
   used |= {n for n in by_name if n.endswith(_GPT2_BUFFERS) or n.endswith("position_ids")}
   unknown = sorted(set(by_name) - used)
   if unknown:
-    raise ValueError(f"{source} holds {len(unknown)} tensor(s) pretrax has no place for, e.g. "
+    raise InputError(f"{source} holds {len(unknown)} tensor(s) pretrax has no place for, e.g. "
                      f"{', '.join(unknown[:4])} (a task head or a different architecture?)")
   if fresh:
     new = fresh_params()

@@ -2,7 +2,7 @@
 
   pretrax train --config=configs/gpt.py:tiny --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
   pretrax finetune --config=configs/finetune.py:classify --init=PRETRAINED_DIR --workdir=DIR \
-      --config.data.train=FILE --config.data.eval=FILE
+      --config.data.train=FILE --config.data.eval=FILE [--config.SECTION.FIELD=VALUE ...]
   pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
   pretrax score --workdir=DIR --text=FILE [--step=N]
   pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
@@ -28,6 +28,14 @@ def _quiet_logs() -> None:
   tfds.disable_progress_bar()
 
 
+def _multi_process_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--coordinator_address", default=None,
+                 help="multi-process: HOST:PORT of process 0 (the same on all), or 'auto' to let "
+                      "JAX detect it (Cloud TPU pods); not needed on SLURM, mpirun or GKE TPU")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="pretrax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,17 +50,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--restart_data", action="store_true",
                  help="restore model and optimizer state but start the data stream over (to "
                       "resume with a different number of processes)")
-  p.add_argument("--coordinator_address", default=None,
-                 help="multi-process: HOST:PORT of process 0 (the same on all), or 'auto' to let "
-                      "JAX detect it (Cloud TPU pods); not needed on SLURM, mpirun or GKE TPU")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
+  _multi_process_arguments(p)
 
   p = sub.add_parser("finetune", help="fine-tune a pretrained run as a classifier",
                      description="Fine-tune the run in --init on labelled examples "
                                  "(--config.data.train / --config.data.eval).")
   p.add_argument("--init", required=True, help="pretrained run directory")
   p.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it exists)")
+  _multi_process_arguments(p)
 
   p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
   p.add_argument("--workdir", required=True)
@@ -118,23 +123,34 @@ def _train(args, preset, overrides) -> None:
 
 
 def _tokenizer_train(args) -> None:
-  from pretrax.data import corpora, tokenizers
-  texts = (text for path in args.input for _, text in corpora.read_local_documents(path))
+  from pretrax.data import local_text, tokenizers
+  texts = (text for path in args.input for _, text in local_text.read_local_documents(path))
   tokenizer = tokenizers.train_sentencepiece(texts, args.output, vocab_size=args.vocab_size,
                                              model_type=args.model_type)
   print(json.dumps({"model": f"{args.output}.model", **tokenizer.describe()}))
 
 
+def _finetune(args, preset, overrides) -> None:
+  from pretrax.training import config as config_lib, trainer
+  if not preset:
+    raise config_lib.ConfigError("pretrax finetune needs --config=configs/finetune.py:classify")
+  config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
+  config.finetune.init = args.init
+  trainer.train(config, args.workdir)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  from pretrax.training import startup
+  from pretrax.cli import startup
   try:
     set_up = startup.prepare()  # before anything starts JAX's backend
   except ValueError as e:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 2
+  from pretrax.data.errors import InputError
   from pretrax.training.checkpointing import CheckpointError
   from pretrax.training.config import ConfigError, split_overrides
+  from pretrax.training.run_dir import RunDirError
   try:
     preset, overrides, rest = split_overrides(argv)
   except ConfigError as e:
@@ -142,60 +158,49 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   args = _parser().parse_args(rest)
   if (preset or overrides) and args.command not in ("train", "finetune"):
-    print(f"pretrax: error: --config applies to `pretrax train` only; `{args.command}` reads the "
-          "config saved in --workdir", file=sys.stderr)
+    print(f"pretrax: error: --config applies to `pretrax train` and `finetune` only; "
+          f"`{args.command}` reads the config saved in --workdir", file=sys.stderr)
     return 2
   _quiet_logs()
   if args.command in ("train", "finetune"):
     for line in set_up:
       print(f"pretrax: {line}", file=sys.stderr)
   try:
-    if args.command == "train":
+    if args.command in ("train", "finetune"):
       from pretrax.training import distributed
       distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-      _train(args, preset, overrides)
-    elif args.command == "finetune":
-      from pretrax.training import config as config_lib, finetune
-      if not preset:
-        raise ConfigError("pretrax finetune needs --config=configs/finetune.py:classify")
-      config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
-      finetune.run_finetune(config, args.init, args.workdir)
+      (_train if args.command == "train" else _finetune)(args, preset, overrides)
     elif args.command == "eval":
-      from pretrax.training import evaluate, finetune
-      if finetune.is_classifier_run(args.workdir):
-        if args.batches is not None:
-          raise ConfigError("--batches does not apply to a classifier: it is evaluated on the "
-                            "whole eval set")
-        print(json.dumps(finetune.eval_classifier(args.workdir, args.split, args.step)))
-      else:
-        print(json.dumps(evaluate.eval_run(args.workdir, args.split, args.step, args.batches)))
+      from pretrax.inference import evaluate
+      print(json.dumps(evaluate.eval_run(args.workdir, args.split, args.step, args.batches)))
     elif args.command == "score":
-      from pretrax.training import evaluate
+      from pretrax.inference import evaluate
       with open(args.text, "rb") as f:
         raw = f.read()
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise ValueError(f"{args.text}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise InputError(f"{args.text}: not UTF-8 text (byte {e.start}: {e.reason})") from None
       print(json.dumps(evaluate.score_text(args.workdir, text, args.step)))
     elif args.command == "sample":
-      from pretrax.training import generate
+      from pretrax.inference import generate
       print(args.prompt + generate.sample(
           args.workdir, args.prompt, args.max_new_tokens, temperature=args.temperature,
           top_k=args.top_k, top_p=args.top_p, seed=args.seed, step=args.step))
     elif args.command == "export":
-      from pretrax.training import export
+      from pretrax.interop import export
       write = export.export_hf if args.format == "hf" else export.export_params
       print(json.dumps(write(args.workdir, args.output, args.step)))
     elif args.command == "import":
-      from pretrax.training import export
+      from pretrax.interop import export
       print(json.dumps(export.import_hf(args.input, args.workdir, args.tokenizer)))
     elif args.command == "tokenizer":
       _tokenizer_train(args)
-  except (CheckpointError, FloatingPointError) as e:
+  except (CheckpointError, RunDirError, FloatingPointError) as e:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 1
-  except (ConfigError, ValueError, FileNotFoundError) as e:
+  except (InputError, FileNotFoundError) as e:
+    # Input the user can fix gets one line; anything else is a bug and keeps its traceback.
     if os.environ.get("PRETRAX_TRACEBACK"):
       raise
     print(f"pretrax: error: {e}\n(set PRETRAX_TRACEBACK=1 to see where it was raised)",

@@ -8,31 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pretrax.training import checkpointing, mesh as mesh_lib, step as step_lib, trainer
-
-
-def _token_bytes(run: checkpointing.Run) -> jax.Array:
-  table = jnp.asarray(run.tokenizer.token_byte_lengths(), jnp.float32)
-  return jnp.pad(table, (0, run.config.model.vocab_size - table.shape[0]))
+from pretrax.data.errors import InputError
+from pretrax.inference import loading
+from pretrax.training import losses, step as step_lib, trainer
 
 
 def eval_run(workdir: str, split: str | None = None, step: int | None = None,
              max_batches: int | None = None) -> dict:
-  """Loss, perplexity, accuracy and bits per byte of checkpoint `step` on `split`.
+  """The task's validation metrics of checkpoint `step` (default: latest) on `split`.
 
-  `max_batches` None uses config.train.eval_steps batches (what training reports); 0 uses the
-  whole split.
+  Language models: `max_batches` None uses config.train.eval_steps batches (what training
+  reports); 0 uses the whole split. Classifiers: always the whole eval set.
   """
-  run = checkpointing.load_run(workdir, step)
-  if max_batches is None:
-    max_batches = run.config.train.eval_steps
-  split = split or trainer.sources.eval_split(run.config.data)
-  batches = trainer.eval_batches(run.config, run.tokenizer, split, max_batches or None)
-  objective = run.config.data.objective
-  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef, objective))
+  run = loading.load_run(workdir, step)
+  name, batches = run.task.eval_data(split, max_batches)
+  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef, run.task))
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  metrics = trainer.evaluate(eval_step, run.params, batches, _token_bytes(run), sharding, objective)
-  return {"step": run.step, "split": split, **metrics}
+  metrics = trainer.evaluate(eval_step, run.params, batches, sharding, run.task)
+  return {"step": run.step, "split": name, **metrics}
 
 
 def score_windows(ids: np.ndarray, window: int, stride: int):
@@ -62,12 +55,12 @@ def score_windows(ids: np.ndarray, window: int, stride: int):
 
 def score_text(workdir: str, text: str, step: int | None = None, batch_size: int = 8) -> dict:
   """Mean loss per token (nats) and bits per byte of `text` scored as one document."""
-  run = checkpointing.load_run(workdir, step)
-  checkpointing.require_causal(run, "score", workdir)
+  run = loading.load_run(workdir, step)
+  loading.require_language_model(run, "score", workdir)
   tok = run.tokenizer
   ids = np.concatenate([[tok.bos_id], tok.encode(text)]).astype(np.int32)
   if len(ids) < 2:
-    raise ValueError("the text to score is empty")
+    raise InputError("the text to score is empty")
   window = run.config.data.seq_len
   stride = max(window // 2, 1)
   inputs, targets, weights = score_windows(ids, window, stride)
@@ -78,7 +71,7 @@ def score_text(workdir: str, text: str, step: int | None = None, batch_size: int
     x, t, w = (np.pad(a[rows], ((0, batch_size - len(a[rows])), (0, 0)))
                for a in (inputs, targets, weights))
     logits = model_call(run.params, jnp.asarray(x))
-    s = step_lib.cross_entropy_sums(logits, jnp.asarray(t), jnp.asarray(w))
+    s = losses.cross_entropy_sums(logits, jnp.asarray(t), jnp.asarray(w))
     sums["loss_sum"] += float(s["loss_sum"])
     sums["weight_sum"] += float(s["weight_sum"])
   n_bytes = len(text.encode("utf-8"))

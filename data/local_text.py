@@ -1,0 +1,276 @@
+"""`local_text`: a user's text as a TFDS dataset, given as `text:PATHS` in `config.data.source`.
+
+The rules:
+  * PATHS is one or more files or directories, comma-separated.
+  * A `.txt` file named directly is split into documents at blank lines (one or more lines that
+    are empty or whitespace only).
+  * A `.jsonl` file holds one JSON object per line whose "text" field (a string) is a document;
+    empty lines are skipped.
+  * A directory is walked recursively in sorted order, skipping hidden entries: each `.txt` file
+    is ONE document and each `.jsonl` record is one document; other files are ignored.
+  * Text is decoded as UTF-8. Invalid bytes become U+FFFD and a warning names the file and how
+    many characters were replaced. Line endings become "\\n".
+  * Empty (whitespace-only) documents are dropped. Paragraphs and whole-file documents lose their
+    leading blank lines and trailing whitespace; JSONL text is kept as is.
+  * The LAST `validation_fraction` of the documents, in the order above, is the `validation`
+    split (at least one document); the rest is `train`. Fewer than 2 documents is an error.
+  * The builder config is named by a hash of the absolute paths, sizes and mtimes of the files
+    and of `validation_fraction`: editing a file rebuilds the dataset, an unchanged corpus is
+    reused.
+Document ids are `FILE:LINE` for paragraphs and JSONL records (LINE is 1-based) and `FILE` for
+whole-file documents.
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+from typing import Iterator
+
+import tensorflow_datasets as tfds
+
+from pretrax.data import corpora
+from pretrax.data.errors import InputError
+log = logging.getLogger(__name__)
+
+_TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def _split_paths(paths: str | list[str]) -> list[str]:
+  parts = paths.split(",") if isinstance(paths, str) else list(paths)
+  parts = [p.strip() for p in parts if p.strip()]
+  if not parts:
+    raise InputError("text source: no paths given; expected text:PATH[,PATH...] with .txt/.jsonl "
+                     "files or directories")
+  return parts
+
+
+def _local_files(paths: str | list[str]) -> list[tuple[str, str, str]]:
+  """(given path, file, kind) in reading order; kind is paragraphs | document | jsonl.
+
+  Raises ValueError for a missing path, a directory without .txt/.jsonl files, another file
+  type, or a file listed twice.
+  """
+  files = []
+  for path in _split_paths(paths):
+    if os.path.isdir(path):
+      found = []
+      for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+          if not name.startswith(".") and name.lower().endswith(_TEXT_SUFFIXES):
+            kind = "jsonl" if name.lower().endswith(".jsonl") else "document"
+            found.append((path, os.path.join(root, name), kind))
+      found.sort(key=lambda entry: corpora.tree_order(entry[1], path))
+      if not found:
+        raise InputError(f"{path}: directory has no .txt or .jsonl files (searched recursively); "
+                         "put text in NAME.txt files or JSONL records in NAME.jsonl files")
+      files += found
+    elif os.path.isfile(path):
+      if path.lower().endswith(".jsonl"):
+        files.append((path, path, "jsonl"))
+      elif path.lower().endswith(".txt"):
+        files.append((path, path, "paragraphs"))
+      else:
+        raise InputError(f"{path}: not a .txt or .jsonl file; rename it to .txt (documents "
+                         "separated by blank lines) or .jsonl (one {\"text\": ...} per line)")
+    else:
+      raise InputError(f"{path}: no such file or directory (text:PATH takes .txt/.jsonl files or "
+                       "directories, comma-separated)")
+  seen = {}
+  for _, file, _ in files:
+    real = os.path.realpath(file)
+    if real in seen:
+      raise InputError(f"{file}: listed twice (also as {seen[real]}); name each file once")
+    seen[real] = file
+  return files
+
+
+class _DecodedLines:
+  """Lines of a file decoded as UTF-8, invalid bytes replaced and counted."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.replaced = 0
+
+  def __iter__(self) -> Iterator[str]:
+    with open(self.path, "rb") as f:
+      for number, raw in enumerate(f, 1):
+        line = raw.decode("utf-8", errors="replace")
+        # Count only the U+FFFD that decoding inserted, not ones written in the file.
+        self.replaced += line.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
+        if number == 1:
+          line = line.removeprefix("\ufeff")  # byte-order mark
+        yield line.rstrip("\r\n")
+
+  def warn_if_replaced(self):
+    if self.replaced:
+      log.warning("%s: %d characters were not valid UTF-8 and were replaced by U+FFFD",
+                  self.path, self.replaced)
+
+
+def _clean(text: str) -> str:
+  """Drops leading blank lines and trailing whitespace."""
+  return re.sub(r"\A(?:[^\S\n]*\n)+", "", text).rstrip()
+
+
+def _paragraphs(lines: _DecodedLines) -> Iterator[tuple[int, str]]:
+  """(first line number, paragraph) for the blank-line-separated paragraphs of a file."""
+  block, start = [], 0
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      if not block:
+        start = number
+      block.append(line)
+    elif block:
+      yield start, _clean("\n".join(block))
+      block = []
+  if block:
+    yield start, _clean("\n".join(block))
+
+
+def _jsonl_records(lines: _DecodedLines) -> Iterator[tuple[int, str]]:
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise InputError(f"{lines.path}:{number}: not valid JSON ({e.msg} at column {e.colno}); "
+                       "each line must be an object like {\"text\": \"...\"}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+      got = (f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__)
+      if isinstance(record, dict) and "text" in record:
+        got = f"\"text\" of type {type(record['text']).__name__}"
+      raise InputError(f"{lines.path}:{number}: expected an object with a string \"text\" field, "
+                       f"got {got}")
+    yield number, record["text"]
+
+
+def read_local_documents(paths: str | list[str]) -> Iterator[tuple[str, str]]:
+  """(doc_id, text) of every document under `paths` (comma-separated str or a list), in order.
+
+  The rules are in this module's docstring. Raises ValueError naming the file (and line) for a
+  missing path, a file or directory without documents, or a bad JSONL line.
+  """
+  return _read_documents(paths, warn=True)
+
+
+def _read_documents(paths: str | list[str], warn: bool) -> Iterator[tuple[str, str]]:
+  for path, group in itertools.groupby(_local_files(paths), key=lambda entry: entry[0]):
+    yielded = 0
+    for _, file, kind in group:
+      lines = _DecodedLines(file)
+      if kind == "paragraphs":
+        docs = ((f"{file}:{n}", text) for n, text in _paragraphs(lines))
+      elif kind == "jsonl":
+        docs = ((f"{file}:{n}", text) for n, text in _jsonl_records(lines))
+      else:
+        docs = [(file, _clean("\n".join(lines)))]
+      for doc_id, text in docs:
+        if text.strip():
+          yielded += 1
+          yield doc_id, text
+      if warn:
+        lines.warn_if_replaced()
+    if not yielded:
+      what = "directory" if os.path.isdir(path) else "file"
+      raise InputError(f"{path}: {what} has no documents (empty or whitespace only); add text to "
+                       "it or remove it from data.source")
+
+
+def validation_count(document_bytes: list[int], validation_fraction: float) -> int:
+  """How many of the last documents are held out: the fewest whose UTF-8 bytes reach
+  `validation_fraction` of the corpus's (so 0.1 holds out the last 10% of a file's text), at
+  least 1 and fewer than all."""
+  target, held, count = validation_fraction * sum(document_bytes), 0, 0
+  for size in reversed(document_bytes):
+    if held >= target:
+      break
+    held += size
+    count += 1
+  return min(max(1, count), len(document_bytes) - 1)
+
+
+def local_text_config_name(paths: str | list[str], validation_fraction: float) -> str:
+  """A name that changes when any file's path, size or mtime, or the fraction, changes."""
+  key = [validation_fraction] + [os.path.abspath(p) for p in _split_paths(paths)]
+  for _, file, kind in _local_files(paths):
+    stat = os.stat(file)
+    key.append([os.path.abspath(file), kind, stat.st_size, stat.st_mtime_ns])
+  digest = hashlib.sha256(json.dumps(key).encode("utf-8")).hexdigest()[:16]
+  stem = os.path.splitext(os.path.basename(os.path.normpath(_split_paths(paths)[0])))[0]
+  stem = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")[:32]
+  return f"{stem}_{digest}" if stem else f"c{digest}"
+
+
+@dataclasses.dataclass(eq=False)
+class LocalTextConfig(tfds.core.BuilderConfig):
+  paths: tuple[str, ...] = ()          # files or directories, in reading order
+  validation_fraction: float = 0.1     # share of the text (bytes) held out, as the last documents
+
+
+class LocalText(tfds.core.GeneratorBasedBuilder):
+  """A user's .txt/.jsonl files; see the module docstring for how they become documents."""
+
+  code_path = corpora.CODE_PATH
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Blank-line paragraphs, whole-file .txt, JSONL; last docs held out."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Local text files: " + ", ".join(self.builder_config.paths),
+        features=corpora.text_features(),
+        disable_shuffling=True,  # documents stay in file order, so validation is the end
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    config = self.builder_config
+    sizes = [len(text.encode("utf-8")) for _, text in read_local_documents(list(config.paths))]
+    n = len(sizes)  # reading also checks every file, and warns once about replaced bytes
+    if n < 2:
+      raise InputError(
+          f"{', '.join(config.paths)}: found {n} document; a validation split needs at least 2 "
+          "(the last data.validation_fraction of them are held out). Add more text, or separate "
+          "a .txt file's documents with blank lines.")
+    n_train = n - validation_count(sizes, config.validation_fraction)
+    return {"train": self._generate_examples(0, n_train),
+            "validation": self._generate_examples(n_train, n)}
+
+  def _generate_examples(self, start: int, stop: int):
+    documents = _read_documents(list(self.builder_config.paths), warn=False)
+    for doc_id, text in itertools.islice(documents, start, stop):
+      yield doc_id, {"text": text, "id": doc_id}
+
+
+class _DropCustomConfigWarning(logging.Filter):
+  """TFDS warns whenever a builder gets a config not in BUILDER_CONFIGS, on every unpickling too.
+  LocalText makes one config per corpus by design, so its warning is noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Using custom data configuration") or not any(
+        isinstance(arg, LocalTextConfig) for arg in (record.args or ()))
+
+
+if not any(isinstance(f, _DropCustomConfigWarning) for f in logging.getLogger("absl").filters):
+  logging.getLogger("absl").addFilter(_DropCustomConfigWarning())
+
+
+def local_text_builder(paths: str | list[str], validation_fraction: float,
+                       data_dir: str) -> LocalText:
+  """The (maybe not yet built) `local_text` dataset of `paths` in `data_dir`."""
+  if not 0 < validation_fraction < 1:
+    raise InputError(f"data.validation_fraction must be in (0, 1), got {validation_fraction}")
+  config = LocalTextConfig(
+      name=local_text_config_name(paths, validation_fraction),
+      paths=tuple(_split_paths(paths)),
+      validation_fraction=validation_fraction,
+      description="Local text files")
+  return LocalText(config=config, data_dir=data_dir, file_format="array_record")
+
+

@@ -1,0 +1,126 @@
+"""The task interface: what differs between jobs that run on the one trainer.
+
+A task owns how its model is built or initialized (fresh, or from a pretrained run), how train
+and eval batches are made, the loss sums and metrics, and what a run reports. The trainer
+(training/trainer.py) owns everything else: the run directory and its lock, the mesh and the
+shardings, the jitted step, checkpoints (with the data position), signals, the non-finite policy,
+logging and the evaluation cadence. So every task gets all of them.
+
+Loss terms. `terms` maps a metric prefix to the term's weight in the loss: {"": 1.0} for one term,
+{"mlm_": 1.0, "nsp_": 1.0} for BERT, {"cls_": 1.0, "lm_": λ} for GPT-1 fine-tuning.
+`sums(model, batch)` returns PREFIX + loss_sum / correct_sum / weight_sum for each term (see
+training/losses.py) and `weights(batch)` each term's weight_sum over the whole batch, so the loss
+Σ weight · loss_sum / weight_sum is the same whether or not the batch is split into micro-batches.
+
+Adding a task: a module in training/tasks/ with a `Task` subclass, and one line in `TASKS`
+(training/tasks/__init__.py) naming the config value that selects it.
+"""
+
+import abc
+import dataclasses
+from typing import Any, Iterable, Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+
+from pretrax.training import config as config_lib, losses
+from pretrax.training.config import Config
+
+
+@dataclasses.dataclass
+class Task(abc.ABC):
+  """One job on the trainer. `open` builds it for a run directory; the rest is called by the
+  trainer (inside the mesh and the logical axis rules where it builds or runs the model)."""
+  config: Config
+  tokenizer: Any
+  workdir: str
+
+  terms = {"": 1.0}
+
+  @classmethod
+  def check_config(cls, config: Config) -> None:
+    """Raises ConfigError naming the field for a config this task cannot run."""
+    config_lib.validate(config)
+
+  @classmethod
+  @abc.abstractmethod
+  def open(cls, config: Config, workdir: str) -> "Task":
+    """Resolves `config` for `workdir` (new, or a run to resume), writes the run's own files
+    (config.json, tokenizer, ...) on process 0, and returns the task."""
+
+  # ------------------------------------------------------------------------------------------
+  # The model.
+
+  @abc.abstractmethod
+  def build_model(self, seed: int) -> nnx.Module:
+    """The model with freshly initialized parameters."""
+
+  def abstract_model(self):
+    """(graphdef, abstract nnx.State) without allocating parameters."""
+    return nnx.split(nnx.eval_shape(lambda: self.build_model(0)))
+
+  def init_params(self, abstract_params, params_sharding) -> dict:
+    """The step-0 parameters, placed in `params_sharding`: a fresh init from config.train.seed."""
+    seed = self.config.train.seed
+    return jax.jit(lambda: nnx.to_pure_dict(nnx.state(self.build_model(seed))),
+                   out_shardings=params_sharding)()
+
+  @property
+  def uses_dropout(self) -> bool:
+    return self.config.model.dropout > 0 or self.config.model.attention_dropout > 0
+
+  # ------------------------------------------------------------------------------------------
+  # Data: dicts of numpy arrays holding this process's rows of the global batch.
+
+  @abc.abstractmethod
+  def train_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    """An endless, checkpointable (grain.DatasetIterator) iterator of training batches."""
+
+  @abc.abstractmethod
+  def eval_batches(self, max_batches: int | None) -> Iterable[dict[str, np.ndarray]] | None:
+    """The validation batches, the same every time; None when the run has no eval data."""
+
+  @abc.abstractmethod
+  def eval_data(self, split: str | None, max_batches: int | None):
+    """For `pretrax eval`: (the name of what is evaluated, its batches); `split` None is the
+    run's validation data, `max_batches` None the run's own eval size."""
+
+  # ------------------------------------------------------------------------------------------
+  # Loss and metrics (inside jit).
+
+  @abc.abstractmethod
+  def weights(self, batch) -> dict[str, jax.Array]:
+    """Each term's weight_sum over the whole batch: its normalizer."""
+
+  @abc.abstractmethod
+  def sums(self, model, batch, rngs=None) -> dict[str, jax.Array]:
+    """Forward pass -> PREFIX loss_sum / correct_sum / weight_sum for each term."""
+
+  def eval_sums(self, model, batch) -> dict[str, jax.Array]:
+    """Sums added over the validation batches (may hold more than the loss terms)."""
+    return self.sums(model, batch)
+
+  def metrics(self, sums: dict) -> dict[str, jax.Array]:
+    """Train metrics of one step from its sums."""
+    return losses.term_metrics(sums, self.terms)
+
+  def summarize(self, totals: dict) -> dict[str, float]:
+    """Validation metrics (floats) from the sums added over every eval batch."""
+    totals = jax.device_get(totals)
+    return {k: float(v) for k, v in losses.term_metrics(totals, self.terms).items()}
+
+  # ------------------------------------------------------------------------------------------
+  # Accounting and reports.
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.config.train.batch_size * self.config.data.seq_len
+
+  @abc.abstractmethod
+  def flops_per_token(self, n_params: int) -> float:
+    """Training FLOPs per token, for MFU."""
+
+  def describe(self) -> str:
+    """What is trained, for the start-up line."""
+    return f"{self.config.model.family} ({self.config.data.objective})"

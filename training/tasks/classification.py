@@ -1,0 +1,371 @@
+"""Fine-tuning a classifier over a pretrained run: `pretrax finetune`, finetune.task=classify.
+
+  pretrax finetune --config=finetune:classify --init=PRETRAINED_WORKDIR --workdir=DIR \
+      --config.data.train=train.jsonl --config.data.eval=dev.jsonl
+
+The objective (modeling/classifier.py reads the vector; data/classification.py frames the text):
+  bert  cross-entropy of a linear classifier on the pooled [CLS] vector (BERT).
+  gpt   cross-entropy of a linear classifier on the last token's hidden state, plus
+        λ = config.finetune.lm_weight times the next-token loss on the same sequences (GPT-1).
+Every parameter is trained (backbone and head). Terms: "cls_" (weight 1) and, for GPT with λ > 0,
+"lm_" (weight λ). Batches: input_ids, segment_ids, token_type_ids [B, T]; label [B].
+
+The fine-tuned workdir is self-contained (`pretrax eval` reads it with `evaluate_checkpoint`):
+  config.json     the model section of --init, finetune.task="classify", num_labels resolved
+  tokenizer.*     copied from --init
+  labels.json     {"labels": [class of id 0, class of id 1, ...]}
+  checkpoints/N/  {"params": {"backbone", "head"}, ...} and the batch position
+Eval metrics: accuracy, macro_f1, loss (the classifier's), lm_loss (GPT), examples.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from pretrax.data.errors import InputError
+from pretrax.data import classification, files, tokenizers
+from pretrax.modeling.classifier import Classifier
+from pretrax.modeling.config import ModelConfig
+from pretrax.training import checkpointing, config as config_lib, losses
+from pretrax.training import metrics as metrics_lib, run_dir
+from pretrax.training.config import Config, ConfigError
+from pretrax.training.tasks.base import Task
+
+LABELS_FILENAME = "labels.json"
+
+
+# --------------------------------------------------------------------------------------------
+# The pretrained run fine-tuning starts from.
+
+
+@dataclasses.dataclass
+class Init:
+  workdir: str
+  config: Config
+  tokenizer: tokenizers.Tokenizer
+  step: int  # its latest checkpoint
+
+
+def load_init(init_workdir: str) -> Init:
+  """Reads --init's config, tokenizer and latest step; a clear error if it cannot be used."""
+  if not init_workdir:
+    raise ConfigError("pretrax finetune needs the pretrained run: --init=PRETRAINED_WORKDIR")
+  config = run_dir.read_config(init_workdir, "--init")
+  if config.finetune.task:
+    raise ConfigError(f"--init={init_workdir} is a fine-tuned run (finetune.task="
+                      f"{config.finetune.task!r}); --init needs a pretraining run, e.g. its own "
+                      f"--init {config.finetune.init or '(unknown)'}")
+  checkpointer = checkpointing.Checkpointer(init_workdir, config.checkpoint, read_only=True)
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  if not steps:
+    raise FileNotFoundError(f"--init={init_workdir} has no checkpoint under "
+                            f"{os.path.join(init_workdir, 'checkpoints')} (did its training "
+                            "save one?)")
+  tokenizer = tokenizers.load_from_directory(init_workdir)
+  return Init(os.path.abspath(init_workdir), config, tokenizer, max(steps))
+
+
+def _model_from_init(requested: ModelConfig, init: Init) -> ModelConfig:
+  """The init run's model section; a field set here to something else than both the default
+  and the init's value (e.g. --config.model.family=bert over a GPT run) is an error."""
+  default = ModelConfig()
+  for field in dataclasses.fields(ModelConfig):
+    mine, theirs = getattr(requested, field.name), getattr(init.config.model, field.name)
+    if mine != getattr(default, field.name) and mine != theirs:
+      raise ConfigError(f"config.model.{field.name}={mine!r}, but --init={init.workdir} holds a "
+                        f"model with {field.name}={theirs!r}; fine-tuning takes the model "
+                        f"section from --init: drop --config.model.{field.name}")
+  return dataclasses.replace(init.config.model)
+
+
+def _check_finetune_config(config: Config) -> None:
+  ft = config.finetune
+  if ft.num_labels < 0 or ft.lm_weight < 0:
+    raise ConfigError("config.finetune.num_labels and config.finetune.lm_weight must be >= 0")
+  if not 0.0 <= ft.classifier_dropout < 1.0:
+    raise ConfigError(f"config.finetune.classifier_dropout must be in [0, 1), got "
+                      f"{ft.classifier_dropout}")
+  if not config.data.train:
+    raise ConfigError("config.data.train is empty: give the training examples with "
+                      "--config.data.train=FILE.jsonl or tfds:NAME[:SPLIT]")
+
+
+def load_labels(workdir: str) -> list:
+  path = os.path.join(workdir, LABELS_FILENAME)
+  with open(path) as f:
+    labels = json.load(f).get("labels")
+  if not isinstance(labels, list) or not labels:
+    raise InputError(f"{path}: expected {{\"labels\": [...]}} with at least one label")
+  return labels
+
+
+def encode(config: Config, tokenizer, examples, labels, known_from: str) -> dict:
+  """Examples -> {input_ids, segment_ids, token_type_ids [N, T], label [N]}."""
+  ids = classification.label_ids(examples, labels, known_from)
+  arrays, truncated = classification.encode_examples(
+      tokenizer, examples, family=config.model.family, seq_len=config.data.seq_len)
+  if truncated and jax.process_index() == 0:
+    print(f"{truncated} of {len(examples)} examples truncated to config.data.seq_len="
+          f"{config.data.seq_len} tokens", flush=True)
+  return arrays | {"label": ids}
+
+
+def classification_metrics(confusion_nn: np.ndarray) -> dict[str, float]:
+  """[N, N] counts (row: true, column: predicted) -> accuracy and macro-F1.
+
+  Macro-F1 is the unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN); a class that has
+  no example and is never predicted (2 TP + FP + FN = 0) is left out of the mean (as
+  scikit-learn's f1_score(average="macro") does with its default labels).
+  """
+  confusion_nn = np.asarray(confusion_nn, np.float64)
+  total = confusion_nn.sum()
+  tp = np.diag(confusion_nn)
+  denominator = confusion_nn.sum(0) + confusion_nn.sum(1)  # 2 TP + FP + FN
+  present = denominator > 0
+  f1 = 2 * tp[present] / denominator[present]
+  return {"accuracy": float(tp.sum() / total) if total else 0.0,
+          "macro_f1": float(f1.mean()) if present.any() else 0.0}
+
+
+def _example_weights(batch) -> jax.Array:
+  """[B] 1 for real examples, 0 for the all-padding rows that fill the last eval batch."""
+  return (batch["segment_ids"][:, 0] > 0).astype(jnp.float32)
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+# --------------------------------------------------------------------------------------------
+# The task.
+
+
+@dataclasses.dataclass
+class Classification(Task):
+  init: Init = None
+  labels: list = None
+  train_arrays: dict = None
+  eval_arrays: dict | None = None
+
+  @classmethod
+  def check_config(cls, config: Config) -> None:
+    """The fine-tuning fields; the model section is checked once taken from --init (`open`)."""
+    _check_finetune_config(config)
+
+  @classmethod
+  def open(cls, config: Config, workdir: str) -> "Classification":
+    """Resolves the config from --init and the data, reads the examples, writes the run files."""
+    config = config_lib.from_dict(config_lib.to_dict(config))
+    init = load_init(config.finetune.init)
+    config.model = _model_from_init(config.model, init)
+    config.data.objective = init.config.data.objective  # (what validate checks against the family)
+    config.data.tokenizer = init.config.data.tokenizer
+    config.finetune.init = init.workdir
+    config_lib.validate(config)
+
+    saved = run_dir.saved_config(workdir)
+    if saved is not None and (saved.finetune.task != "classify" or saved.model != config.model):
+      raise ConfigError(f"{workdir} holds a different run (finetune.task={saved.finetune.task!r},"
+                        f" model family {saved.model.family!r}) than a classifier over --init="
+                        f"{init.workdir}; refusing to resume it. Use a new --workdir.")
+    if run_dir.has_tokenizer(workdir):
+      tokenizer = tokenizers.load_from_directory(workdir)
+    else:
+      tokenizer = init.tokenizer
+      if jax.process_index() == 0:
+        tokenizer.save(workdir)
+
+    data_dir = config.data.data_dir or None
+    train = classification.read_examples(config.data.train, default_split="train",
+                                         data_dir=data_dir, field="config.data.train")
+    labels_path = os.path.join(workdir, LABELS_FILENAME)
+    if os.path.exists(labels_path):
+      labels = load_labels(workdir)
+      known_from = f"{labels_path} (the labels this run started with)"
+    else:
+      labels = classification.label_vocabulary(train)
+      known_from = f"the training data (config.data.train={config.data.train})"
+    if len(labels) < 2:
+      raise InputError(f"config.data.train={config.data.train!r} has a single label "
+                       f"{labels[0]!r}: a classifier needs at least 2 classes")
+    num_labels = config.finetune.num_labels or len(labels)
+    if num_labels < len(labels):
+      raise ConfigError(f"config.finetune.num_labels={num_labels}, but the training data has "
+                        f"{len(labels)} classes ({', '.join(map(repr, labels[:10]))}); set it "
+                        "to 0 (automatic) or at least that")
+    if saved is not None and saved.finetune.num_labels != num_labels:
+      raise ConfigError(f"config.finetune.num_labels={num_labels}, but {workdir} was started "
+                        f"with {saved.finetune.num_labels}; use a new --workdir")
+    config.finetune.num_labels = num_labels
+    train_arrays = encode(config, tokenizer, train, labels, known_from)
+    eval_arrays = None
+    if config.data.eval:
+      examples = classification.read_examples(config.data.eval, default_split="validation",
+                                              data_dir=data_dir, field="config.data.eval")
+      eval_arrays = encode(config, tokenizer, examples, labels, known_from)
+    if jax.process_index() == 0:
+      files.atomic_write_json(labels_path, {"labels": labels})
+    run_dir.write_config(config, workdir)
+    return cls(config, tokenizer, workdir, init, labels, train_arrays, eval_arrays)
+
+  @property
+  def terms(self):
+    lm_weight = self.config.finetune.lm_weight
+    return {"cls_": 1.0} | ({"lm_": lm_weight} if self.config.model.family == "gpt"
+                            and lm_weight > 0 else {})
+
+  # ------------------------------------------------------------------------------------------
+  # The model: a pretrained backbone and a fresh head.
+
+  def build_model(self, seed: int) -> Classifier:
+    return Classifier(self.config.model, self.config.finetune.num_labels,
+                      dropout=self.config.finetune.classifier_dropout,
+                      rngs=nnx.Rngs(params=seed))
+
+  @property
+  def uses_dropout(self) -> bool:
+    return super().uses_dropout or self.config.finetune.classifier_dropout > 0
+
+  def init_params(self, abstract_params, params_sharding) -> dict:
+    backbone = self.restore_backbone(jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_params["backbone"], params_sharding["backbone"]))
+    seed = self.config.train.seed
+
+    def combine(backbone):
+      params = nnx.to_pure_dict(nnx.state(self.build_model(seed)))
+      params["backbone"] = backbone  # the freshly initialized backbone is unused (and pruned)
+      return params
+
+    return jax.jit(combine, out_shardings=params_sharding)(backbone)
+
+  def restore_backbone(self, abstract_backbone):
+    """The pretrained parameters of --init's latest checkpoint, in the shardings asked for."""
+    init = self.init
+    step_dir = os.path.join(init.workdir, "checkpoints", str(init.step))
+    try:
+      saved = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
+      saved = _flat_shapes(saved["params"])
+    except Exception as e:  # an unreadable checkpoint: say which
+      raise InputError(f"--init={init.workdir}: cannot read the checkpoint {step_dir}: "
+                       f"{e}") from None
+    wanted = _flat_shapes(abstract_backbone)
+    if saved != wanted:
+      diffs = [f"{k}: checkpoint {saved.get(k)}, model {wanted.get(k)}"
+               for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+      raise InputError(f"--init={init.workdir}: the checkpoint {step_dir} does not fit the model "
+                       f"its config.json describes ({len(diffs)} parameters differ: "
+                       f"{'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''})")
+    checkpointer = checkpointing.Checkpointer(init.workdir, init.config.checkpoint,
+                                              read_only=True)
+    params = checkpointer.restore_params(init.step, abstract_backbone)
+    checkpointer.close()
+    return params
+
+  # ------------------------------------------------------------------------------------------
+  # Data.
+
+  def train_batches(self):
+    return classification.ExampleBatches(
+        self.train_arrays, global_batch_size=self.config.train.batch_size,
+        seed=self.config.train.seed, shuffle=self.config.data.shuffle,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def eval_batches(self, max_batches=None, arrays=None):
+    arrays = self.eval_arrays if arrays is None else arrays
+    if arrays is None:
+      return None
+    return classification.eval_batches(arrays, global_batch_size=self.config.train.batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+
+  # ------------------------------------------------------------------------------------------
+  # Loss and metrics.
+
+  def weights(self, batch):
+    totals = {"cls_": jnp.sum(_example_weights(batch))}
+    if "lm_" in self.terms:
+      totals["lm_"] = jnp.sum(batch["segment_ids"][:, 1:] > 0).astype(jnp.float32)
+    return totals
+
+  def _forward(self, model, batch, rngs=None):
+    """(sums, class logits [B, N]): cls_{loss,correct,weight}_sum, and lm_* for GPT (the
+    next-token loss: position t's target is the row's token t + 1, weighted where it is real)."""
+    logits_bn, lm_logits_btv = model(batch["input_ids"], batch["segment_ids"],
+                                     batch["token_type_ids"], rngs=rngs)
+    sums = losses.cross_entropy_sums(logits_bn, batch["label"], _example_weights(batch),
+                                     prefix="cls_")
+    if lm_logits_btv is not None:
+      targets_bt = jnp.roll(batch["input_ids"], -1, axis=1)
+      next_real_bt = jnp.pad(batch["segment_ids"][:, 1:] > 0, ((0, 0), (0, 1)))
+      sums |= losses.cross_entropy_sums(lm_logits_btv, targets_bt,
+                                        next_real_bt.astype(jnp.float32), prefix="lm_")
+    return sums, logits_bn
+
+  def sums(self, model, batch, rngs=None):
+    return self._forward(model, batch, rngs)[0]
+
+  def metrics(self, sums):
+    out = super().metrics(sums)
+    out["accuracy"] = out["cls_accuracy"]
+    return out
+
+  def eval_sums(self, model, batch):
+    sums, logits_bn = self._forward(model, batch)
+    # [N, N] counts: row = true class, column = predicted class, real examples only.
+    n = logits_bn.shape[-1]
+    true_bn = jax.nn.one_hot(batch["label"], n) * _example_weights(batch)[:, None]
+    pred_bn = jax.nn.one_hot(jnp.argmax(logits_bn, axis=-1), n)
+    sums["confusion_nn"] = jnp.einsum("bi,bj->ij", true_bn, pred_bn)
+    return sums
+
+  def summarize(self, totals):
+    totals = {k: np.asarray(v, np.float64) for k, v in jax.device_get(totals).items()}
+    out = classification_metrics(totals["confusion_nn"])
+    out["loss"] = float(totals["cls_loss_sum"] / max(totals["cls_weight_sum"], 1.0))
+    if "lm_loss_sum" in totals:
+      out["lm_loss"] = float(totals["lm_loss_sum"] / max(totals["lm_weight_sum"], 1.0))
+    out["examples"] = int(totals["cls_weight_sum"])
+    return out
+
+  # ------------------------------------------------------------------------------------------
+  # Accounting and reports.
+
+  def flops_per_token(self, n_params: int) -> float:
+    # No MLM head runs during fine-tuning: a BERT counts zero masked positions.
+    data = dataclasses.replace(self.config.data, max_predictions_per_seq=0)
+    return metrics_lib.flops_per_token(self.config.model, n_params, self.config.data.seq_len, data)
+
+  def describe(self) -> str:
+    n_eval = 0 if self.eval_arrays is None else len(self.eval_arrays["label"])
+    return (f"{self.config.model.family} classifier ({self.config.finetune.num_labels} labels) "
+            f"from {self.init.workdir} (step {self.init.step}), "
+            f"{len(self.train_arrays['label'])} train / {n_eval} eval examples")
+
+  def eval_data(self, split: str | None, max_batches: int | None):
+    """`split`: None, "eval" or "validation": config.data.eval; "train": config.data.train;
+    anything else a JSONL file or tfds:NAME[:SPLIT]. Always every example of it."""
+    if max_batches is not None:
+      raise ConfigError("--batches does not apply to a classifier: it is evaluated on the whole "
+                        "eval set")
+    config, workdir = self.config, self.workdir
+    spec = {None: config.data.eval, "eval": config.data.eval, "validation": config.data.eval,
+            "train": config.data.train}.get(split, split)
+    if not spec:
+      raise ConfigError(f"{workdir} has no config.data.eval; pass a data set with "
+                        "--split=FILE.jsonl or tfds:NAME[:SPLIT]")
+    examples = classification.read_examples(
+        spec, default_split="train" if spec == config.data.train else "validation",
+        data_dir=config.data.data_dir or None,
+        field="--split" if spec == split else "config.data.eval")
+    arrays = encode(config, self.tokenizer, examples, load_labels(workdir),
+                    f"{os.path.join(workdir, LABELS_FILENAME)} (the training labels)")
+    return spec, self.eval_batches(arrays=arrays)

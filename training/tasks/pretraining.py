@@ -1,0 +1,45 @@
+"""What the pretraining tasks share: a fresh model, the run's tokenizer, batches from a corpus."""
+
+import jax
+from flax import nnx
+
+from pretrax.data import batches, sources
+from pretrax.modeling import models
+from pretrax.training import run_dir
+from pretrax.training.config import Config
+from pretrax.training.tasks.base import Task
+
+
+class PretrainingTask(Task):
+  """A model trained from scratch (or resumed) on config.data.source."""
+
+  @classmethod
+  def open(cls, config: Config, workdir: str) -> "PretrainingTask":
+    tokenizer = run_dir.prepare_tokenizer(config, workdir)
+    config = run_dir.resolve_vocab(config, tokenizer)
+    saved = run_dir.saved_config(workdir)
+    if saved is not None:
+      run_dir.check_same_model(saved, config, workdir)
+    run_dir.write_config(config, workdir)
+    return cls(config, tokenizer, workdir)
+
+  def build_model(self, seed: int) -> nnx.Module:
+    return models.build_model(self.config.model, seed)
+
+  def _batches(self, split, **kwargs):
+    return dict(config=self.config.data, tokenizer=self.tokenizer, split=split,
+                global_batch_size=self.config.train.batch_size, seed=self.config.train.seed,
+                process_index=jax.process_index(), process_count=jax.process_count(), **kwargs)
+
+  def train_batches(self):
+    return iter(batches.pretraining_batches(**self._batches(
+        self.config.data.train_split, shuffle=self.config.data.shuffle, repeat=True)))
+
+  def eval_batches(self, max_batches: int | None, split: str | None = None):
+    return batches.eval_batches(**self._batches(split, max_batches=max_batches))
+
+  def eval_data(self, split: str | None, max_batches: int | None):
+    split = split or sources.eval_split(self.config.data)
+    if max_batches is None:
+      max_batches = self.config.train.eval_steps
+    return split, self.eval_batches(max_batches or None, split)
