@@ -1,14 +1,14 @@
 """`pretrax eval` (validation metrics of a checkpoint) and `pretrax score` (a text file's loss)."""
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pretrax.training import checkpointing, mesh as mesh_lib, step as step_lib, trainer
+from pretrax.training import checkpointing, mesh as mesh_lib, metrics as metrics_lib
+from pretrax.training import step as step_lib, trainer
 
 
 def _token_bytes(run: checkpointing.Run) -> jax.Array:
@@ -61,7 +61,10 @@ def score_windows(ids: np.ndarray, window: int, stride: int):
 
 
 def score_text(workdir: str, text: str, step: int | None = None, batch_size: int = 8) -> dict:
-  """Mean loss per token (nats) and bits per byte of `text` scored as one document."""
+  """Loss per token (nats), perplexity, accuracy and bits per byte of `text` as one document.
+
+  The metrics are `pretrax eval`'s (step.summarize), so bits per byte is defined as there.
+  """
   run = checkpointing.load_run(workdir, step)
   checkpointing.require_causal(run, "score", workdir)
   tok = run.tokenizer
@@ -71,24 +74,25 @@ def score_text(workdir: str, text: str, step: int | None = None, batch_size: int
   window = run.config.data.seq_len
   stride = max(window // 2, 1)
   inputs, targets, weights = score_windows(ids, window, stride)
-  model_call = jax.jit(functools.partial(_logits, run.graphdef))
-  sums = {"loss_sum": 0.0, "weight_sum": 0.0}
+  score_sums = jax.jit(functools.partial(_score_sums, run.graphdef))
+  token_bytes_v = _token_bytes(run)
+  totals = None
   for i in range(0, len(inputs), batch_size):
     rows = slice(i, i + batch_size)
     x, t, w = (np.pad(a[rows], ((0, batch_size - len(a[rows])), (0, 0)))
                for a in (inputs, targets, weights))
-    logits = model_call(run.params, jnp.asarray(x))
-    s = step_lib.cross_entropy_sums(logits, jnp.asarray(t), jnp.asarray(w))
-    sums["loss_sum"] += float(s["loss_sum"])
-    sums["weight_sum"] += float(s["weight_sum"])
-  n_bytes = len(text.encode("utf-8"))
-  loss = sums["loss_sum"] / sums["weight_sum"]
-  return {"step": run.step, "tokens": int(sums["weight_sum"]), "bytes": n_bytes, "loss": loss,
-          "bits_per_byte": sums["loss_sum"] / math.log(2) / n_bytes,
+    sums = jax.device_get(score_sums(run.params, x, t, w, token_bytes_v))
+    sums = {k: float(v) for k, v in sums.items()}  # added in float64 on the host
+    totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+  metrics = step_lib.summarize(totals, "causal")
+  return {"step": run.step, **metrics,
           "window": window, "stride": stride, "windows": len(inputs),
           "note": f"scored with a sliding window of {window} tokens advancing by {stride}"
                   if len(inputs) > 1 else "fits in one window"}
 
 
-def _logits(graphdef, params, inputs_bt):
-  return nnx.merge(graphdef, params)(inputs_bt)
+def _score_sums(graphdef, params, inputs_bt, targets_bt, weights_bt, token_bytes_v):
+  """Eval sums of one batch of windows, as make_eval_step's for a causal model."""
+  logits_btv = nnx.merge(graphdef, params)(inputs_bt)
+  sums_fn = lambda w: step_lib.cross_entropy_sums(logits_btv, targets_bt, w)
+  return metrics_lib.text_byte_sums(sums_fn, targets_bt, weights_bt, token_bytes_v)

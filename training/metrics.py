@@ -1,4 +1,5 @@
-"""Throughput accounting (FLOPs per token, device peak, MFU) and the metrics.jsonl writer."""
+"""Throughput accounting (FLOPs per token, device peak, MFU), the sums of bits per byte, and the
+metrics.jsonl writer."""
 
 import json
 import os
@@ -109,6 +110,26 @@ def _measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2 * n**3 / best
+
+
+def text_byte_sums(sums_fn, targets_x: jax.Array, weights_x: jax.Array,
+                   token_bytes_v: jax.Array) -> dict[str, jax.Array]:
+  """A causal LM's eval sums: `sums_fn(weights_x)` plus the two sums bits per byte needs.
+
+  Bits per byte (`pretrax eval` and `pretrax score` alike) = text_loss_sum / ln 2 / byte_sum:
+  the loss (nats) summed over the targets that stand for text, those whose token has a nonzero
+  UTF-8 byte length in `token_bytes_v` [V] (so not </s>), divided by ln 2 and by the bytes of
+  those targets. `sums_fn(w)` -> {"loss_sum", "correct_sum", "weight_sum"} of the same targets
+  under weights w (step.cross_entropy_sums); loss and perplexity stay per token over all targets.
+  step.summarize computes the ratio.
+  """
+  bytes_x = token_bytes_v[targets_x]
+  text_weights_x = jnp.where(bytes_x > 0, weights_x, 0.0)
+  # Under vmap the forward pass, which does not depend on the weights, runs once for both.
+  both = jax.vmap(sums_fn)(jnp.stack([weights_x, text_weights_x]))
+  sums = jax.tree.map(lambda x: x[0], both)
+  return sums | {"text_loss_sum": both["loss_sum"][1],
+                 "byte_sum": jnp.sum(bytes_x * text_weights_x)}
 
 
 class MetricsWriter:

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from pretrax.training import metrics as metrics_lib
+
 
 def cross_entropy_sums(logits_xv: jax.Array, targets_x: jax.Array,
                        weights_x: jax.Array) -> dict[str, jax.Array]:
@@ -165,14 +167,17 @@ def make_eval_step(graphdef, objective: str, loss_chunk: int = 0):
   """Returns `eval_step(params, batch, token_bytes_v) -> sums` to be added over batches.
 
   `token_bytes_v` [V] is how many UTF-8 bytes each token id stands for, so a causal model's bits
-  per byte can be computed independently of the tokenizer.
+  per byte can be computed independently of the tokenizer (metrics.text_byte_sums).
   """
 
   def eval_step(params, batch, token_bytes_v):
-    sums = model_sums(nnx.merge(graphdef, params), batch, objective, loss_chunk=loss_chunk)
-    if objective == "causal":
-      sums["byte_sum"] = jnp.sum(token_bytes_v[batch["targets"]] * batch["loss_weights"])
-    return sums
+    model = nnx.merge(graphdef, params)
+    if objective != "causal":
+      return model_sums(model, batch, objective, loss_chunk=loss_chunk)
+    sums_fn = lambda w: model_sums(model, dict(batch, loss_weights=w), objective,
+                                   loss_chunk=loss_chunk)
+    return metrics_lib.text_byte_sums(sums_fn, batch["targets"], batch["loss_weights"],
+                                      token_bytes_v)
 
   return eval_step
 
@@ -198,7 +203,7 @@ def summarize(sums: dict, objective: str) -> dict[str, float]:
   main = "" if objective == "causal" else "mlm_"
   out[f"{main}perplexity"] = math.exp(min(out[f"{main}loss" if main else "loss"], 50.0))
   out["tokens"] = int(sums[f"{main}weight_sum"])
-  if float(sums.get("byte_sum", 0.0)) > 0:
-    out["bits_per_byte"] = float(sums["loss_sum"]) / math.log(2) / float(sums["byte_sum"])
+  if float(sums.get("byte_sum", 0.0)) > 0:  # the definition: metrics.text_byte_sums
+    out["bits_per_byte"] = float(sums["text_loss_sum"]) / math.log(2) / float(sums["byte_sum"])
     out["bytes"] = int(sums["byte_sum"])
   return out
