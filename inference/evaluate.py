@@ -1,16 +1,11 @@
 """`pretrax eval` (validation metrics of a checkpoint) and `pretrax score` (a text file's loss)."""
 
-import functools
-import math
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pretrax.data.errors import InputError
 from pretrax.inference import loading
-from pretrax.training import losses, step as step_lib, trainer
+from pretrax.training import step as step_lib, trainer
 
 
 def eval_run(workdir: str, split: str | None = None, step: int | None = None,
@@ -54,7 +49,11 @@ def score_windows(ids: np.ndarray, window: int, stride: int):
 
 
 def score_text(workdir: str, text: str, step: int | None = None, batch_size: int = 8) -> dict:
-  """Mean loss per token (nats) and bits per byte of `text` scored as one document."""
+  """Loss per token (nats), perplexity, accuracy and bits per byte of `text` as one document.
+
+  The metrics are `pretrax eval`'s (the task's eval sums and summary), so bits per byte is
+  defined as there.
+  """
   run = loading.load_run(workdir, step)
   loading.require_language_model(run, "score", workdir)
   tok = run.tokenizer
@@ -64,24 +63,19 @@ def score_text(workdir: str, text: str, step: int | None = None, batch_size: int
   window = run.config.data.seq_len
   stride = max(window // 2, 1)
   inputs, targets, weights = score_windows(ids, window, stride)
-  model_call = jax.jit(functools.partial(_logits, run.graphdef))
-  sums = {"loss_sum": 0.0, "weight_sum": 0.0}
+  eval_step = jax.jit(step_lib.make_eval_step(run.graphdef, run.task))
+  positions_t = np.arange(window, dtype=np.int32)
+  totals = None
   for i in range(0, len(inputs), batch_size):
     rows = slice(i, i + batch_size)
     x, t, w = (np.pad(a[rows], ((0, batch_size - len(a[rows])), (0, 0)))
                for a in (inputs, targets, weights))
-    logits = model_call(run.params, jnp.asarray(x))
-    s = losses.cross_entropy_sums(logits, jnp.asarray(t), jnp.asarray(w))
-    sums["loss_sum"] += float(s["loss_sum"])
-    sums["weight_sum"] += float(s["weight_sum"])
-  n_bytes = len(text.encode("utf-8"))
-  loss = sums["loss_sum"] / sums["weight_sum"]
-  return {"step": run.step, "tokens": int(sums["weight_sum"]), "bytes": n_bytes, "loss": loss,
-          "bits_per_byte": sums["loss_sum"] / math.log(2) / n_bytes,
+    batch = {"inputs": x, "targets": t, "loss_weights": w,
+             "segment_ids": np.ones_like(x), "positions": np.broadcast_to(positions_t, x.shape)}
+    sums = {k: float(v) for k, v in jax.device_get(eval_step(run.params, batch)).items()}
+    totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}  # float64
+  metrics = run.task.summarize(totals)
+  return {"step": run.step, **metrics,
           "window": window, "stride": stride, "windows": len(inputs),
           "note": f"scored with a sliding window of {window} tokens advancing by {stride}"
                   if len(inputs) > 1 else "fits in one window"}
-
-
-def _logits(graphdef, params, inputs_bt):
-  return nnx.merge(graphdef, params)(inputs_bt)

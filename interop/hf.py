@@ -366,6 +366,16 @@ def _normalize_key(key: str, prefix: str) -> str:
   return key
 
 
+def _shape_error(source: str, key: str, shape, paths, wants, got=None) -> InputError:
+  """The error for HF tensor `key` of `shape` that does not give the params at `paths`."""
+  targets = ", ".join(f"{'.'.join(map(str, p))} {w}" for p, w in zip(paths, wants))
+  converted = ("" if got in (None, [tuple(shape)])
+               else f" (it converts to {', '.join(map(str, got))})")
+  return InputError(f"{source}: tensor {key} has shape {tuple(shape)}, which does not fit the "
+                    f"model's {targets}{converted}: config.json disagrees with the weights (check "
+                    "its sizes: vocabulary, positions, width, MLP width, heads)")
+
+
 def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_params: dict,
                   fresh_params: Callable[[], dict] | None = None,
                   source: str = "the checkpoint") -> tuple[dict, list[str]]:
@@ -377,12 +387,12 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
   wrong shape is a ValueError naming it.
   """
   prefix = FAMILIES[model.family][3]
-  by_name = {}
+  by_name, keys = {}, {}
   for key, value in tensors.items():
     name = _normalize_key(key, prefix)
     if name in by_name:
       raise InputError(f"{source}: two tensors map to {name!r} (one of them is {key!r})")
-    by_name[name] = np.asarray(value, np.float32)
+    by_name[name], keys[name] = np.asarray(value, np.float32), key
   used, params, fresh, missing = set(), {}, [], []
   for name, paths, _, from_hf in layout(model):
     if name not in by_name:
@@ -392,12 +402,15 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
       missing.append(name)
       continue
     used.add(name)
-    for path, value in zip(paths, from_hf(by_name[name])):
-      want = _get(abstract_params, path).shape
-      if tuple(value.shape) != tuple(want):
-        raise InputError(f"{source}: {name} has shape {tuple(by_name[name].shape)}, which does "
-                         f"not give {'.'.join(map(str))} of shape {tuple(want)} (does "
-                         "config.json describe these weights?)")
+    tensor, wants = by_name[name], [tuple(_get(abstract_params, p).shape) for p in paths]
+    try:
+      values = from_hf(tensor)
+    except ValueError:  # a split or reshape the tensor's shape does not allow
+      raise _shape_error(source, keys[name], tensor.shape, paths, wants) from None
+    got = [tuple(v.shape) for v in values]
+    if got != wants:
+      raise _shape_error(source, keys[name], tensor.shape, paths, wants, got)
+    for path, value in zip(paths, values):
       _set(params, path, np.ascontiguousarray(value))
   if missing:
     raise InputError(f"{source} lacks {len(missing)} tensor(s) the model needs, e.g. "

@@ -81,8 +81,9 @@ def test_schedule_warmup_then_decay_and_decay_mask():
   np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 0.5, 1.0], atol=1e-6)
   np.testing.assert_allclose(schedule(60), 0.55, atol=1e-6)  # cosine midpoint between 1 and 0.1
   np.testing.assert_allclose(schedule(110), 0.1, atol=1e-6)
-  mask = optimizer_lib.decay_mask({"w": np.zeros((2, 3)), "b": np.zeros(3), "s": np.zeros(3)})
-  assert mask == {"w": True, "b": False, "s": False}
+  mask = optimizer_lib.decay_mask({"w_io": np.zeros((2, 3)), "b_o": np.zeros(3),
+                                   "scale_d": np.zeros(3)})
+  assert mask == {"w_io": True, "b_o": False, "scale_d": False}
 
 
 def test_cli_train_eval_score_sample_on_default_corpus(tmp_path, read_metrics):

@@ -1,4 +1,5 @@
-"""Throughput accounting (FLOPs per token, device peak, MFU) and the metrics.jsonl writer."""
+"""Throughput accounting (FLOPs per token, device peak, MFU), the sums of bits per byte, and the
+metrics.jsonl writer."""
 
 import json
 import os
@@ -11,10 +12,18 @@ import numpy as np
 from pretrax.data import files
 from pretrax.modeling.config import ModelConfig
 
-# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+# Dense bf16 peak FLOP/s of one JAX device (vendor figures, no sparsity), keyed by a piece of
+# the `device_kind` JAX reports; the longest key inside the kind wins ("H100 PCIe" over "H100",
+# "TPU v5 lite" over "TPU v5"). NVIDIA kinds are CUDA device names ("NVIDIA H100 80GB HBM3" is
+# the SXM part, "NVIDIA A100-SXM4-80GB"); TPU kinds name the generation ("TPU v5" is v5p,
+# "TPU v5 lite" v5e, "TPU v6 lite" v6e, "TPU v4 lite" v4i), with the marketing names as aliases.
 PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,
+    "H200": 989e12, "H200 NVL": 835e12, "GH200": 989e12,
+    "A100": 312e12,  # SXM4 and PCIe, 40 and 80 GB alike
+    "L4": 121e12, "L40": 181e12, "L40S": 362e12, "A10G": 125e12,
+    "TPU v4": 275e12, "TPU v4 lite": 138e12,
+    "TPU v5": 459e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
 
@@ -47,15 +56,49 @@ def flops_per_token(config: ModelConfig, n_params: int, seq_len: int, data=None)
   return 6.0 * (n_params - head) + attention + 6.0 * head * predictions / seq_len
 
 
+def table_peak_flops(device_kind: str) -> float | None:
+  """PEAK_FLOPS of the longest key inside `device_kind` (case-insensitive), or None."""
+  kind = device_kind.lower()
+  matches = [name for name in PEAK_FLOPS if name.lower() in kind]
+  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
 def device_peak_flops(override: float = 0.0) -> float:
   """Peak FLOP/s of one device: `override`, else the table, else measured with a matmul (CPU)."""
   if override > 0:
     return override
-  kind = jax.devices()[0].device_kind
-  for name, flops in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops
-  return _measure_matmul_flops()
+  peak = table_peak_flops(jax.devices()[0].device_kind)
+  return peak if peak is not None else _measure_matmul_flops()
+
+
+def mesh_peak_flops(devices, override: float = 0.0) -> float:
+  """Peak FLOP/s of all `devices` together (e.g. `mesh.devices.flat`): the denominator of MFU.
+
+  `override` (config.train.peak_flops) is per device: override × count. Accelerators: the
+  table's figure per device, summed (a kind the table lacks is measured once, on this process's
+  default device). CPU devices of one process are views of the same host cores (fake devices,
+  jax_num_cpu_devices), so each host counts once, at the peak measured here.
+  """
+  devices = list(devices)
+  if override > 0:
+    return override * len(devices)
+  total, hosts, measured = 0.0, set(), {}
+
+  def measure(kind: str) -> float:
+    if kind not in measured:
+      measured[kind] = _measure_matmul_flops()
+    return measured[kind]
+
+  for device in devices:
+    if device.platform == "cpu":
+      host = getattr(device, "process_index", 0)
+      if host not in hosts:
+        hosts.add(host)
+        total += measure("cpu")
+      continue
+    peak = table_peak_flops(device.device_kind)
+    total += peak if peak is not None else measure(device.device_kind)
+  return total
 
 
 def _measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -68,6 +111,26 @@ def _measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2 * n**3 / best
+
+
+def text_byte_sums(sums_fn, targets_x: jax.Array, weights_x: jax.Array,
+                   token_bytes_v: jax.Array) -> dict[str, jax.Array]:
+  """A causal LM's eval sums: `sums_fn(weights_x)` plus the two sums bits per byte needs.
+
+  Bits per byte (`pretrax eval` and `pretrax score` alike) = text_loss_sum / ln 2 / byte_sum:
+  the loss (nats) summed over the targets that stand for text, those whose token has a nonzero
+  UTF-8 byte length in `token_bytes_v` [V] (so not </s>), divided by ln 2 and by the bytes of
+  those targets. `sums_fn(w)` -> {"loss_sum", "correct_sum", "weight_sum"} of the same targets
+  under weights w (losses.cross_entropy_sums); loss and perplexity stay per token over all
+  targets. The causal LM task's summarize (training/tasks/causal_lm.py) computes the ratio.
+  """
+  bytes_x = token_bytes_v[targets_x]
+  text_weights_x = jnp.where(bytes_x > 0, weights_x, 0.0)
+  # Under vmap the forward pass, which does not depend on the weights, runs once for both.
+  both = jax.vmap(sums_fn)(jnp.stack([weights_x, text_weights_x]))
+  sums = jax.tree.map(lambda x: x[0], both)
+  return sums | {"text_loss_sum": both["loss_sum"][1],
+                 "byte_sum": jnp.sum(bytes_x * text_weights_x)}
 
 
 class MetricsWriter:

@@ -1,4 +1,6 @@
-"""AdamW with warmup + decay, global-norm clipping and weight decay on matrices only."""
+"""AdamW with warmup + decay, global-norm clipping and weight decay by parameter role."""
+
+import re
 
 import jax
 import optax
@@ -22,9 +24,41 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+# Leaf name -> decayed, by the parameter's role; the first pattern that matches wins. Kernels
+# (w_*) and the token embedding (also the tied output projection) decay; biases, norm scales and
+# shifts, and the additive position / token-type tables do not. Shape cannot tell: the attention
+# biases b_{q,k,v}_hk are [H, K].
+DECAY_RULES = (
+    (r"w_.*", True),                          # Dense / attention / MLP kernels
+    (r"token_embed_.*", True),                # the token embedding, tied to the LM head
+    (r"b_.*|bias_.*|mlm_bias_.*", False),     # biases of dense layers, norms, the MLM head
+    (r"scale_.*", False),                     # norm scales
+    (r"position_embed_.*|type_embed_.*", False),
+)
+
+
+def _leaf_name(path) -> str:
+  key = path[-1]
+  return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def decays(path) -> bool:
+  """Whether the parameter at `path` (a jax tree path) gets weight decay, by its leaf name.
+
+  Raises ValueError naming the path when no rule of DECAY_RULES matches.
+  """
+  name = _leaf_name(path)
+  for pattern, decayed in DECAY_RULES:
+    if re.fullmatch(pattern, name):
+      return decayed
+  raise ValueError(
+      f"no weight-decay rule for parameter {jax.tree_util.keystr(path)} (leaf name {name!r}); "
+      "add a pattern for its role to DECAY_RULES in training/optimizer.py")
+
+
 def decay_mask(params):
-  """True for matrices (ndim >= 2); biases, norm scales and other vectors are not decayed."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """A tree of bools like `params`: True where weight decay applies (see DECAY_RULES)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:

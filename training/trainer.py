@@ -201,7 +201,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
 
     n_params = metrics_lib.num_params(setup.abstract_params)
     flops_token = task.flops_per_token(n_params)
-    peak = metrics_lib.device_peak_flops(tc.peak_flops) * mesh.size
+    peak = metrics_lib.mesh_peak_flops(mesh.devices.flat, tc.peak_flops)
     if jax.process_index() == 0:
       print(f"pretrax: {task.describe()}, {n_params / 1e6:.2f}M params, mesh "
             f"{dict(mesh.shape)}, {tc.batch_size}x{config.data.seq_len} tokens/step, "

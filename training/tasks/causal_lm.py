@@ -36,17 +36,21 @@ class CausalLM(PretrainingTask):
     return metrics_lib.token_bytes(self.tokenizer, self.config.model.vocab_size)
 
   def eval_sums(self, model, batch):
-    sums = self.sums(model, batch)
-    sums["byte_sum"] = jnp.sum(self.token_bytes()[batch["targets"]] * batch["loss_weights"])
-    return sums
+    """The loss sums plus text_loss_sum and byte_sum (metrics.text_byte_sums)."""
+    sums_fn = lambda w: self.sums(model, dict(batch, loss_weights=w))
+    return metrics_lib.text_byte_sums(sums_fn, batch["targets"], batch["loss_weights"],
+                                      self.token_bytes())
 
   def summarize(self, totals):
+    """Loss, accuracy, perplexity per token over all targets; bits per byte over the targets
+    that stand for text (the definition is metrics.text_byte_sums's)."""
     out = super().summarize(totals)
     totals = jax.device_get(totals)
     out["perplexity"] = math.exp(min(out["loss"], 50.0))
     out["tokens"] = int(totals["weight_sum"])
     if float(totals["byte_sum"]) > 0:
-      out["bits_per_byte"] = float(totals["loss_sum"]) / math.log(2) / float(totals["byte_sum"])
+      out["bits_per_byte"] = (float(totals["text_loss_sum"]) / math.log(2)
+                              / float(totals["byte_sum"]))
       out["bytes"] = int(totals["byte_sum"])
     return out
 
