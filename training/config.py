@@ -46,7 +46,7 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.95
   eps: float = 1e-8
-  weight_decay: float = 0.1     # decoupled (AdamW); applied to matrices only, never biases or norms
+  weight_decay: float = 0.1     # decoupled (AdamW), on kernels and the token embedding only
   grad_clip: float = 1.0        # global-norm clipping; 0 disables
 
 
