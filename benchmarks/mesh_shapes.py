@@ -60,9 +60,8 @@ def measure(config, steps: int, warmup: int) -> dict:
   """{params_bytes, opt_bytes, median_s, min_s} per device for `config` on its mesh."""
   import numpy as np
   from flax import nnx
-  from pretrax.modeling import models
-  from pretrax.modeling import sharding
-  from pretrax.training import checkpointing, mesh as mesh_lib, optimizer as optimizer_lib
+  from pretrax.modeling import models, sharding
+  from pretrax.training import mesh as mesh_lib, optimizer as optimizer_lib
   from pretrax.training import sharding_report
 
   mesh = mesh_lib.make_mesh(config.mesh)

@@ -1,7 +1,6 @@
 """BERT model invariants: bidirectional attention, packing, gathered MLM head, token types."""
 
 import dataclasses
-import os
 
 import jax.numpy as jnp
 import numpy as np

@@ -6,7 +6,6 @@ Statistical tolerances are 5 standard deviations of the quantity under the inten
 import dataclasses
 import itertools
 import json
-import os
 
 import grain
 import numpy as np

@@ -1,6 +1,5 @@
 """Config presets, command-line overrides and the errors they raise."""
 
-import dataclasses
 import importlib
 import os
 

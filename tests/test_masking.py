@@ -4,7 +4,6 @@ Statistical tolerances are 5 standard deviations of the quantity under the inten
 (a false failure about once in 3 million runs), computed from the sample size in each test.
 """
 
-import os
 
 import numpy as np
 import pytest

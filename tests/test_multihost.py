@@ -121,16 +121,11 @@ def _wait(procs, timeout=300):
   return outputs
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """The 2-process run (stopped at step 4 of 6) and the 1-process run (all 6 steps), at once."""
+def _train_with_two_processes_and_one(tmp, config, two, one) -> list[str]:
+  """Trains `config` in `two` with two worker processes and, meanwhile, in `one` in this process
+  (all 8 devices); returns the workers' outputs."""
   import jax
-  from pretrax.data import sources
   from pretrax.training import trainer
-  tmp = str(tmp_path_factory.mktemp("multihost"))
-  config = _config(tmp)
-  sources.open_source(config.data, "train")  # build the corpus once, before the processes race
-  two, one = os.path.join(tmp, "two_processes"), os.path.join(tmp, "one_process")
   procs = _run_processes(tmp, config, two)
   try:
     trainer.train(config, one, devices=jax.devices())
@@ -138,7 +133,18 @@ def runs(tmp_path_factory):
     for proc, _ in procs:
       proc.kill()
     raise
-  outputs = _wait(procs)
+  return _wait(procs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The 2-process run (stopped at step 4 of 6) and the 1-process run (all 6 steps), at once."""
+  from pretrax.data import sources
+  tmp = str(tmp_path_factory.mktemp("multihost"))
+  config = _config(tmp)
+  sources.open_source(config.data, "train")  # build the corpus once, before the processes race
+  two, one = os.path.join(tmp, "two_processes"), os.path.join(tmp, "one_process")
+  outputs = _train_with_two_processes_and_one(tmp, config, two, one)
   return {"tmp": tmp, "config": config, "two": two, "one": one, "outputs": outputs}
 
 
@@ -213,8 +219,7 @@ def test_two_process_checkpoint_continues_alone_on_another_mesh(runs):
 def test_fine_tuning_with_two_processes_equals_one(runs):
   """`pretrax finetune` runs on the same trainer: launched as two processes on a (2, 2, 2) mesh
   it takes the steps one process takes on the same mesh."""
-  import jax
-  from pretrax.training import config as config_lib, trainer
+  from pretrax.training import config as config_lib
   tmp = runs["tmp"]
   examples = os.path.join(tmp, "examples.jsonl")
   rng = np.random.default_rng(1)
@@ -228,14 +233,7 @@ def test_fine_tuning_with_two_processes_equals_one(runs):
        "train.eval_every": "0", "optimizer.warmup_steps": "1", "mesh.data": "2",
        "mesh.fsdp": "2", "mesh.tensor": "2"})
   two, one = os.path.join(tmp, "finetune_two"), os.path.join(tmp, "finetune_one")
-  procs = _run_processes(tmp, config, two)
-  try:
-    trainer.train(config, one, devices=jax.devices())
-  except BaseException:
-    for proc, _ in procs:
-      proc.kill()
-    raise
-  _wait(procs)
+  _train_with_two_processes_and_one(tmp, config, two, one)
   a, b = _metrics(two), _metrics(one)
   assert [m["step"] for m in a] == [m["step"] for m in b] == list(range(1, STOP + 1))
   for key in ("loss", "cls_loss", "lm_loss", "accuracy"):

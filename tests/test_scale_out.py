@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from pretrax.modeling import models, sharding
 from pretrax.modeling.config import ModelConfig
-from pretrax.training import checkpointing, config as config_lib, mesh as mesh_lib
+from pretrax.training import config as config_lib, mesh as mesh_lib
 from pretrax.training import optimizer as optimizer_lib, sharding_report
 from pretrax.training.config import ConfigError, MeshConfig
 

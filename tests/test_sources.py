@@ -11,7 +11,6 @@ import sys
 import time
 import zlib
 
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 

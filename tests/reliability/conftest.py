@@ -2,12 +2,10 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 # A 1-layer model: every run here takes seconds.

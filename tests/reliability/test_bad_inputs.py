@@ -1,6 +1,5 @@
 """Promises 6 and 7: bad configs and bad data are clear errors before compute, or documented."""
 
-import os
 
 import pytest
 
@@ -71,3 +70,24 @@ def test_a_corpus_smaller_than_one_batch_is_repeated(tmp_path, tiny_args):
   small.write_text("tiny one\n\ntiny two")  # far fewer tokens than one 8x32 batch
   code, workdir = _train(tmp_path, tiny_args, source=f"text:{small}", name="small")
   assert code == 0 and (workdir / "checkpoints" / "2").is_dir()
+
+
+def test_input_errors_are_one_line_and_internal_errors_keep_their_traceback(tmp_path, capsys,
+                                                                            monkeypatch):
+  from pretrax.data.errors import InputError
+  from pretrax.inference import evaluate
+  monkeypatch.setenv("PRETRAX_TRACEBACK", "")
+
+  def user_error(*args):
+    raise InputError("--split=nope.jsonl: no such data set")
+
+  monkeypatch.setattr(evaluate, "eval_run", user_error)
+  assert cli.main(["eval", f"--workdir={tmp_path}"]) == 2
+  assert "pretrax: error: --split=nope.jsonl: no such data set" in capsys.readouterr().err
+
+  def bug(*args):
+    raise ValueError("operands could not be broadcast together")  # not the user's doing
+
+  monkeypatch.setattr(evaluate, "eval_run", bug)
+  with pytest.raises(ValueError, match="could not be broadcast"):
+    cli.main(["eval", f"--workdir={tmp_path}"])

@@ -1,9 +1,7 @@
 """Promise 4: non-finite losses or gradients are never applied and never checkpointed."""
 
-import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx

@@ -1,8 +1,6 @@
 """Promises 5 and 8: a run directory is never mixed up, shared, or silently unwritable."""
 
-import os
 import subprocess
-import time
 
 import pytest
 
@@ -63,6 +61,5 @@ def test_disk_full_stops_training_and_keeps_earlier_checkpoints(runner, small_di
   assert "No space left on device" in out.stderr
   assert "earlier checkpoints are untouched" in out.stderr
   from pretrax.inference import loading
-  from pretrax.training import checkpointing
   run = loading.load_run(workdir)  # the latest complete checkpoint still loads
   assert 1 <= run.step < 200
