@@ -1,7 +1,7 @@
 """The `pretrax` command line.
 
-  pretrax train --config=configs/gpt.py:tiny --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
-  pretrax finetune --config=configs/finetune.py:classify --init=PRETRAINED_DIR --workdir=DIR \
+  pretrax train --config=gpt:tiny --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
+  pretrax finetune --config=finetune:classify --init=PRETRAINED_DIR --workdir=DIR \
       --config.data.train=FILE --config.data.eval=FILE [--config.SECTION.FIELD=VALUE ...]
   pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
   pretrax score --workdir=DIR --text=FILE [--step=N]
@@ -117,7 +117,7 @@ def _train(args, preset, overrides) -> None:
     base = config_lib.load_json(saved)
   else:
     raise config_lib.ConfigError("pretrax train needs --config=PATH[:VARIANT], e.g. "
-                                 "--config=configs/gpt.py:tiny (or a --workdir holding a run)")
+                                 "--config=gpt:tiny (or a --workdir holding a run)")
   trainer.train(config_lib.apply_overrides(base, overrides), args.workdir,
                 print_sharding=args.print_sharding, restart_data=args.restart_data)
 
@@ -133,7 +133,7 @@ def _tokenizer_train(args) -> None:
 def _finetune(args, preset, overrides) -> None:
   from pretrax.training import config as config_lib, trainer
   if not preset:
-    raise config_lib.ConfigError("pretrax finetune needs --config=configs/finetune.py:classify")
+    raise config_lib.ConfigError("pretrax finetune needs --config=finetune:classify")
   config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
   config.finetune.init = args.init
   trainer.train(config, args.workdir)

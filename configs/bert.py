@@ -1,8 +1,8 @@
 """BERT presets: bidirectional encoder, original layout (post-LN, erf GELU, token types,
 embedding LayerNorm), MLM + NSP pretraining.
 
-  pretrax train --config=configs/bert.py:tiny --workdir=/tmp/bert_tiny
-  pretrax train --config=configs/bert.py:base --workdir=... --config.data.objective=mlm  # RoBERTa-style
+  pretrax train --config=bert:tiny --workdir=/tmp/bert_tiny
+  pretrax train --config=bert:base --workdir=... --config.data.objective=mlm  # RoBERTa-style
 
 Variants are small deltas on the base config, never copies.
 """

@@ -1,8 +1,8 @@
 """Fine-tuning presets: a classifier over a pretrained GPT or BERT run.
 
-  pretrax finetune --config=configs/finetune.py:classify --init=PRETRAINED_WORKDIR --workdir=DIR \
+  pretrax finetune --config=finetune:classify --init=PRETRAINED_WORKDIR --workdir=DIR \
       --config.data.train=train.jsonl --config.data.eval=dev.jsonl
-  pretrax finetune --config=configs/finetune.py:classify --init=... --workdir=... \
+  pretrax finetune --config=finetune:classify --init=... --workdir=... \
       --config.data.train=tfds:glue/sst2 --config.data.eval=tfds:glue/sst2:validation
 
 The model section is ignored: it is taken from --init (the architecture must match its

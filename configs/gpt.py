@@ -1,7 +1,7 @@
 """GPT presets: causal decoder, GPT-2 layout (pre-LN, GELU, learned positions, tied head).
 
-  pretrax train --config=configs/gpt.py:tiny --workdir=/tmp/gpt_tiny
-  pretrax train --config=configs/gpt.py:gpt2_124m --workdir=gs://... --config.data.source=tfds:c4:text
+  pretrax train --config=gpt:tiny --workdir=/tmp/gpt_tiny
+  pretrax train --config=gpt:gpt2_124m --workdir=gs://... --config.data.source=tfds:c4:text
 
 Variants are small deltas on the base config, never copies.
 """

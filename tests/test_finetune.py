@@ -241,7 +241,7 @@ def test_macro_f1_by_hand():
   # Class 3: no example, never predicted -> left out of the mean.
   confusion = np.array([[3, 1, 0, 0], [2, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
   confusion[1, 2] = 1  # one class-1 example predicted as 2: class 1 FN 3 -> F1 4/8
-  m = classification_task.classificationread_metrics(confusion)
+  m = classification_task.classification_metrics(confusion)
   np.testing.assert_allclose(m["accuracy"], 5 / 9)
   np.testing.assert_allclose(m["macro_f1"], (6 / 9 + 4 / 8 + 0.0) / 3)
 

@@ -1,7 +1,8 @@
 """The run configuration: typed dataclasses, presets loaded from files, command-line overrides.
 
-A run is described by `--config=configs/gpt.py:tiny` (a Python file whose `get_config(variant)`
-returns a `Config`) plus any number of `--config.SECTION.FIELD=VALUE` overrides. Overrides are
+A run is described by a preset, `--config=gpt:tiny` (configs/gpt.py shipped with pretrax) or
+`--config=path/to/file.py:variant` (a Python file whose `get_config(variant)` returns a `Config`),
+plus any number of `--config.SECTION.FIELD=VALUE` overrides. Overrides are
 checked against the schema before anything else happens: a misspelled key or a value of the wrong
 type is a `ConfigError` that names the key.
 """

@@ -1,6 +1,6 @@
 """Where every parameter lives on the mesh, and what params and optimizer state cost per device.
 
-  pretrax train --config=configs/gpt.py:small --config.mesh.fsdp=4 --print_sharding
+  pretrax train --config=gpt:small --config.mesh.fsdp=4 --print_sharding
 
 prints one line per parameter (path, shape, logical axes, PartitionSpec, bytes per device) and the
 per-device totals, from abstract shapes only: nothing is allocated, so it answers "does this fit"
