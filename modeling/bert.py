@@ -5,7 +5,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pretrax.modeling import sharding
-from pretrax.modeling.layers import Dense, Norm, activation
+from pretrax.modeling.layers import Norm, activation
+from pretrax.modeling.projection import Dense
 from pretrax.modeling.transformer import Transformer
 
 

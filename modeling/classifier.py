@@ -17,7 +17,7 @@ from flax import nnx
 
 from pretrax.modeling import models
 from pretrax.modeling.config import ModelConfig
-from pretrax.modeling.layers import Dense
+from pretrax.modeling.projection import Dense
 
 
 class Classifier(nnx.Module):

@@ -1,4 +1,4 @@
-"""Norms, the MLP, rotary positions: the pieces a transformer block is made of.
+"""Norms, activations, the MLP, rotary positions: the pieces a transformer block is made of.
 
 Layers take the model config and read the one switch that concerns them; they carry no flags of
 their own.
@@ -12,10 +12,7 @@ from flax import nnx
 
 from pretrax.modeling import sharding
 from pretrax.modeling.config import ModelConfig
-
-
-def compute_dtype(config: ModelConfig) -> jnp.dtype:
-  return jnp.dtype(config.dtype)
+from pretrax.modeling.projection import bias, compute_dtype, project, weight
 
 
 class Norm(nnx.Module):
@@ -46,8 +43,8 @@ class Norm(nnx.Module):
 def _gelu_erf(x: jax.Array) -> jax.Array:
   """x·Φ(x) = x/2·(1 + erf(x/√2)), the exact GELU as BERT and PyTorch write it.
 
-  jax.nn.gelu(approximate=False) computes the same through erfc, which XLA's CPU backend
-  evaluates about 2x slower (forward and backward); the two differ by < 1e-6.
+  jax.nn.gelu(approximate=False) computes the same through erfc, which is slower on XLA's CPU
+  backend (benchmarks/RESULTS.md).
   """
   return x * 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
@@ -65,63 +62,34 @@ def activation(name: str, x: jax.Array) -> jax.Array:
   raise ValueError(f"unknown activation {name!r}")
 
 
-class Dense(nnx.Module):
-  """[..., I] -> [..., O]: x @ w (+ b when config.use_bias), in the compute dtype."""
-
-  def __init__(self, config: ModelConfig, in_dim: int, out_dim: int,
-               names: tuple[str | None, str | None], *, rngs: nnx.Rngs):
-    self.config = config
-    self.w_io = sharding.param(nnx.initializers.normal(config.init_std), rngs.params(),
-                               (in_dim, out_dim), names)
-    if config.use_bias:
-      self.b_o = sharding.param(nnx.initializers.zeros, rngs.params(), (out_dim,), names[1:])
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dtype = compute_dtype(self.config)
-    y = jnp.einsum("...i,io->...o", x.astype(dtype), self.w_io[...].astype(dtype))
-    return y + self.b_o[...].astype(dtype) if self.config.use_bias else y
-
-
 class MLP(nnx.Module):
   """[B, T, D] -> [B, T, D]: up-projection, activation (gated for swiglu/geglu), down-projection."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     d, f = config.d_model, config.mlp_dim
-    init = nnx.initializers.normal(config.init_std)
-    out_init = nnx.initializers.normal(config.init_std / math.sqrt(2 * config.num_layers))
-    zeros = nnx.initializers.zeros
+    out_std = config.init_std / math.sqrt(2 * config.num_layers)
     self.gated = config.activation in ("swiglu", "geglu")
-    self.w_in_df = sharding.param(init, rngs.params(), (d, f), ("embed", "mlp"))
+    self.w_in_df = weight(config, (d, f), ("embed", "mlp"), rngs=rngs)
     if self.gated:
-      self.w_gate_df = sharding.param(init, rngs.params(), (d, f), ("embed", "mlp"))
-    self.w_out_fd = sharding.param(out_init, rngs.params(), (f, d), ("mlp", "embed"))
-    if config.use_bias:
-      self.b_in_f = sharding.param(zeros, rngs.params(), (f,), ("mlp",))
-      if self.gated:
-        self.b_gate_f = sharding.param(zeros, rngs.params(), (f,), ("mlp",))
-      self.b_out_d = sharding.param(zeros, rngs.params(), (d,), ("embed",))
+      self.w_gate_df = weight(config, (d, f), ("embed", "mlp"), rngs=rngs)
+    self.w_out_fd = weight(config, (f, d), ("mlp", "embed"), rngs=rngs, std=out_std)
+    self.b_in_f = bias(config, (f,), ("mlp",), rngs=rngs)
+    if self.gated:
+      self.b_gate_f = bias(config, (f,), ("mlp",), rngs=rngs)
+    self.b_out_d = bias(config, (d,), ("embed",), rngs=rngs)
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     cfg = self.config
     dtype = compute_dtype(cfg)
-    x_btd = x_btd.astype(dtype)
-
-    def dense_in(w, b):
-      y = jnp.einsum("btd,df->btf", x_btd, w[...].astype(dtype))
-      return y + b[...].astype(dtype) if cfg.use_bias else y
-
-    h_btf = dense_in(self.w_in_df, getattr(self, "b_in_f", None))
+    h_btf = project("btd,df->btf", x_btd, self.w_in_df, self.b_in_f, dtype)
     if self.gated:
-      gate_btf = dense_in(self.w_gate_df, getattr(self, "b_gate_f", None))
+      gate_btf = project("btd,df->btf", x_btd, self.w_gate_df, self.b_gate_f, dtype)
       h_btf = activation(cfg.activation, gate_btf) * h_btf
     else:
       h_btf = activation(cfg.activation, h_btf)
     h_btf = sharding.constrain(h_btf, ("batch", "length", "mlp"))
-    out_btd = jnp.einsum("btf,fd->btd", h_btf, self.w_out_fd[...].astype(dtype))
-    if cfg.use_bias:
-      out_btd = out_btd + self.b_out_d[...].astype(dtype)
-    return out_btd
+    return project("btf,fd->btd", h_btf, self.w_out_fd, self.b_out_d, dtype)
 
 
 def apply_rope(x_bthk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The model class of each `config.model.family`."""
+"""The model class of each `config.model.family`, and the one place a model config is validated."""
 
 from flax import nnx
 
@@ -10,6 +10,8 @@ FAMILIES = {"gpt": GPT, "bert": BERT}
 
 
 def build(config: ModelConfig, rngs: nnx.Rngs) -> GPT | BERT:
+  """The model of `config.family`, after `config.validate()` (the layers do not validate)."""
+  config.validate()
   return FAMILIES[config.family](config, rngs=rngs)
 
 

@@ -24,7 +24,8 @@ from pretrax.modeling import sharding
 from pretrax.modeling.attention import attention_mask
 from pretrax.modeling.blocks import TransformerBlock
 from pretrax.modeling.config import ModelConfig
-from pretrax.modeling.layers import Norm, compute_dtype
+from pretrax.modeling.layers import Norm
+from pretrax.modeling.projection import compute_dtype
 
 # config.remat -> what the backward pass keeps from the forward pass of a block.
 REMAT_POLICIES = {
@@ -34,10 +35,12 @@ REMAT_POLICIES = {
 
 
 class Transformer(nnx.Module):
-  """Token (+ position, + token-type) embeddings -> blocks -> final norm (pre-LN only)."""
+  """Token (+ position, + token-type) embeddings -> blocks -> final norm (pre-LN only).
+
+  Build it with `models.build`, which validates the config once for the whole model.
+  """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    config.validate()
     if config.vocab_size <= 0:
       raise ValueError("config.model.vocab_size must be resolved (> 0) before building the model")
     self.config = config

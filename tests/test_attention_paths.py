@@ -1,8 +1,8 @@
 """The fast attention paths against the einsum reference: dot_product (jax.nn.dot_product_attention)
 and blockwise (query blocks, causal block skipping, custom VJP).
 
-Blockwise outputs 0 for padding queries (they see no key) where the reference averages all values
-uniformly; padding carries no loss, so outputs are compared on real tokens, with gradients of a
+Every path outputs 0 for padding queries (they see no key), so a layer's padding rows are its
+output bias; padding carries no loss, so outputs are compared on real tokens, with gradients of a
 loss that, like every pretrax loss, gives padding weight 0.
 
 Tolerances, on the largest absolute difference, scaled by the tensor's size: a tensor whose
@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pretrax.modeling.attention import MultiHeadAttention, attention_mask, blockwise_attention
+from pretrax.modeling import models
+from pretrax.modeling.attention import MultiHeadAttention, attention_mask
+from pretrax.modeling.blockwise_attention import blockwise_attention
 from pretrax.modeling.config import ModelConfig
 from pretrax.modeling.gpt import GPT
 
@@ -142,7 +144,8 @@ def test_attention_layer_matches_einsum(dtype, tol, causal, fast_impl):
 
 
 def test_padding_queries_stay_finite_and_match():
-  """Rows that see no key: both paths average all values uniformly, with finite gradients."""
+  """Rows that see no key: both paths output 0 before the output projection (so the layer
+  outputs its bias there), with finite gradients."""
   ref, fast = _pair(MultiHeadAttention)
   seg_bt = jnp.zeros((1, 8), jnp.int32).at[0, :3].set(1)  # 5 padding queries
   mask_b1ts = attention_mask(seg_bt, causal=True)
@@ -155,7 +158,9 @@ def test_padding_queries_stay_finite_and_match():
   out_fast, gx_fast, _ = _attention_outputs_and_grads(fast, x_btd, mask_b1ts, positions_bt,
                                                        cotangent_btd)
   assert np.isfinite(out_fast).all() and np.isfinite(gx_fast).all()
-  assert np.abs(out_ref[0, 3:]).max() > 0.1  # padding rows are a real (uniform) average
+  b_o = np.asarray(ref.b_o_d[...])  # the output projection's bias is all a zero row becomes
+  np.testing.assert_array_equal(out_ref[0, 3:], np.broadcast_to(b_o, out_ref[0, 3:].shape))
+  np.testing.assert_array_equal(out_fast[0, 3:], np.broadcast_to(b_o, out_fast[0, 3:].shape))
   _assert_close(out_fast, out_ref, FLOAT32_TOL)
   _assert_close(gx_fast, gx_ref, FLOAT32_TOL)
 
@@ -182,7 +187,7 @@ def test_blockwise_padding_queries_output_zero_with_finite_gradients():
   assert np.isfinite(gx_fast).all()
   b_o = np.asarray(fast.b_o_d[...])  # the output projection's bias is all a zero row becomes
   np.testing.assert_array_equal(out_fast[0, 3:], np.broadcast_to(b_o, out_fast[0, 3:].shape))
-  _assert_close(out_fast[0, :3], out_ref[0, :3], FLOAT32_TOL)
+  _assert_close(out_fast, out_ref, FLOAT32_TOL)
   _assert_close(gx_fast, gx_ref, FLOAT32_TOL)
   _assert_trees_close(gp_fast, gp_ref, FLOAT32_TOL)
 
@@ -259,11 +264,16 @@ def test_gpt_with_fast_attention_matches_einsum_gpt(dtype, tol, fast_impl):
 def test_fast_paths_with_attention_dropout_are_an_error(impl):
   config = dataclasses.replace(BASE, attention_impl=impl, attention_dropout=0.1)
   with pytest.raises(ValueError, match=r"config\.model\.attention_impl.*attention_dropout"):
-    MultiHeadAttention(config, rngs=nnx.Rngs(0))
+    models.build(config, nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"config\.model\.attention_impl.*attention_dropout"):
     config.validate()
+  # A layer built around the validation still refuses to drop out silently.
+  layer = MultiHeadAttention(config, rngs=nnx.Rngs(0))
+  mask_b1ts = attention_mask(jnp.ones((1, 4), jnp.int32), causal=True)
+  with pytest.raises(ValueError, match=r"has no attention dropout.*attention_dropout=0"):
+    layer(jnp.ones((1, 4, BASE.d_model)), mask_b1ts, jnp.arange(4)[None], nnx.Rngs(dropout=0))
   # The reference path keeps attention dropout.
-  MultiHeadAttention(dataclasses.replace(config, attention_impl="einsum"), rngs=nnx.Rngs(0))
+  models.build(dataclasses.replace(config, attention_impl="einsum"), nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("fast_impl", ["dot_product", "blockwise4"])
