@@ -62,6 +62,7 @@ def test_the_table_has_every_configurable_implementation():
   assert tuple(ATTENTION_IMPLS) == model_config.ATTENTION_IMPLS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl,block", CASES, ids=[f"{name}-{block}" for name, block in CASES])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 def test_every_implementation_matches_einsum(causal, impl, block):
@@ -78,6 +79,7 @@ def test_every_implementation_matches_einsum(causal, impl, block):
   np.testing.assert_array_equal(grads[0][PADDING_BT], 0.0)
 
 
+@pytest.mark.slow
 def test_einsum_dropout_keeps_padding_queries_at_zero():
   q, k, v, _ = _qkv()
   mask_b1ts = attention_mask(jnp.asarray(SEGMENT_IDS_BT), causal=True)
@@ -99,6 +101,7 @@ def test_only_einsum_has_attention_dropout(impl):
   ATTENTION_IMPLS[impl](q, k, v, mask_b1ts, causal=True, block=4, dropout_rate=0.1)
 
 
+@pytest.mark.slow
 def test_the_layer_calls_the_configured_implementation(monkeypatch):
   config = ModelConfig(vocab_size=64, max_seq_len=16, num_layers=1, num_heads=4, d_model=32,
                        attention_impl="blockwise", attention_block=3)

@@ -107,6 +107,7 @@ def _assert_as_accurate(got, want, truth):
     assert err_got <= 2 * err_want + 1e-3 * max(1.0, np.abs(x).max()), (err_got, err_want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_impl", ["dot_product", "blockwise4"])
 @pytest.mark.parametrize("dtype,tol", [("float32", FLOAT32_TOL), ("bfloat16", BF16_TOL)])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
@@ -143,6 +144,7 @@ def test_attention_layer_matches_einsum(dtype, tol, causal, fast_impl):
   _assert_trees_close(gp_fast, gp_ref, tol)
 
 
+@pytest.mark.slow
 def test_padding_queries_stay_finite_and_match():
   """Rows that see no key: both paths output 0 before the output projection (so the layer
   outputs its bias there), with finite gradients."""
@@ -165,6 +167,7 @@ def test_padding_queries_stay_finite_and_match():
   _assert_close(gx_fast, gx_ref, FLOAT32_TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_impl", ["blockwise5", "blockwise64"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 def test_blockwise_block_sizes_match_einsum(causal, fast_impl):
@@ -172,6 +175,7 @@ def test_blockwise_block_sizes_match_einsum(causal, fast_impl):
   test_attention_layer_matches_einsum("float32", FLOAT32_TOL, causal, fast_impl)
 
 
+@pytest.mark.slow
 def test_blockwise_padding_queries_output_zero_with_finite_gradients():
   """Rows that see no key output exactly 0; real rows and gradients equal the reference's."""
   ref, fast = _pair(MultiHeadAttention, "blockwise4")
@@ -200,6 +204,7 @@ def _attention_flops(fn, t: int) -> float:
   return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
 
 
+@pytest.mark.slow
 def test_causal_blockwise_skips_the_blocks_above_the_diagonal():
   """With 8 causal blocks the score and value matmuls cover 36 of 64 blocks: well under 3/4 of
   the reference's FLOPs (XLA's own count of the compiled programs)."""
@@ -226,6 +231,7 @@ def test_blockwise_argument_errors():
     dataclasses.replace(BASE, attention_impl="blockwise", attention_block=-1).validate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fast_impl", ["dot_product", "blockwise4"])
 @pytest.mark.parametrize("dtype,tol", [("float32", FLOAT32_TOL), ("bfloat16", BF16_TOL)])
 def test_gpt_with_fast_attention_matches_einsum_gpt(dtype, tol, fast_impl):
@@ -260,6 +266,7 @@ def test_gpt_with_fast_attention_matches_einsum_gpt(dtype, tol, fast_impl):
   _assert_trees_close(grads_fast, grads_ref, tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["dot_product", "blockwise"])
 def test_fast_paths_with_attention_dropout_are_an_error(impl):
   config = dataclasses.replace(BASE, attention_impl=impl, attention_dropout=0.1)

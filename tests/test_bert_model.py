@@ -25,6 +25,7 @@ def _hidden(model, ids, **kwargs):
   return np.asarray(model.hidden_states(jnp.asarray(ids), **kwargs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_every_token_sees_the_tokens_after_it(norm_position):
   model = _model(norm_position=norm_position)
@@ -37,6 +38,7 @@ def test_every_token_sees_the_tokens_after_it(norm_position):
     assert not np.allclose(hx[0, t], hy[0, t], atol=1e-6), t
 
 
+@pytest.mark.slow
 def test_packed_rows_equal_unpacked_documents():
   model = _model()
   rng = np.random.default_rng(1)
@@ -54,6 +56,7 @@ def test_packed_rows_equal_unpacked_documents():
   np.testing.assert_allclose(packed[0, 6:15], alone_b[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_token_types_change_the_output():
   model = _model()
   ids = jnp.asarray(np.arange(7, 17)[None])
@@ -61,6 +64,7 @@ def test_token_types_change_the_output():
                          _hidden(model, ids, token_type_ids_bt=jnp.ones_like(ids)))
 
 
+@pytest.mark.slow
 def test_mlm_head_at_gathered_positions_equals_the_full_sequence_head():
   model = _model()
   ids = jnp.asarray(np.random.default_rng(2).integers(7, 64, size=(2, 10)))
@@ -76,6 +80,7 @@ def test_mlm_head_at_gathered_positions_equals_the_full_sequence_head():
                  for path, var in nnx.to_flat_state(nnx.state(model)) if "mlm" in str(path))
 
 
+@pytest.mark.slow
 def test_nsp_reads_only_the_cls_position():
   model = _model()
   ids = np.random.default_rng(3).integers(7, 64, size=(1, 8))

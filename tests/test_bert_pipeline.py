@@ -124,6 +124,7 @@ def test_shapes_and_dtypes(docs, tok, objective):
     assert ((batch["input_ids"] >= 0) & (batch["input_ids"] < tok.vocab_size)).all()
 
 
+@pytest.mark.slow
 def test_nsp_pairs_labels_and_continuations(docs, tok):
   rows = _rows(_batches(docs, tok, _config("mlm+nsp"), n=250))  # 2,000 pairs
   pairs = _check_pairs(rows)
@@ -147,6 +148,7 @@ def test_nsp_pairs_labels_and_continuations(docs, tok):
   assert adjacent_random < 0.02 * labels.sum()  # a random B is (almost) never the continuation
 
 
+@pytest.mark.slow
 def test_sop_pairs_are_swapped_when_labelled_1(docs, tok):
   rows = _rows(_batches(docs, tok, _config("mlm+sop"), n=250))
   pairs = _check_pairs(rows)
@@ -283,6 +285,7 @@ def test_deterministic_given_seed_and_seeds_differ(docs, tok, assert_batches_equ
     assert not np.array_equal(a[0]["input_ids"], b[0]["input_ids"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", bert_pipeline.OBJECTIVES)
 def test_resume_from_any_state_including_across_epochs(docs, tok, objective, assert_batches_equal):
   few = [d for d in docs if 200 <= len(d) <= 400][:5]  # ~5 rows each
@@ -326,6 +329,7 @@ def test_orbax_checkpoint_round_trip(docs, tok, tmp_path, assert_batches_equal):
   assert_batches_equal(_take(fresh, 5), want)
 
 
+@pytest.mark.slow
 def test_one_worker_process_gives_the_same_batches(docs, tok, assert_batches_equal):
   config = _config("mlm+nsp")
   kwargs = {"batch_size": 4, "seed": 2, "shuffle": True, "repeat": True}

@@ -42,6 +42,7 @@ def run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_eval_and_score_give_the_same_bits_per_byte(run):
   n_bytes = len(DOCUMENT.encode("utf-8"))
   assert n_bytes > len(DOCUMENT)
@@ -58,6 +59,7 @@ def test_eval_and_score_give_the_same_bits_per_byte(run):
   assert evaluated["loss"] * (n_bytes + 1) > scored["loss"] * n_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_chunk", [0, 8])
 def test_eval_step_sums_by_hand(run, loss_chunk):
   """loss_sum over every weighted target; text_loss_sum and byte_sum over those with bytes."""

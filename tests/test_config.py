@@ -19,6 +19,7 @@ def _variants():
       yield f"{name}:{variant}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", list(_variants()))
 def test_every_preset_loads_validates_and_builds(spec):
   config = config_lib.load_preset(spec)

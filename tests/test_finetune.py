@@ -105,6 +105,7 @@ def _finetune(config, init, workdir, **kwargs):
 # Learning a real task, and the workdir it leaves.
 
 
+@pytest.mark.slow
 def test_bert_learns_the_task_and_its_workdir_is_self_contained(task, bert_init, tmp_path,
                                                                  capsys, read_metrics):
   workdir = str(tmp_path / "bert_ft")
@@ -142,6 +143,7 @@ def test_bert_learns_the_task_and_its_workdir_is_self_contained(task, bert_init,
   assert len(read_metrics(workdir)) == len(records)
 
 
+@pytest.mark.slow
 def test_gpt_learns_the_task_with_the_auxiliary_lm_loss(task, gpt_init, tmp_path):
   workdir = str(tmp_path / "gpt_ft")
   config = _config(task["train_int"], task["eval_int"], **{"train.steps": "100",
@@ -156,6 +158,7 @@ def test_gpt_learns_the_task_with_the_auxiliary_lm_loss(task, gpt_init, tmp_path
   assert config_lib.load_json(os.path.join(workdir, "config.json")).model.family == "gpt"
 
 
+@pytest.mark.slow
 def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_path,
                                                               read_metrics):
   """Sentence pairs end to end: 2 steps on a 2x2x2 data/fsdp/tensor mesh, then 2 more resumed
@@ -184,6 +187,7 @@ def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_pa
     assert json.load(f) == {"labels": ["contradict", "entail", "neutral"]}
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(bert_init, tmp_path, read_metrics):
   """Fine-tuning steps on the trainer's gradient accumulation: 4 micro-batches of 4 examples
   give the update of one batch of 16 (dropout off, so both see the same model)."""
@@ -277,6 +281,7 @@ def test_labels_ints_strings_and_unseen():
 # Errors.
 
 
+@pytest.mark.slow
 def test_bad_examples_are_errors_naming_file_and_line(gpt_init, tmp_path):
   good = {"text": "some words", "label": "a"}
   cases = [("invalid JSON", ['{"text": "x", "label": "a"}', '{"text": "y", label: 1}'],
@@ -302,6 +307,7 @@ def test_bad_examples_are_errors_naming_file_and_line(gpt_init, tmp_path):
     _finetune(_config(""), gpt_init, str(tmp_path / "ft3"))
 
 
+@pytest.mark.slow
 def test_backbone_starts_as_the_pretrained_model(gpt_init):
   config = config_lib.load_json(os.path.join(gpt_init, "config.json"))
   config.finetune.num_labels = 3
@@ -318,6 +324,7 @@ def test_backbone_starts_as_the_pretrained_model(gpt_init):
   jax.tree.map(np.testing.assert_array_equal, backbone, pretrained.params)
 
 
+@pytest.mark.slow
 def test_missing_or_incompatible_init_is_an_error(gpt_init, tmp_path):
   train = _write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": 0},
                                                   {"text": "b", "label": 1}])

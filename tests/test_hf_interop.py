@@ -116,6 +116,7 @@ def _params_equal(a: dict, b: dict) -> None:
 # HF -> pretrax parity.
 
 
+@pytest.mark.slow
 def test_gpt2_import_gives_transformers_logits(gpt2):
   model, _, workdir = gpt2
   run = loading.load_run(str(workdir))
@@ -160,6 +161,7 @@ def _bert_inputs():
   return ids, mask, types, positions
 
 
+@pytest.mark.slow
 def test_bert_import_gives_transformers_mlm_and_nsp_logits(bert):
   model, _, workdir = bert
   run = loading.load_run(str(workdir))
@@ -181,6 +183,7 @@ def test_bert_import_gives_transformers_mlm_and_nsp_logits(bert):
   assert max(diffs.values()) < LOGIT_ATOL, diffs
 
 
+@pytest.mark.slow
 def test_bert_headless_folders_get_fresh_heads(bert, tmp_path):
   """BertForMaskedLM lacks pooler + NSP, BertModel the MLM head + NSP: those start fresh."""
   model, hf_dir, workdir = bert
@@ -231,6 +234,7 @@ def _export_and_reimport(workdir, tmp_path):
   return out, summary
 
 
+@pytest.mark.slow
 def test_gpt_roundtrip_is_bit_exact_and_loads_in_transformers(trained, tmp_path):
   _, workdir = trained
   out, summary = _export_and_reimport(workdir, tmp_path)
@@ -271,6 +275,7 @@ def test_bert_roundtrip_is_bit_exact_and_loads_in_transformers(bert, tmp_path):
         np.testing.assert_array_equal(first, model.bert(**inputs).last_hidden_state.numpy())
 
 
+@pytest.mark.slow
 def test_sentencepiece_tokenizer_travels_with_the_export(trained, tmp_path):
   """tokenizer.model is copied into the HF folder and read back (checked by sha256) on import."""
   root, workdir = trained
@@ -303,6 +308,7 @@ def _hf_window_loss(model, ids: np.ndarray, window: int) -> float:
   return float((nll[..., 0] * w).sum() / w.sum())
 
 
+@pytest.mark.slow
 def test_exported_run_scores_like_pretrax_score(trained, tmp_path):
   _, workdir = trained
   out = tmp_path / "hf"
@@ -322,6 +328,7 @@ def test_exported_run_scores_like_pretrax_score(trained, tmp_path):
   assert windows[0] == 1 and windows[1] > 1  # shorter than the context; several windows
 
 
+@pytest.mark.slow
 def test_export_params_is_a_run_directory_for_eval(trained, tmp_path):
   root, workdir = trained
   out = tmp_path / "params"
@@ -340,6 +347,7 @@ def test_export_params_is_a_run_directory_for_eval(trained, tmp_path):
       evaluate.score_text(str(workdir), text)["loss"]
 
 
+@pytest.mark.slow
 def test_imported_run_continues_pretraining(gpt2, trained, tmp_path, tiny_gpt_config):
   """trainer.train resumes checkpoint 0 (no data-iterator item) of an imported run."""
   _, hf_dir, _ = gpt2
@@ -380,6 +388,7 @@ def test_configs_without_hf_equivalent_are_refused(family, field, value):
     hf.check_exportable(dataclasses.replace(base, **{field: value}))
 
 
+@pytest.mark.slow
 def test_export_refuses_rope_run_before_reading_weights(trained, tmp_path):
   _, workdir = trained
   config = config_lib.load_json(os.path.join(workdir, "config.json"))

@@ -45,6 +45,7 @@ def test_attention_mask_by_hand():
   np.testing.assert_array_equal(bidir[3], [0, 0, 1, 1, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "gpt2")
 def test_future_tokens_do_not_leak(overrides):
   model = _model(**overrides)
@@ -58,6 +59,7 @@ def test_future_tokens_do_not_leak(overrides):
   assert not np.allclose(lx[:, t:], ly[:, t:], atol=1e-3)  # the changed tokens do matter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"position": "rope"}, {"norm_position": "post"}],
                          ids=["learned", "rope", "post_ln"])
 def test_packed_rows_equal_unpacked_documents(overrides):
@@ -101,6 +103,7 @@ def test_parameters_carry_logical_axes():
   assert tuple(specs["blocks"][0]["mlp"]["w_in_df"].get_value()) == ("embed", "mlp")
 
 
+@pytest.mark.slow
 def test_tied_head_uses_the_token_embedding():
   model = _model()
   h = model.hidden_states(jnp.array([[1, 2, 3]]))
@@ -109,6 +112,7 @@ def test_tied_head_uses_the_token_embedding():
   assert not hasattr(model, "lm_head")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = _model(dtype="bfloat16")
   out = model(jnp.array([[1, 2, 3]]))
@@ -118,6 +122,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(out, ref, atol=5e-2)
 
 
+@pytest.mark.slow
 def test_dropout_only_with_rngs():
   model = _model(dropout=0.5)
   x = jnp.array([[1, 2, 3, 4]])

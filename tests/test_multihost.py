@@ -31,6 +31,8 @@ SEQ_LEN, BATCH, STEPS, STOP = 32, 8, 6, 4
 TRAIN_DOCS, VALIDATION_DOCS = 64, 16
 RTOL = 2e-5  # float32, reductions in another order (another mesh or another process count)
 
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
+
 
 def _config(tmp, mesh=(2, 2, 2), **overrides):
   from pretrax.training import config as config_lib

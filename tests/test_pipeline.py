@@ -118,6 +118,7 @@ def test_processes_read_disjoint_shards_that_cover_the_source(docs, tok):
   assert t0 != docs[0::2]  # shuffled within the shard
 
 
+@pytest.mark.slow
 def test_resume_from_any_state_including_across_epochs(docs, tok, assert_batches_equal):
   few = docs[:10]
   kwargs = {"seq_len": 64, "batch_size": 3, "seed": 5, "shuffle": True, "repeat": True}
@@ -153,6 +154,7 @@ def test_orbax_checkpoint_round_trip(docs, tok, tmp_path, assert_batches_equal):
   assert_batches_equal(_take(fresh, 5), want)
 
 
+@pytest.mark.slow
 def test_one_worker_process_gives_the_same_batches(docs, tok, assert_batches_equal):
   kwargs = {"seq_len": 64, "batch_size": 4, "seed": 2, "shuffle": True, "repeat": True}
   want = _batches(docs, tok, n=12, **kwargs)

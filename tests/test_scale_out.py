@@ -68,6 +68,7 @@ def _loss_and_grads(config: ModelConfig, loss_fn, batch, dropout: bool):
   return float(value), grads, jaxpr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt", "bert"])
 def test_remat_and_scan_give_the_plain_loss_and_gradients(family):
   base = ModelConfig(family=family, vocab_size=128, max_seq_len=16, num_layers=2, num_heads=2,
@@ -97,6 +98,7 @@ def test_remat_and_scan_give_the_plain_loss_and_gradients(family):
                                  err_msg=f"{remat}, scan={scan}: {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow
 def test_scanned_remat_layers_on_a_mesh():
   """The scan path under a (2, 2, 2) mesh with the axis rules (stacked weights constrained to
   their parameters' shardings) gives the unsharded plain model's loss and gradients."""
@@ -120,6 +122,7 @@ def test_scanned_remat_layers_on_a_mesh():
   assert grads["blocks"][0]["mlp"]["w_in_df"].sharding.spec == P("fsdp", "tensor")
 
 
+@pytest.mark.slow
 def test_dropout_differs_between_layers():
   """With scanned layers each layer still draws its own masks: two identical layers (same
   weights) with dropout give a different output than one layer applied twice with one mask."""
@@ -172,6 +175,7 @@ def test_mesh_errors_name_the_dimension_and_the_axis():
     mesh_lib.mesh_shape(MeshConfig(data=-1, fsdp=3, tensor=1), 8)
 
 
+@pytest.mark.slow
 def test_parameters_and_optimizer_state_are_sharded_as_the_rules_say():
   """Initialized the trainer's way (jit with out_shardings) on (2, 2, 2): each array's spec and
   shard shape follow the rules, and describe_sharding's per-device bytes are what device 0 holds."""

@@ -61,6 +61,7 @@ def _ids_and_texts(data_dir, split):
   return [(r["id"].decode(), r["text"].decode()) for r in (records[i] for i in range(len(records)))]
 
 
+@pytest.mark.slow
 def test_default_corpus_size_and_splits(pydoc_splits):
   train, validation = pydoc_splits["train"], pydoc_splits["validation"]
   n_train, n_val = len(train), len(validation)
@@ -97,6 +98,7 @@ def test_default_corpus_splits_are_disjoint_and_hash_chosen(pydoc_dir):
   assert "antigravity" not in sys.modules and "this" not in sys.modules
 
 
+@pytest.mark.slow
 def test_default_corpus_is_deterministic(pydoc_dir, tmp_path):
   other = str(tmp_path / "again")
   for split in ("train", "validation"):
@@ -251,6 +253,7 @@ print(len(builder.as_data_source(split="train")), len(records), records[0]["text
 """
 
 
+@pytest.mark.slow
 def test_concurrent_builds_build_once(tmp_path):
   path = _write(tmp_path / "corpus.txt", "\n\n".join(f"document number {i:05d}" for i in range(20000)))
   data_dir, ready, go = str(tmp_path / "tfds"), str(tmp_path / "ready"), str(tmp_path / "go")

@@ -51,6 +51,7 @@ def test_cpu_only_from_jax_platforms_or_plugins():
 
 
 # The setting is glibc's mallopt; on another C library prepare() neither applies nor claims it.
+@pytest.mark.slow
 @pytest.mark.skipif(startup.glibc() is None, reason="the allocator setting exists only with glibc")
 def test_kept_host_memory_removes_the_page_faults_of_each_step():
   kept, released = _run(_FAULTS, "keep"), _run(_FAULTS, "release")

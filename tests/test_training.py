@@ -15,6 +15,7 @@ from pretrax.training import checkpointing, config as config_lib, optimizer as o
 from pretrax.training import trainer
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_gpt_config, read_metrics,
                                               assert_equal_runs):
   # Dropout on: the dropout RNG must resume too.
@@ -38,6 +39,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_gpt_config, read_me
     assert_equal_runs(whole, other)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt", "bert"])
 def test_sharded_meshes_match_one_device(tmp_path, family, tiny_gpt_config, tiny_bert_config,
                                          read_metrics):
@@ -57,6 +59,7 @@ def test_sharded_meshes_match_one_device(tmp_path, family, tiny_gpt_config, tiny
     np.testing.assert_allclose(values, losses[(1, 1, 1)], rtol=2e-5, err_msg=str(mesh))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_gpt_config, read_metrics):
   steps = {"train.steps": "3", "train.eval_every": "0", "train.log_every": "1"}
   one = tiny_gpt_config(tmp_path, **steps)
@@ -68,6 +71,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tiny_gpt_config, r
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_refuses_to_resume_a_different_model(tmp_path, tiny_gpt_config):
   trainer.train(tiny_gpt_config(tmp_path, **{"train.steps": "2", "train.eval_every": "0"}),
                 str(tmp_path / "run"))
@@ -86,6 +90,7 @@ def test_schedule_warmup_then_decay_and_decay_mask():
   assert mask == {"w_io": True, "b_o": False, "scale_d": False}
 
 
+@pytest.mark.slow
 def test_cli_train_eval_score_sample_on_default_corpus(tmp_path, read_metrics):
   """The README path, as real subprocesses, on the built-in corpus."""
   env = dict(os.environ, PRETRAX_DATA_DIR=str(tmp_path / "tfds"), JAX_PLATFORMS="cpu")
@@ -122,6 +127,7 @@ def test_cli_train_eval_score_sample_on_default_corpus(tmp_path, read_metrics):
   assert out.startswith("The module") and len(out.strip()) > len("The module") + 5
 
 
+@pytest.mark.slow
 def test_trained_tokenizer_run_reports_bits_per_byte(tmp_path, tiny_gpt_config, read_metrics):
   """data.tokenizer=train: a SentencePiece model is trained on the corpus and kept in the run."""
   config = tiny_gpt_config(tmp_path, **{"data.tokenizer": "train",
@@ -154,6 +160,7 @@ def test_tokenizer_train_cli(tmp_path, capsys, shakespeare_text):
                    f"--output={tmp_path}/x", "--vocab_size=600"]) == 2
 
 
+@pytest.mark.slow
 def test_chunked_loss_equals_full_logits_loss(tmp_path, tiny_gpt_config, read_metrics):
   """train.loss_chunk_size: same losses and gradient norms without [B, T, V] logits at once."""
   steps = {"train.steps": "3", "train.eval_every": "3", "train.log_every": "1"}
@@ -167,6 +174,7 @@ def test_chunked_loss_equals_full_logits_loss(tmp_path, tiny_gpt_config, read_me
   np.testing.assert_allclose(a["eval_loss"], b["eval_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_persistent_compilation_cache_is_written(tmp_path, tiny_gpt_config):
   cache = tmp_path / "xla_cache"
   config = tiny_gpt_config(tmp_path, **{"train.steps": "2", "train.eval_every": "0",
@@ -178,6 +186,7 @@ def test_persistent_compilation_cache_is_written(tmp_path, tiny_gpt_config):
   assert cache.is_dir() and any(cache.iterdir())  # compiled programs a restart can reuse
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mlm+nsp", "mlm"])
 def test_bert_pretraining_learns_and_resumes_exactly(tmp_path, objective, tiny_bert_config,
                                                      read_metrics):

@@ -48,6 +48,7 @@ def test_bad_corpus_names_the_file(tmp_path, tiny_args, capsys, make, message):
   assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, tiny_args, capsys, caplog):
   corpus = tmp_path / "latin1.txt"
   corpus.write_bytes(b"\n\n".join(b"caf\xe9 number %d, fa\xe7ade" % i for i in range(30)))
@@ -57,6 +58,7 @@ def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, tiny_args, capsys, ca
   assert "latin1.txt" in logged and "60" in logged  # 2 bad bytes in each of 30 documents
 
 
+@pytest.mark.slow
 def test_one_enormous_document_trains(tmp_path, tiny_args):
   big = tmp_path / "big.txt"
   big.write_text("word " * 200_000 + "\n\n" + "a short second document")  # 1 MB, no blank line
@@ -64,6 +66,7 @@ def test_one_enormous_document_trains(tmp_path, tiny_args):
   assert code == 0 and (workdir / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow
 def test_a_corpus_smaller_than_one_batch_is_repeated(tmp_path, tiny_args):
   """Documented: the training stream repeats the corpus (reshuffled) to fill every batch."""
   small = tmp_path / "small.txt"

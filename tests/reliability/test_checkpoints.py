@@ -15,6 +15,7 @@ def _largest_file(step_dir):
   return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "alter"])
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_path, damage,
                                                                   read_metrics):
@@ -38,6 +39,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_pa
   assert max(m["step"] for m in read_metrics(workdir)) == 8
 
 
+@pytest.mark.slow
 def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(runner, tmp_path, read_metrics):
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, *STEPS).returncode == 0
@@ -52,6 +54,7 @@ def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(runner, tmp_path
   assert read_metrics(workdir) == before  # nothing was overwritten
 
 
+@pytest.mark.slow
 def test_eval_skips_a_corrupt_latest_checkpoint_with_a_warning(runner, tmp_path):
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, *STEPS).returncode == 0

@@ -9,6 +9,7 @@ import pytest
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job,sig", [("pretrain", signal.SIGTERM), ("pretrain", signal.SIGINT),
                                      ("finetune", signal.SIGTERM)],
                          ids=["pretrain-SIGTERM", "pretrain-SIGINT", "finetune-SIGTERM"])
@@ -36,6 +37,7 @@ def test_signal_checkpoints_the_current_step_and_resume_is_exact(request, tmp_pa
   assert_equal_runs(reference, workdir)
 
 
+@pytest.mark.slow
 def test_five_sigkills_at_random_moments_lose_nothing(runner, tmp_path, assert_equal_runs):
   """Checkpoints every step, async: most kills land while one is being written."""
   steps = ["--config.train.steps=60", "--config.checkpoint.every=1", "--config.checkpoint.keep=2"]

@@ -1,9 +1,9 @@
 """Promise 4: non-finite losses or gradients are never applied and never checkpointed."""
 
-
 import jax
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from pretrax.inference import loading
@@ -33,6 +33,7 @@ def _batches():
   return batch, dict(batch, loss_weights=poisoned_weights[None].repeat(2, 0))
 
 
+@pytest.mark.slow
 def test_a_poisoned_batch_leaves_the_state_untouched():
   optimizer_config = config_lib.OptimizerConfig(learning_rate=1e-2, warmup_steps=0)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, 10)
@@ -50,6 +51,7 @@ def test_a_poisoned_batch_leaves_the_state_untouched():
   assert not np.array_equal(jax.tree.leaves(state1["params"])[0], jax.tree.leaves(state2["params"])[0])
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_is_the_one_applied_after_a_skipped_step():
   """The schedule advances only with applied updates; the logged lr is the lr of the update."""
   schedule = optax.linear_schedule(1.0, 0.0, 10)  # lr(n) = 1 - n / 10: each count differs
@@ -65,6 +67,7 @@ def test_logged_learning_rate_is_the_one_applied_after_a_skipped_step():
   np.testing.assert_allclose(logged, [1.0, 0.9, 0.9, 0.8])  # the skipped step used no count
 
 
+@pytest.mark.slow
 def test_absurd_learning_rate_skips_then_aborts_with_finite_checkpoints(any_runner, tmp_path,
                                                                        read_metrics):
   runner = any_runner
@@ -77,11 +80,12 @@ def test_absurd_learning_rate_skips_then_aborts_with_finite_checkpoints(any_runn
   assert "update skipped" in out.stdout
   records = read_metrics(workdir)
   assert any(r["skipped"] for r in records)
-  for step in checkpointing.Checkpointer(workdir, checkpointing.config_lib.CheckpointConfig()).all_steps():
+  for step in checkpointing.Checkpointer(workdir, config_lib.CheckpointConfig()).all_steps():
     run = loading.load_run(workdir, step)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(run.params)), step
 
 
+@pytest.mark.slow
 def test_stop_policy_stops_at_the_first_non_finite_step(runner, tmp_path, read_metrics):
   workdir = str(tmp_path / "run")
   out = runner.run(workdir, "--config.train.steps=40", "--config.optimizer.learning_rate=1e38",

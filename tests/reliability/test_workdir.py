@@ -6,6 +6,7 @@ import pytest
 
 
 
+@pytest.mark.slow
 def test_different_model_in_the_same_workdir_is_refused(runner, tmp_path, read_metrics):
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, "--config.train.steps=2").returncode == 0
@@ -17,6 +18,7 @@ def test_different_model_in_the_same_workdir_is_refused(runner, tmp_path, read_m
   assert max(m["step"] for m in read_metrics(workdir)) == 2  # the run is untouched
 
 
+@pytest.mark.slow
 def test_a_second_concurrent_run_on_one_workdir_refuses(any_runner, tmp_path):
   runner = any_runner
   workdir = str(tmp_path / "run")
@@ -51,6 +53,7 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_stops_training_and_keeps_earlier_checkpoints(runner, small_disk):
   workdir = str(small_disk / "run")
   # Each checkpoint of this model is ~250 KB: the disk fills after a few of them.
