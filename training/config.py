@@ -308,11 +308,6 @@ def validate(config: Config) -> None:
   if not (d.source == "default" or d.source.startswith(("text:", "tfds:"))):
     raise ConfigError(f"config.data.source={d.source!r}: expected default, text:PATH or "
                       "tfds:NAME[:FEATURE]")
-  objectives = {"gpt": ("causal",), "bert": ("mlm", "mlm+nsp", "mlm+sop")}[config.model.family]
-  if d.objective not in objectives:
-    raise ConfigError(f"config.data.objective={d.objective!r} does not train a "
-                      f"config.model.family={config.model.family!r} model; use one of "
-                      f"{', '.join(objectives)}")
   rates = (d.mask_rate, d.mask_token_rate, d.random_token_rate)
   if not (0 < d.mask_rate < 1 and min(rates) >= 0 and d.mask_token_rate + d.random_token_rate <= 1):
     raise ConfigError("config.data: mask_rate must be in (0, 1); mask_token_rate and "

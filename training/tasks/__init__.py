@@ -6,7 +6,7 @@ one line in TASKS.
 """
 
 from pretrax.training.config import Config, ConfigError
-from pretrax.training.tasks.base import Task
+from pretrax.training.tasks.base import Task, task_name
 from pretrax.training.tasks.causal_lm import CausalLM
 from pretrax.training.tasks.classification import Classification
 from pretrax.training.tasks.masked_lm import MaskedLM
@@ -18,10 +18,6 @@ TASKS: dict[str, type[Task]] = {
     "mlm+sop": MaskedLM,
     "classify": Classification,
 }
-
-
-def task_name(config: Config) -> str:
-  return config.finetune.task or config.data.objective
 
 
 def task_class(config: Config) -> type[Task]:

@@ -25,7 +25,12 @@ import numpy as np
 from flax import nnx
 
 from pretrax.training import config as config_lib, losses
-from pretrax.training.config import Config
+from pretrax.training.config import Config, ConfigError
+
+
+def task_name(config: Config) -> str:
+  """The config value that selects a run's task: finetune.task when set, else data.objective."""
+  return config.finetune.task or config.data.objective
 
 
 @dataclasses.dataclass
@@ -37,11 +42,17 @@ class Task(abc.ABC):
   workdir: str
 
   terms = {"": 1.0}
+  families: tuple[str, ...] = ()  # the config.model.family values this task trains
 
   @classmethod
   def check_config(cls, config: Config) -> None:
     """Raises ConfigError naming the field for a config this task cannot run."""
     config_lib.validate(config)
+    if config.model.family not in cls.families:
+      field = "finetune.task" if config.finetune.task else "data.objective"
+      raise ConfigError(f"config.{field}={task_name(config)!r} does not train a "
+                        f"config.model.family={config.model.family!r} model; it trains "
+                        f"{' or '.join(cls.families)}")
 
   @classmethod
   @abc.abstractmethod

@@ -17,6 +17,7 @@ from pretrax.training.tasks.pretraining import PretrainingTask
 
 class CausalLM(PretrainingTask):
   terms = {"": 1.0}
+  families = ("gpt",)
 
   def weights(self, batch):
     return {"": jnp.sum(batch["loss_weights"])}

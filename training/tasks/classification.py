@@ -155,6 +155,8 @@ class Classification(Task):
   train_arrays: dict = None
   eval_arrays: dict | None = None
 
+  families = ("gpt", "bert")
+
   @classmethod
   def check_config(cls, config: Config) -> None:
     """The fine-tuning fields; the model section is checked once taken from --init (`open`)."""

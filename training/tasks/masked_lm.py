@@ -21,6 +21,7 @@ def _pair_weights(batch) -> jax.Array:
 
 
 class MaskedLM(PretrainingTask):
+  families = ("bert",)
 
   @property
   def terms(self):
