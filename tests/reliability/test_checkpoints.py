@@ -16,9 +16,11 @@ def _largest_file(step_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["truncate", "alter"])
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_path, damage,
+@pytest.mark.parametrize("job,damage", [("pretrain", "truncate"), ("pretrain", "alter"),
+                                        ("finetune", "alter")])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(request, tmp_path, job, damage,
                                                                   read_metrics):
+  runner = request.getfixturevalue("runner" if job == "pretrain" else "finetune_runner")
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, *STEPS).returncode == 0
   victim = _largest_file(os.path.join(workdir, "checkpoints", "6"))
@@ -40,7 +42,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(runner, tmp_pa
 
 
 @pytest.mark.slow
-def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(runner, tmp_path, read_metrics):
+def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(any_runner, tmp_path,
+                                                                read_metrics):
+  runner = any_runner
   workdir = str(tmp_path / "run")
   assert runner.run(workdir, *STEPS).returncode == 0
   for step_dir in glob.glob(os.path.join(workdir, "checkpoints", "*")):

@@ -38,8 +38,9 @@ def test_signal_checkpoints_the_current_step_and_resume_is_exact(request, tmp_pa
 
 
 @pytest.mark.slow
-def test_five_sigkills_at_random_moments_lose_nothing(runner, tmp_path, assert_equal_runs):
+def test_five_sigkills_at_random_moments_lose_nothing(any_runner, tmp_path, assert_equal_runs):
   """Checkpoints every step, async: most kills land while one is being written."""
+  runner = any_runner
   steps = ["--config.train.steps=60", "--config.checkpoint.every=1", "--config.checkpoint.keep=2"]
   reference = str(tmp_path / "reference")
   assert runner.run(reference, *steps).returncode == 0

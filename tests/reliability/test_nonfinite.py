@@ -86,7 +86,8 @@ def test_absurd_learning_rate_skips_then_aborts_with_finite_checkpoints(any_runn
 
 
 @pytest.mark.slow
-def test_stop_policy_stops_at_the_first_non_finite_step(runner, tmp_path, read_metrics):
+def test_stop_policy_stops_at_the_first_non_finite_step(any_runner, tmp_path, read_metrics):
+  runner = any_runner
   workdir = str(tmp_path / "run")
   out = runner.run(workdir, "--config.train.steps=40", "--config.optimizer.learning_rate=1e38",
                    "--config.optimizer.grad_clip=0", "--config.optimizer.warmup_steps=0",

@@ -31,7 +31,8 @@ def test_a_second_concurrent_run_on_one_workdir_refuses(any_runner, tmp_path):
   assert "in use by another pretrax run" in second.stderr and f"pid {first.pid}" in second.stderr
 
 
-def test_unwritable_workdir_is_a_clear_error_at_start(runner, tmp_path):
+def test_unwritable_workdir_is_a_clear_error_at_start(any_runner, tmp_path):
+  runner = any_runner
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   out = runner.run(str(blocker / "run"), "--config.train.steps=2")
