@@ -18,7 +18,7 @@ Adding a task: a module in training/tasks/ with a `Task` subclass, and one line 
 
 import abc
 import dataclasses
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -42,7 +42,7 @@ class Task(abc.ABC):
   workdir: str
 
   terms = {"": 1.0}
-  families: tuple[str, ...] = ()  # the config.model.family values this task trains
+  families: ClassVar[tuple[str, ...]] = ()  # the config.model.family values this task trains
 
   @classmethod
   def check_config(cls, config: Config) -> None:
