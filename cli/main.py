@@ -1,4 +1,4 @@
-"""The `pretrax` command line.
+r"""The `pretrax` command line.
 
   pretrax train --config=gpt:tiny --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
   pretrax finetune --config=finetune:classify --init=PRETRAINED_DIR --workdir=DIR \
