@@ -16,12 +16,10 @@ def pretraining_batches(config: DataConfig, tokenizer, split: str, *, global_bat
                         seed: int, shuffle: bool, repeat: bool, process_index: int = 0,
                         process_count: int = 1, pad_final_batch: bool = False):
   """This process's batches of `split` (a Grain IterDataset of dicts of numpy arrays)."""
-  if global_batch_size % process_count:
-    raise InputError(f"config.train.batch_size={global_batch_size} is not divisible by the "
-                     f"{process_count} processes")
-  kwargs = dict(batch_size=global_batch_size // process_count, seed=seed, shuffle=shuffle,
-                repeat=repeat, process_index=process_index, process_count=process_count,
-                num_workers=config.num_workers, pad_final_batch=pad_final_batch)
+  kwargs = dict(batch_size=pipeline.per_process_batch_size(global_batch_size, process_count),
+                seed=seed, shuffle=shuffle, repeat=repeat, process_index=process_index,
+                process_count=process_count, num_workers=config.num_workers,
+                pad_final_batch=pad_final_batch)
   source = sources.open_source(config, split)
   if config.objective == "causal":
     return pipeline.lm_batches(source, tokenizer, seq_len=config.seq_len, **kwargs)

@@ -34,7 +34,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pretrax.data import packing, sources
+from pretrax.data import packing, pipeline, sources
 from pretrax.data.errors import InputError
 
 # (text, text_b) field names tried in order on a TFDS dataset's features; None: single text.
@@ -273,9 +273,7 @@ class ExampleBatches(grain.DatasetIterator):
   def __init__(self, arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int,
                shuffle: bool, process_index: int = 0, process_count: int = 1):
     super().__init__()
-    if global_batch_size % process_count:
-      raise InputError(f"config.train.batch_size={global_batch_size} is not divisible by the "
-                       f"{process_count} processes")
+    pipeline.per_process_batch_size(global_batch_size, process_count)  # checks the split
     self._arrays, self._batch_size, self._seed, self._shuffle = (arrays, global_batch_size,
                                                                  seed, shuffle)
     self._process = (process_index, process_count)

@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
+from pretrax.data.errors import InputError
 from pretrax.modeling import sharding
 from pretrax.training import checkpointing, mesh as mesh_lib
 from pretrax.training import metrics as metrics_lib, optimizer as optimizer_lib, run_dir
@@ -37,7 +38,8 @@ def evaluate(eval_step, params, eval_data, batch_sharding, task: Task) -> dict[s
     sums = eval_step(params, mesh_lib.global_batch(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
-    raise ValueError("the validation split produced no batch")
+    raise InputError("the validation data produced no batch (an empty split?); set "
+                     "config.data.eval_split or config.data.eval, or train.eval_every=0")
   return task.summarize(totals)
 
 
@@ -208,9 +210,9 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
             f"{mesh.size} {mesh.devices.flat[0].platform} device(s), workdir {workdir}",
             flush=True)
 
-    def run_eval():
+    def run_eval(params):
       data = task.eval_batches(tc.eval_steps)
-      return None if data is None else evaluate(setup.p_eval_step, state["params"], data,
+      return None if data is None else evaluate(setup.p_eval_step, params, data,
                                                 setup.batch_sharding, task)
 
     bar = tqdm.tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0,
@@ -244,7 +246,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
           tokens_per_sec = (step - tick_step) * task.tokens_per_step / elapsed
           record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
                     "mfu": tokens_per_sec * flops_token / peak}
-          eval_metrics = run_eval() if do_eval else None
+          eval_metrics = run_eval(state["params"]) if do_eval else None
           if eval_metrics is not None:
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
             if jax.process_index() == 0:
@@ -276,7 +278,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
       bar.close()
     checkpointer.close()
     if not last and tc.eval_every > 0:  # nothing left to train: report the checkpoint's eval
-      eval_metrics = run_eval()
+      eval_metrics = run_eval(state["params"])
       if eval_metrics is not None:
         last = {f"eval_{k}": v for k, v in eval_metrics.items()}
   if jax.process_index() == 0:
