@@ -36,6 +36,15 @@ def _multi_process_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--process_id", type=int, default=None)
 
 
+def _restart_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--restart_data", action="store_true",
+                 help="restore model and optimizer state but start the data stream over (to "
+                      "resume with a different number of processes, or on changed data)")
+  p.add_argument("--restart", action="store_true",
+                 help="start a new run from step 0 in a --workdir that has trained before; the "
+                      "previous run's files are moved to WORKDIR/previous_runs/, not deleted")
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="pretrax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,9 +56,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
   p.add_argument("--print_sharding", action="store_true",
                  help="print each parameter's mesh placement and per-device memory, then exit")
-  p.add_argument("--restart_data", action="store_true",
-                 help="restore model and optimizer state but start the data stream over (to "
-                      "resume with a different number of processes)")
+  _restart_arguments(p)
   _multi_process_arguments(p)
 
   p = sub.add_parser("finetune", help="fine-tune a pretrained run as a classifier",
@@ -57,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "(--config.data.train / --config.data.eval).")
   p.add_argument("--init", required=True, help="pretrained run directory")
   p.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it exists)")
+  _restart_arguments(p)
   _multi_process_arguments(p)
 
   p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
@@ -119,7 +127,8 @@ def _train(args, preset, overrides) -> None:
     raise config_lib.ConfigError("pretrax train needs --config=PATH[:VARIANT], e.g. "
                                  "--config=gpt:tiny (or a --workdir holding a run)")
   trainer.train(config_lib.apply_overrides(base, overrides), args.workdir,
-                print_sharding=args.print_sharding, restart_data=args.restart_data)
+                print_sharding=args.print_sharding, restart_data=args.restart_data,
+                restart=args.restart)
 
 
 def _tokenizer_train(args) -> None:
@@ -136,7 +145,7 @@ def _finetune(args, preset, overrides) -> None:
     raise config_lib.ConfigError("pretrax finetune needs --config=finetune:classify")
   config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
   config.finetune.init = args.init
-  trainer.train(config, args.workdir)
+  trainer.train(config, args.workdir, restart_data=args.restart_data, restart=args.restart)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
   except (CheckpointError, RunDirError, FloatingPointError) as e:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print(f"pretrax: {args.command} interrupted", file=sys.stderr)
+    return 130
   except (InputError, FileNotFoundError) as e:
     # Input the user can fix gets one line; anything else is a bug and keeps its traceback.
     if os.environ.get("PRETRAX_TRACEBACK"):

@@ -163,6 +163,24 @@ def open_source(config: DataConfig, split: str) -> TextSource:
   return TextSource(records, feature, name=f"{config.source}[{split}]")
 
 
+def describe_corpus(config: DataConfig, split: str) -> dict:
+  """The identity of config.source as built: its dataset name and version (for local text, a key
+  of every file's path, size and modification time) and the documents in `split` and in each
+  split. Saved with the data position, which is only meaningful for the same corpus."""
+  kind, argument, _ = _parse(config.source)
+  if kind == "tfds":
+    builder = tfds.builder(argument, data_dir=config.data_dir or None)
+  elif kind == "default":
+    builder = corpora.build(pydoc_corpus.pydoc_builder(data_dir(config)))
+  else:
+    builder = corpora.build(local_text.local_text_builder(argument, config.validation_fraction,
+                                                          data_dir(config)))
+  name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+  return {"dataset": f"{name}:{builder.version}",
+          "documents": {s: info.num_examples for s, info in sorted(builder.info.splits.items())},
+          "split": split}
+
+
 def _tfds_split_names(name: str, tfds_dir: str | None) -> list[str]:
   splits = list(tfds.builder(name, data_dir=tfds_dir).info.splits.keys())
   if not splits:  # not prepared yet: prepare it (as open_source would) and ask again

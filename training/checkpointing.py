@@ -1,33 +1,50 @@
 """Orbax checkpoints of the train state and the data-iterator state: saving, verifying, restoring.
 
-WORKDIR/checkpoints/N/ holds `state` (params, optimizer state, step counters) and `data` (the
-Grain iterator state of each process), plus pretrax_manifest.json: size and CRC32 of every file,
-written once the save is complete, checked before the checkpoint is read. The rest of a run
-directory is described in training/run_dir.py.
+WORKDIR/checkpoints/N/ holds `state` (params, optimizer state, step counters), `data` (the Grain
+iterator state of each process) and `fingerprint` (what that data position refers to: the data
+settings, the corpus as built, the tokenizer), plus pretrax_manifest.json: size and CRC32 of
+every file, written as soon as the save is committed, checked before the checkpoint is read.
+
+On resume a checkpoint is one of three things. Verified (its manifest matches): used; if it then
+does not fit the run, that is a configuration error and nothing is moved. Corrupt (its manifest
+disagrees): reported, moved to checkpoints_corrupt/, and the previous one is tried. Unverified (no
+manifest: the process died between the commit and the manifest): never trusted silently; an older
+verified checkpoint is preferred, and the unverified ones after it are moved to
+checkpoints_unverified/. The rest of a run directory is described in training/run_dir.py.
 """
 
+import dataclasses
 import json
 import logging
 import os
 import time
 import zlib
+from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 from pretrax.data import files
+from pretrax.data.errors import InputError
 from pretrax.training import distributed
-from pretrax.training.config import CheckpointConfig
+from pretrax.training.config import CheckpointConfig, ConfigError
 
 
 log = logging.getLogger("pretrax")
 
 MANIFEST = "pretrax_manifest.json"
+CORRUPT = "checkpoints_corrupt"       # proven corrupt: the manifest disagrees
+UNVERIFIED = "checkpoints_unverified"  # no manifest, and not used
 
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint, or one could not be written; the message says which and what to do."""
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+  line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return line if len(line) <= limit else line[:limit] + " ..."
 
 
 def _digest(path: str) -> tuple[int, int]:
@@ -49,6 +66,10 @@ def write_manifest(step_dir: str) -> None:
   """Records size and CRC32 of every file of a complete checkpoint (atomically)."""
   manifest = {name: _digest(os.path.join(step_dir, name)) for name in _files(step_dir)}
   files.atomic_write_json(os.path.join(step_dir, MANIFEST), manifest)
+
+
+def has_manifest(step_dir: str) -> bool:
+  return os.path.exists(os.path.join(step_dir, MANIFEST))
 
 
 def verify_manifest(step_dir: str) -> str | None:
@@ -73,6 +94,29 @@ def verify_manifest(step_dir: str) -> str | None:
   return None
 
 
+def fingerprint_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """`KEY: saved X, now Y` for every entry of two data fingerprints that differs."""
+  changes = []
+  for key in sorted(set(saved) | set(current)):
+    old, new = saved.get(key, "(absent)"), current.get(key, "(absent)")
+    if isinstance(old, dict) and isinstance(new, dict):
+      changes += fingerprint_changes(old, new, f"{prefix}{key}.")
+    elif old != new:
+      changes.append(f"{prefix}{key}: saved {old!r}, now {new!r}")
+  return changes
+
+
+class DataChangedError(ConfigError):
+  """Resuming would apply a saved data position to different data."""
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  data_changes: list[str]  # non-empty when the data stream was restarted on changed data
+
+
 class Checkpointer:
   """Async, keep-N saves of {state, data iterator} under WORKDIR/checkpoints/STEP."""
 
@@ -82,6 +126,7 @@ class Checkpointer:
     self.config = config
     self.read_only = read_only
     self.manager = self._manager()
+    self._unmanifested = False  # a save was started whose manifest is not written yet
 
   def _manager(self) -> ocp.CheckpointManager:
     # Readers (eval, score, sample) never create, save or delete anything.
@@ -95,12 +140,20 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def write_manifests(self) -> None:
-    """Writes the manifest of every complete checkpoint that lacks one (process 0)."""
+    """Writes the manifest of every committed checkpoint that lacks one (process 0), unless a
+    save is still in progress (its checkpoint is not committed yet)."""
     if self.read_only or jax.process_index() != 0 or self.manager.is_saving_in_progress():
       return
     for step in self.manager.all_steps():
-      if not os.path.exists(os.path.join(self.step_dir(step), MANIFEST)):
-        write_manifest(self.step_dir(step))
+      step_dir = self.step_dir(step)
+      if os.path.isdir(step_dir) and not has_manifest(step_dir):
+        write_manifest(step_dir)
+    self._unmanifested = False
+
+  def poll(self) -> None:
+    """Called every step: the manifest of a save that has just been committed, at once."""
+    if self._unmanifested:
+      self.write_manifests()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -108,14 +161,20 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state, data_iterator=None) -> None:
+  def save(self, step: int, state, data_iterator=None, fingerprint: dict | None = None) -> None:
     """Starts an (async) save; an error of this or the previous save is a CheckpointError."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      if fingerprint is not None:
+        items["fingerprint"] = ocp.args.JsonSave(fingerprint)
     try:
-      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+      # Orbax waits for the previous save before starting this one anyway: wait here, so the
+      # previous checkpoint gets its manifest first.
+      self.manager.wait_until_finished()
       self.write_manifests()
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+      self._unmanifested = True
     except Exception as e:
       raise self._write_error(step, e) from e
 
@@ -127,42 +186,104 @@ class Checkpointer:
         f"{type(error).__name__}: {error}. Training stopped; earlier checkpoints are untouched "
         f"({kept}). Free disk space or fix the directory, then rerun the same command.")
 
-  def restore_latest(self, abstract_state, data_iterator=None):
-    """(step, state) of the newest checkpoint that verifies and loads, or (None, None) if there
-    is none at all. Corrupt ones are reported, moved to checkpoints_corrupt/ and skipped; if every
-    checkpoint is corrupt this is a CheckpointError, never a silent fresh start."""
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    problems = []
-    for step in steps:
-      problem = verify_manifest(self.step_dir(step))
+  def restore_latest(self, abstract_state, data_iterator=None, fingerprint: dict | None = None,
+                     restart_data: bool = False) -> Restored | None:
+    """The newest usable checkpoint (see the module docstring), restored; None if there is none
+    at all. The data iterator is restored in place unless `restart_data`, or the checkpoint has
+    no data position. If every checkpoint is corrupt this is a CheckpointError, never a silent
+    fresh start."""
+    problems, unverified = [], []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      step_dir = self.step_dir(step)
+      if not has_manifest(step_dir):
+        unverified.append(step)
+        continue
+      problem = verify_manifest(step_dir)
       if problem is None:
-        if data_iterator is not None:  # a usage error, not corruption: nothing is moved
-          data_dir = os.path.join(self.step_dir(step), "data")
-          distributed.check_data_process_count(data_dir)
-        try:
-          return step, self.restore(step, abstract_state, data_iterator)
-        except Exception as e:  # anything the reader trips over: this checkpoint is unusable
-          problem = f"{self.step_dir(step)}: cannot be read ({type(e).__name__}: {e})"
+        restored = self._restore_verified(step, abstract_state, data_iterator, fingerprint,
+                                          restart_data)
+        for newer in unverified:
+          self._report(f"checkpoint of step {newer} has no manifest (the run stopped before it "
+                       f"was verified); resuming from step {step}, the newest verified one, and "
+                       f"moving it to {UNVERIFIED}/")
+          self._set_aside(newer, UNVERIFIED)
+        return restored
       problems.append(f"step {step}: {problem}")
-      log.warning("checkpoint of step %d is corrupt: %s; falling back to an earlier one", step,
-                  problem)
-      print(f"WARNING: checkpoint of step {step} is corrupt: {problem}; falling back to an "
-            "earlier checkpoint", flush=True)
-      self._quarantine(step)
+      self._report(f"checkpoint of step {step} is corrupt: {problem}; falling back to an earlier "
+                   "checkpoint")
+      self._set_aside(step, CORRUPT)
+    for step in unverified:  # no verified checkpoint at all: the newest that loads, said loudly
+      self._report(f"checkpoint of step {step} has no manifest (the run stopped before it was "
+                   "verified): it cannot be checked for corruption; loading it unverified")
+      try:
+        return self._restore(step, abstract_state, data_iterator, fingerprint, restart_data)
+      except DataChangedError:
+        raise
+      except Exception as e:
+        problem = f"{self.step_dir(step)}: cannot be read ({type(e).__name__}: {_first_line(e)})"
+        problems.append(f"step {step}: {problem}")
+        self._report(f"unverified checkpoint of step {step} {problem}; moving it to "
+                     f"{UNVERIFIED}/")
+        self._set_aside(step, UNVERIFIED)
     if problems:
       raise CheckpointError(
           f"no usable checkpoint in {self.directory}: " + "; ".join(problems) +
-          ". Refusing to start a fresh run over an existing one: move the run directory away to "
-          "start over, or restore a good copy of a checkpoint.")
-    return None, None
+          ". Refusing to start a fresh run over an existing one: restore a good copy of a "
+          "checkpoint, or pass --restart to start over (the previous run's files are kept).")
+    return None
 
-  def _quarantine(self, step: int) -> None:
-    """Moves a corrupt checkpoint out of the manager's sight, keeping it for inspection."""
+  def _restore_verified(self, step, abstract_state, data_iterator, fingerprint, restart_data):
+    try:
+      return self._restore(step, abstract_state, data_iterator, fingerprint, restart_data)
+    except InputError:  # a data position that cannot apply here, named in the message
+      raise
+    except Exception as e:  # its bytes are as written: the run, not the checkpoint, differs
+      raise CheckpointError(
+          f"the checkpoint of step {step} is intact (it matches its manifest) but does not fit "
+          f"this run: {type(e).__name__}: {_first_line(e)}. Nothing was moved. A setting that "
+          "shapes the model, the optimizer state or the data pipeline differs from the run's "
+          f"({os.path.join(self.workdir, 'config.json')}): restore it, pass --restart_data if "
+          "only the data pipeline changed, or use another --workdir.") from e
+
+  def _restore(self, step, abstract_state, data_iterator, fingerprint, restart_data) -> Restored:
+    changes = []
+    if data_iterator is not None and os.path.isdir(os.path.join(self.step_dir(step), "data")):
+      saved = self.read_fingerprint(step)
+      if saved is not None and fingerprint is not None:
+        changes = fingerprint_changes(saved, json.loads(json.dumps(fingerprint)))
+      if restart_data:
+        data_iterator = None
+      elif changes:
+        raise DataChangedError(
+            f"the data differs from what the checkpoint of step {step} was reading: "
+            f"{'; '.join(changes)}. Resuming would apply its data position to other data. Pass "
+            "--restart_data to keep the model and optimizer state and start the new data from "
+            "its beginning, restore the setting or the files, or use another --workdir.")
+      else:
+        distributed.check_data_process_count(os.path.join(self.step_dir(step), "data"))
+    return Restored(step, self.restore(step, abstract_state, data_iterator), changes)
+
+  def read_fingerprint(self, step: int) -> dict | None:
+    """The data fingerprint saved with checkpoint `step`, or None (an older or imported one)."""
+    if not os.path.isdir(os.path.join(self.step_dir(step), "fingerprint")):
+      return None
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        fingerprint=ocp.args.JsonRestore()))
+    return restored["fingerprint"]
+
+  def _report(self, message: str) -> None:
+    log.warning("%s", message)
     if jax.process_index() == 0:
-      target = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt",
+      print(f"WARNING: {message}", flush=True)
+
+  def _set_aside(self, step: int, folder: str) -> None:
+    """Moves a checkpoint out of the manager's sight, keeping it for inspection."""
+    if jax.process_index() == 0:
+      target = os.path.join(os.path.dirname(self.directory), folder,
                             f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
       os.makedirs(os.path.dirname(target), exist_ok=True)
       os.replace(self.step_dir(step), target)
+    distributed.sync(f"pretrax checkpoint {step} set aside")
     self.manager.close()
     self.manager = self._manager()
 

@@ -129,6 +129,13 @@ def data_process_count(data_dir: str) -> int | None:
   return counts.pop() if counts else None
 
 
+def sync(name: str) -> None:
+  """A barrier of all processes (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def check_data_process_count(data_dir: str, process_count: int | None = None) -> None:
   """Raises ValueError when the checkpoint's data position was saved by a different number of
   processes than this run's (`process_count`, default jax.process_count()).

@@ -5,23 +5,32 @@ A run directory holds:
   tokenizer.model    (SentencePiece) or tokenizer.json (byte tokenizer)
   labels.json        fine-tuned classifiers: the class of each label id
   checkpoints/N/     see training/checkpointing.py
-  checkpoints_corrupt/N/  checkpoints found corrupt, moved aside (never deleted)
+  checkpoints_corrupt/N-TIME/     checkpoints proven corrupt, moved aside (never deleted)
+  checkpoints_unverified/N-TIME/  checkpoints without a manifest that were not used, moved aside
   metrics.jsonl      one JSON object per log step
+  previous_runs/TIME/  what `train --restart` set aside: a complete run directory of its own
   .lock              held by the run training in this directory
+
+A run directory that has ever trained is resumed or refused, never silently started over.
 """
 
 import fcntl
+import json
 import os
+import shutil
 import socket
 import time
 
 import jax
 
 from pretrax.data import sources, tokenizers
-from pretrax.training import config as config_lib
+from pretrax.training import config as config_lib, distributed
 from pretrax.training.config import Config, ConfigError
 
 CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SET_ASIDE = ("checkpoints_corrupt", "checkpoints_unverified")
+PREVIOUS_RUNS = "previous_runs"
 TOKENIZER_TRAIN_DOCUMENTS = 200_000  # documents read to train a tokenizer when data.tokenizer=train
 
 
@@ -103,17 +112,117 @@ def has_tokenizer(workdir: str) -> bool:
              for f in (tokenizers.MODEL_FILENAME, tokenizers.JSON_FILENAME))
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints in WORKDIR/checkpoints (a save in progress has a
+  temporary name until it is committed)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def history(workdir: str) -> list[str]:
+  """What shows that `workdir` has trained before: metrics, checkpoints, checkpoints set aside."""
+  found = []
+  path = os.path.join(workdir, METRICS)
+  if os.path.isfile(path) and os.path.getsize(path):
+    steps = []
+    with open(path) as f:
+      for line in f:
+        try:
+          steps.append(int(json.loads(line).get("step", 0)))
+        except (ValueError, AttributeError):
+          continue
+    found.append(f"{METRICS} up to step {max(steps, default=0)}")
+  steps = checkpoint_steps(workdir)
+  if steps:
+    found.append(f"checkpoints of steps {', '.join(map(str, steps))}")
+  for name in SET_ASIDE:
+    directory = os.path.join(workdir, name)
+    if os.path.isdir(directory) and os.listdir(directory):
+      found.append(f"{len(os.listdir(directory))} checkpoint(s) in {name}/")
+  return found
+
+
+def check_resumable(workdir: str) -> None:
+  """Refuses a workdir that has trained before but holds no checkpoint to resume from: starting
+  over from step 0 takes `--restart`."""
+  if checkpoint_steps(workdir):
+    return
+  found = history(workdir)
+  if found:
+    raise RunDirError(
+        f"{workdir} has trained before ({'; '.join(found)}) but holds no checkpoint to resume "
+        "from. Refusing to start over from step 0 silently: pass --restart to start a new run "
+        f"there (the previous run's files are moved to {os.path.join(workdir, PREVIOUS_RUNS)}/, "
+        "not deleted), or use another --workdir.")
+
+
+def set_aside_previous_run(workdir: str) -> str | None:
+  """`train --restart`: moves the previous run's files into WORKDIR/previous_runs/TIME/ (itself a
+  run directory eval can read) and returns that path; None if there was nothing to move."""
+  names = [CONFIG, METRICS, "checkpoints", *SET_ASIDE, tokenizers.MODEL_FILENAME,
+           tokenizers.JSON_FILENAME, "labels.json"]
+  present = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  target = None
+  if jax.process_index() == 0 and present:
+    target = os.path.join(workdir, PREVIOUS_RUNS, time.strftime("%Y%m%d-%H%M%S"))
+    while os.path.exists(target):
+      target += "_"
+    os.makedirs(target)
+    for name in present:
+      shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+  distributed.sync("pretrax previous run set aside")
+  return target
+
+
+def _tokenizer_change(config: Config, saved: Config | None,
+                      own: tokenizers.Tokenizer) -> str | None:
+  """None if config.data.tokenizer names `own` (the workdir's tokenizer), else what it names."""
+  data = config.data
+  if data.tokenizer == "train":  # the workdir's, if it was trained with these settings
+    settings = ("tokenizer", "tokenizer_vocab_size", "tokenizer_model_type")
+    if saved is not None and all(getattr(saved.data, k) == getattr(data, k) for k in settings):
+      return None
+    return (f"a newly trained one (data.tokenizer=train, vocab {data.tokenizer_vocab_size}, "
+            f"{data.tokenizer_model_type})")
+  wanted = tokenizers.load_tokenizer(data.tokenizer)
+  if wanted.describe() == own.describe():
+    return None
+  return f"{data.tokenizer!r} ({_describe(wanted)})"
+
+
+def _describe(tokenizer: tokenizers.Tokenizer) -> str:
+  if tokenizer.kind == "byte":
+    return "bytes"
+  return (f"SentencePiece, vocab {tokenizer.vocab_size}, sha256 "
+          f"{tokenizer.describe()['sha256'][:12]}")
 
 
 def prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
-  """The run's tokenizer: the workdir's own when resuming, else the configured one, copied in
-  (config.data.tokenizer=train: trained on the training split by process 0 first)."""
+  """The run's tokenizer: the one config.data.tokenizer names (data.tokenizer=train: trained on
+  the training split by process 0 first), copied into the workdir.
+
+  A workdir with checkpoints keeps its tokenizer, and a config naming a different one is refused;
+  before any checkpoint exists, the configured one replaces whatever the workdir holds.
+  """
   if has_tokenizer(workdir):
-    return tokenizers.load_from_directory(workdir)
+    own = tokenizers.load_from_directory(workdir)
+    change = _tokenizer_change(config, saved_config(workdir), own)
+    if change is None:
+      return own
+    if checkpoint_steps(workdir):
+      same = "byte" if own.kind == "byte" else os.path.join(workdir, tokenizers.MODEL_FILENAME)
+      raise ConfigError(
+          f"config.data.tokenizer: {workdir} was trained with its own tokenizer ({_describe(own)})"
+          f", and this config names {change}. Its checkpoints work only with the tokenizer they "
+          f"were trained with: set --config.data.tokenizer={same}, or start a new run with "
+          "another --workdir (or --restart).")
+    if jax.process_index() == 0:  # no checkpoint yet: the configured one replaces it
+      for name in (tokenizers.MODEL_FILENAME, tokenizers.JSON_FILENAME):
+        if os.path.exists(os.path.join(workdir, name)):
+          os.remove(os.path.join(workdir, name))
+    distributed.sync("pretrax old tokenizer removed")
   spec = config.data.tokenizer
   if spec == "train":
     if jax.process_index() == 0:
@@ -127,7 +236,7 @@ def prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
       vocab = os.path.join(workdir, "tokenizer.vocab")
       if os.path.exists(vocab):
         os.remove(vocab)
-    _sync("pretrax tokenizer trained")
+    distributed.sync("pretrax tokenizer trained")
     return tokenizers.load_from_directory(workdir)
   tokenizer = tokenizers.load_tokenizer(spec)
   if jax.process_index() == 0:
@@ -146,11 +255,49 @@ def resolve_vocab(config: Config, tokenizer: tokenizers.Tokenizer) -> Config:
   return config
 
 
-def check_same_model(saved: Config, config: Config, workdir: str) -> None:
-  """Refuses to resume `workdir` with a model config other than the one it was started with."""
-  differing = [f"model.{k}: saved {v!r}, requested {getattr(config.model, k)!r}"
-               for k, v in config_lib.to_dict(saved)["model"].items()
-               if getattr(config.model, k) != v]
-  if differing:
-    raise ConfigError(f"{workdir} holds a run with a different model; refusing to resume it "
-                      f"with this config ({'; '.join(differing)}). Use a new --workdir.")
+# Settings that may change when a run is resumed: how long it runs and the learning-rate
+# schedule over that length, the cadence of logs, evals and checkpoints, the mesh, and paths to
+# the same computation (attention kernels, rematerialization, scanning, gradient accumulation,
+# loss chunking, compute dtype). Everything else shapes the parameters or the optimizer state,
+# or changes what training computes, and is refused; the data pipeline is checked against the
+# checkpoint's data fingerprint (training/checkpointing.py).
+RESUMABLE_CHANGES = frozenset({
+    "train.steps", "train.log_every", "train.eval_every", "train.eval_steps", "train.peak_flops",
+    "train.compile_cache_dir", "train.nonfinite", "train.max_nonfinite_skips",
+    "train.grad_accum_steps", "train.loss_chunk_size",
+    "optimizer.learning_rate", "optimizer.warmup_steps", "optimizer.decay",
+    "optimizer.min_lr_ratio",
+    "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.axis_rules",
+    "model.attention_impl", "model.attention_block", "model.remat", "model.scan_layers",
+    "model.dtype",
+    "finetune.init",  # read at the start only; a resumed run restores its own weights
+})
+DATA_POSITION_FIELDS = ("train.batch_size", "train.seed")  # and data.*: in the data fingerprint
+
+
+def _flat(config: Config) -> dict:
+  return {f"{section}.{key}": value for section, fields in config_lib.to_dict(config).items()
+          for key, value in fields.items()}
+
+
+def check_resume_config(saved: Config, config: Config, workdir: str) -> list[str]:
+  """Refuses to resume `workdir` with settings its checkpoints cannot continue under, naming
+  each; returns the allowed changes ("train.steps: 6 -> 8") for the log."""
+  old, new = _flat(saved), _flat(config)
+  allowed, refused = [], []
+  for key in old:
+    if key.startswith("data.") or key in DATA_POSITION_FIELDS or old[key] == new[key]:
+      continue
+    if key in RESUMABLE_CHANGES:
+      allowed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    else:
+      refused.append(f"{key}: saved {old[key]!r}, requested {new[key]!r}")
+  if refused:
+    raise ConfigError(
+        f"{workdir} holds a run made with other settings; refusing to resume it with "
+        f"{'; '.join(refused)}. These shape the model or the optimizer state, or change what "
+        "training computes, so its checkpoints cannot continue under them: restore them, or "
+        "start a new run with another --workdir (or --restart to set this one aside). What may "
+        "change on resume is listed in README (Guarantees: resuming).")
+  return allowed

@@ -46,7 +46,10 @@ def evaluate(eval_step, params, eval_data, batch_sharding, task: Task) -> dict[s
 class StopRequest:
   """Turns SIGTERM / SIGINT into a request to checkpoint and exit at the end of the current step.
 
-  A second SIGINT interrupts at once (KeyboardInterrupt).
+  A second SIGINT ends the process at once, even while XLA compiles or a step runs (when Python
+  signal handlers cannot run): the C-level handler writes every signal to a wake-up pipe, and a
+  watcher thread exits on the second SIGINT. Checkpoints are committed atomically, so the last
+  complete one is what the next run resumes from.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -54,21 +57,42 @@ class StopRequest:
   def __init__(self):
     self.signal_name = None
     self._previous = {}
+    self._wakeup = None
 
   def _handle(self, signum, frame):
-    if self.signal_name and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+
+  def _watch(self, read_fd: int) -> None:
+    interrupts = 0
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+      while data := pipe.read(64):  # b"" once __exit__ closes the write end
+        interrupts += data.count(bytes([signal.SIGINT]))
+        if interrupts >= 2:
+          os.write(2, b"\npretrax: interrupted by a second SIGINT; the last complete checkpoint "
+                      b"is kept: run the same command again to resume from it\n")
+          os._exit(130)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
+      read_fd, write_fd = os.pipe()
+      os.set_blocking(write_fd, False)
+      previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+      self._wakeup = (read_fd, write_fd, previous_fd)
+      threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                       name="pretrax-sigint").start()
     return self
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    if self._wakeup is not None:
+      read_fd, write_fd, previous_fd = self._wakeup
+      signal.set_wakeup_fd(previous_fd)
+      os.close(write_fd)  # the watcher reads end-of-file and returns; it owns read_fd
+      self._wakeup = None
 
   def requested(self, step: int, every: int) -> bool:
     if jax.process_count() > 1:  # all processes must stop at the same step: agree every few steps
@@ -138,7 +162,8 @@ def build_train_setup(task: Task, mesh) -> TrainSetup:
 
 
 def train(config: Config, workdir: str, *, stop_after: int | None = None, devices=None,
-          print_sharding: bool = False, restart_data: bool = False) -> dict:
+          print_sharding: bool = False, restart_data: bool = False,
+          restart: bool = False) -> dict:
   """Trains (or resumes) the run in `workdir` on its task (config.finetune.task, else
   config.data.objective); returns the last logged metrics.
 
@@ -146,13 +171,27 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
   been stopped there; the schedule still spans config.train.steps, so a later call resumes the
   very same run. `devices` (default: all) are the devices the mesh is built from.
   `print_sharding` prints every parameter's placement and the per-device memory, then returns.
-  `restart_data` restores model and optimizer state but starts the data stream over (needed to
-  resume with a different number of processes).
+  `restart_data` restores model and optimizer state but starts the data stream over (to resume
+  with a different number of processes, or on changed data). `restart` sets a previous run in
+  `workdir` aside (WORKDIR/previous_runs/) and starts a new one; without it a workdir that has
+  trained is resumed or refused, never started over.
   """
   tasks_lib.task_class(config).check_config(config)  # before the workdir is touched
   run_dir.check_writable(workdir)
   with run_dir.WorkdirLock(workdir), StopRequest() as stop:
+    if restart and not print_sharding:
+      moved = run_dir.set_aside_previous_run(workdir)
+      if moved and jax.process_index() == 0:
+        print(f"pretrax: --restart: the previous run in {workdir} was moved to {moved}",
+              flush=True)
+    else:
+      run_dir.check_resumable(workdir)
+    saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
     task = tasks_lib.open_task(config, workdir)
+    if saved is not None:
+      changed = run_dir.check_resume_config(saved, task.config, workdir)
+      if changed and jax.process_index() == 0:
+        print(f"pretrax: resuming with changed settings: {'; '.join(changed)}", flush=True)
     return _train(task, stop, stop_after, devices, print_sharding, restart_data)
 
 
@@ -190,16 +229,26 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
                                            setup.abstract_params),
                             setup.state_sharding)
     data_iter = task.train_batches()
+    fingerprint = task.data_fingerprint()
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
-    start, state = checkpointer.restore_latest(abstract, None if restart_data else data_iter)
-    if start is not None:
+    restored = checkpointer.restore_latest(abstract, data_iter, fingerprint, restart_data)
+    if restored is not None:
+      start, state = restored.step, restored.state
       if writer.enabled:
         metrics_lib.truncate_after(writer.path, start)
       print(f"Resumed from {checkpointer.directory}/{start}", flush=True)
+      if restart_data:
+        why = "; ".join(restored.data_changes) or "--restart_data"
+        if jax.process_index() == 0:
+          print(f"pretrax: --restart_data: the data stream starts over at step {start} ({why})",
+                flush=True)
+        writer.write({"step": start, "event": "data_restarted", "data_changes":
+                      restored.data_changes})
     else:
       state = setup.init_state()
       start = 0
+    run_dir.write_config(config, workdir)  # the settings the run now continues under
 
     n_params = metrics_lib.num_params(setup.abstract_params)
     flops_token = task.flops_per_token(n_params)
@@ -228,6 +277,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
         state, step_metrics = setup.p_train_step(state, batch)
         step += 1
         bar.update(1)
+        checkpointer.poll()  # the manifest of a checkpoint just committed
         if step == start + 1:  # keep compilation out of the throughput figures
           jax.block_until_ready(state)
           tick, tick_step = time.perf_counter(), step
@@ -260,12 +310,12 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
           tick, tick_step = time.perf_counter(), step
 
         if step % config.checkpoint.every == 0 or step == end:
-          checkpointer.save(step, state, data_iter)
+          checkpointer.save(step, state, data_iter, fingerprint)
           saved_step = step
 
         if stop.requested(step, tc.log_every):
           if saved_step != step:
-            checkpointer.save(step, state, data_iter)
+            checkpointer.save(step, state, data_iter, fingerprint)
           checkpointer.close()
           bar.close()
           print(f"pretrax: received {stop.signal_name or 'a stop request'} at step {step}: "

@@ -37,9 +37,25 @@ def test_signal_checkpoints_the_current_step_and_resume_is_exact(request, tmp_pa
   assert_equal_runs(reference, workdir)
 
 
+def _damage_newest_checkpoint(workdir) -> int:
+  """Overwrites 4 KB in the middle of the largest file of the newest committed checkpoint."""
+  directory = os.path.join(workdir, "checkpoints")
+  step = max(int(n) for n in os.listdir(directory) if n.isdigit())
+  files = [os.path.join(root, n) for root, _, names in os.walk(os.path.join(directory, str(step)))
+           for n in names if n != "pretrax_manifest.json"]
+  victim = max(files, key=os.path.getsize)
+  size = os.path.getsize(victim)
+  with open(victim, "r+b") as f:
+    f.seek(max(0, size // 2 - 2048))
+    f.write(os.urandom(min(4096, size)))
+  return step
+
+
 @pytest.mark.slow
 def test_five_sigkills_at_random_moments_lose_nothing(any_runner, tmp_path, assert_equal_runs):
-  """Checkpoints every step, async: most kills land while one is being written."""
+  """Checkpoints every step, async: most kills land while one is being written. After each kill
+  the newest complete checkpoint is damaged too: the resume detects it (a manifest that
+  disagrees, or none yet), says so, falls back, and the run still ends bit-identical."""
   runner = any_runner
   steps = ["--config.train.steps=60", "--config.checkpoint.every=1", "--config.checkpoint.keep=2"]
   reference = str(tmp_path / "reference")
@@ -47,7 +63,7 @@ def test_five_sigkills_at_random_moments_lose_nothing(any_runner, tmp_path, asse
 
   workdir = str(tmp_path / "killed")
   rng = random.Random(0)
-  resumed_from = []
+  resumed_from, damaged = [], None
   for kill in range(5):
     proc = runner.start(workdir, *steps)
     runner.wait_for_progress(workdir, proc, 3)
@@ -57,8 +73,18 @@ def test_five_sigkills_at_random_moments_lose_nothing(any_runner, tmp_path, asse
     for line in out.splitlines():
       if line.startswith("Resumed from"):
         resumed_from.append(int(line.rsplit("/", 1)[1]))
+    if damaged is not None:  # the run before this one resumed past the damage, and said so
+      assert (f"checkpoint of step {damaged} is corrupt" in out or
+              f"checkpoint of step {damaged} has no manifest" in out), out[-3000:]
+      assert resumed_from[-1] < damaged
+    damaged = _damage_newest_checkpoint(workdir)
   final = runner.run(workdir, *steps)
   assert final.returncode == 0, final.stderr[-2000:]
-  assert "corrupt" not in final.stdout + final.stderr  # a partial checkpoint is never read
+  assert (f"checkpoint of step {damaged} is corrupt" in final.stdout or
+          f"checkpoint of step {damaged} has no manifest" in final.stdout)
   assert len(resumed_from) == 4 and resumed_from == sorted(resumed_from)
+  set_aside = [n for d in ("checkpoints_corrupt", "checkpoints_unverified")
+               if os.path.isdir(os.path.join(workdir, d))
+               for n in os.listdir(os.path.join(workdir, d))]
+  assert len(set_aside) == 5  # every damaged checkpoint kept for inspection, none trusted
   assert_equal_runs(reference, workdir)

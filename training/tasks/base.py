@@ -58,7 +58,8 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def open(cls, config: Config, workdir: str) -> "Task":
     """Resolves `config` for `workdir` (new, or a run to resume), writes the run's own files
-    (config.json, tokenizer, ...) on process 0, and returns the task."""
+    (tokenizer, ...) on process 0, and returns the task. The trainer writes config.json once
+    the run has started (or resumed) under it."""
 
   # ------------------------------------------------------------------------------------------
   # The model.
@@ -87,6 +88,18 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def train_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """An endless, checkpointable (grain.DatasetIterator) iterator of training batches."""
+
+  def data_fingerprint(self) -> dict:
+    """What the saved data position means something for: the data settings (not where corpora
+    are cached), the batch size and seed, and the tokenizer. Saved with every checkpoint; a run
+    resumed on a different one is refused unless it restarts its data (trainer). Tasks add the
+    identity of their corpus."""
+    data = {k: v for k, v in config_lib.to_dict(self.config.data).items()
+            if k not in ("data_dir", "tokenizer", "eval", "eval_split")}
+    return {**{f"data.{k}": v for k, v in data.items()},
+            "train.batch_size": self.config.train.batch_size,
+            "train.seed": self.config.train.seed,
+            "tokenizer": self.tokenizer.describe()}
 
   @abc.abstractmethod
   def eval_batches(self, max_batches: int | None) -> Iterable[dict[str, np.ndarray]] | None:

@@ -19,6 +19,7 @@ Eval metrics: accuracy, macro_f1, loss (the classifier's), lm_loss (GPT), exampl
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -173,7 +174,7 @@ class Classification(Task):
     config.finetune.init = init.workdir
     config_lib.validate(config)
 
-    saved = run_dir.saved_config(workdir)
+    saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
     if saved is not None and (saved.finetune.task != "classify" or saved.model != config.model):
       raise ConfigError(f"{workdir} holds a different run (finetune.task={saved.finetune.task!r},"
                         f" model family {saved.model.family!r}) than a classifier over --init="
@@ -215,8 +216,15 @@ class Classification(Task):
       eval_arrays = encode(config, tokenizer, examples, labels, known_from)
     if jax.process_index() == 0:
       files.atomic_write_json(labels_path, {"labels": labels})
-    run_dir.write_config(config, workdir)
     return cls(config, tokenizer, workdir, init, labels, train_arrays, eval_arrays)
+
+  def data_fingerprint(self) -> dict:
+    digest = hashlib.sha256()
+    for name in sorted(self.train_arrays):
+      digest.update(name.encode() + np.ascontiguousarray(self.train_arrays[name]).tobytes())
+    return {**super().data_fingerprint(), "labels": list(self.labels),
+            "train examples": len(self.train_arrays["label"]),
+            "train examples sha256": digest.hexdigest()}
 
   @property
   def terms(self):

@@ -16,12 +16,7 @@ class PretrainingTask(Task):
   @classmethod
   def open(cls, config: Config, workdir: str) -> "PretrainingTask":
     tokenizer = run_dir.prepare_tokenizer(config, workdir)
-    config = run_dir.resolve_vocab(config, tokenizer)
-    saved = run_dir.saved_config(workdir)
-    if saved is not None:
-      run_dir.check_same_model(saved, config, workdir)
-    run_dir.write_config(config, workdir)
-    return cls(config, tokenizer, workdir)
+    return cls(run_dir.resolve_vocab(config, tokenizer), tokenizer, workdir)
 
   def build_model(self, seed: int) -> nnx.Module:
     return models.build_model(self.config.model, seed)
@@ -30,6 +25,10 @@ class PretrainingTask(Task):
     return dict(config=self.config.data, tokenizer=self.tokenizer, split=split,
                 global_batch_size=self.config.train.batch_size, seed=self.config.train.seed,
                 process_index=jax.process_index(), process_count=jax.process_count(), **kwargs)
+
+  def data_fingerprint(self) -> dict:
+    return {**super().data_fingerprint(),
+            "corpus": sources.describe_corpus(self.config.data, self.config.data.train_split)}
 
   def train_batches(self):
     return iter(batches.pretraining_batches(**self._batches(
