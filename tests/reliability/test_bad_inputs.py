@@ -24,6 +24,17 @@ def _train(tmp_path, tiny_args, *args, source=None, name="run"):
     (["--config.model.vocab_size=128"], "config.model.vocab_size=128 is smaller than the tokenizer's vocabulary (263)"),
     (["--config.mesh.data=3"], "config.mesh: data*fsdp*tensor = 3*1*1 = 3, but there are 8 devices"),
     (["--config.mesh.tensor=4", "--config.mesh.data=2"], "is not divisible by mesh axes ('tensor',)"),
+    (["--config.optimizer.learning_rate=nan"], "config.optimizer.learning_rate=nan is not a finite number"),
+    (["--config.train.peak_flops=inf"], "config.train.peak_flops=inf is not a finite number"),
+    (["--config.model.dropout=-inf"], "config.model.dropout=-inf is not a finite number"),
+    (["--config.finetune.lm_weight=nan"], "config.finetune.lm_weight=nan is not a finite number"),
+    (["--config.optimizer.b2=1"], "config.optimizer.b2 must be in [0, 1), got 1.0"),
+    (["--config.optimizer.eps=0"], "config.optimizer.eps must be > 0, got 0.0"),
+    (["--config.optimizer.weight_decay=-0.1"], "config.optimizer.weight_decay must be >= 0, got -0.1"),
+    (["--config.optimizer.grad_clip=-1"], "config.optimizer.grad_clip must be >= 0, got -1.0"),
+    (["--config.train.eval_every=-5"], "config.train.eval_every must be >= 0, got -5"),
+    (["--config.finetune.lm_weight=-1"], "config.finetune.lm_weight must be >= 0, got -1.0"),
+    (["--config.model.rope_theta=0"], "config.model.rope_theta must be > 0, got 0.0"),
 ])
 def test_bad_config_is_a_clear_error_before_compute(tmp_path, tiny_args, capsys, args, message):
   code, workdir = _train(tmp_path, tiny_args, *args)
