@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import re
 import subprocess
 import sys
@@ -237,6 +238,23 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
     config = _text_config(path, tmp_path)
     assert _all(sources.open_source(config, "validation")) == ["plain"]
   assert sum("latin.txt" in m for m in caplog.messages) == 1  # once per build, not per pass
+
+
+def test_a_file_that_is_mostly_not_text_is_refused(tmp_path, caplog):
+  # 22% of the characters invalid: still text in the wrong encoding, a warning.
+  warned = _write(tmp_path / "accents.txt", b"\n\n".join(b"d\xe9j\xe0 vu" for _ in range(50)))
+  with caplog.at_level(logging.WARNING, logger="pretrax.data"):
+    assert len(list(local_text.read_local_documents(warned))) == 50
+  assert any("accents.txt: 100 characters were not valid" in m for m in caplog.messages)
+  # 30%: refused, naming the file, also inside a directory and with NUL bytes counted.
+  _write(tmp_path / "d" / "a.txt", "fine text")
+  _write(tmp_path / "d" / "b.txt", b"\x00\xff\x00" + b"abcdefg")
+  with pytest.raises(ValueError, match=r"d/b\.txt: 30% of its characters are not valid UTF-8"):
+    list(local_text.read_local_documents(str(tmp_path / "d")))
+  # A big file is judged on its first MiB too: binary there, text after, is refused.
+  big = _write(tmp_path / "big.txt", random.Random(0).randbytes(1 << 20) + b"plain words\n\n" * 400_000)
+  with pytest.raises(ValueError, match=r"big\.txt: 4\d% of its characters"):
+    list(local_text.read_local_documents(big))
 
 
 _RACER = """
