@@ -7,6 +7,7 @@ import jax
 from flax import nnx
 
 from pretrax.data import tokenizers
+from pretrax.data.errors import InputError
 from pretrax.training import checkpointing, run_dir, tasks
 from pretrax.training.config import Config, ConfigError
 
@@ -45,6 +46,8 @@ def _usable_step(checkpointer: checkpointing.Checkpointer, workdir: str, step: i
 def load_run(workdir: str, step: int | None = None) -> Run:
   """Loads config, tokenizer and the parameters of checkpoint `step` (default: latest), on one
   device."""
+  if step is not None and step < 0:
+    raise InputError(f"--step={step}: a checkpoint's step is >= 0 (omit it for the latest)")
   config = run_dir.read_config(workdir)
   tokenizer = tokenizers.load_from_directory(workdir)
   task = tasks.task_class(config)(config, tokenizer, workdir)

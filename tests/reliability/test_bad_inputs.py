@@ -96,6 +96,29 @@ def test_a_corpus_smaller_than_one_batch_is_repeated(tmp_path, tiny_args):
   assert code == 0 and (workdir / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["sample", "--max_new_tokens=-5"], "--max_new_tokens=-5: must be at least 1"),
+    (["sample", "--max_new_tokens=0"], "--max_new_tokens=0: must be at least 1"),
+    (["sample", "--temperature=-1"], "--temperature=-1.0: must be a finite number >= 0"),
+    (["sample", "--temperature=nan"], "--temperature=nan: must be a finite number >= 0"),
+    (["sample", "--top_k=-1"], "--top_k=-1: must be >= 0"),
+    (["sample", "--top_p=0"], "--top_p=0.0: must be in (0, 1]"),
+    (["sample", "--top_p=1.5"], "--top_p=1.5: must be in (0, 1]"),
+    (["sample", "--step=-1"], "--step=-1: a checkpoint's step is >= 0"),
+    (["eval", "--batches=-2"], "--batches=-2: must be >= 0"),
+    (["eval", "--step=-3"], "--step=-3: a checkpoint's step is >= 0"),
+    (["score", "--text=/dev/null", "--step=-1"], "--step=-1: a checkpoint's step is >= 0"),
+])
+def test_bad_reader_flags_are_one_line_errors_naming_the_flag(tmp_path, capsys, monkeypatch,
+                                                               args, message):
+  monkeypatch.setenv("PRETRAX_TRACEBACK", "")
+  # Checked before the run is read: an empty --workdir shows the flag is what is refused.
+  code = cli.main([*args[:1], f"--workdir={tmp_path}", *args[1:]])
+  err = capsys.readouterr().err
+  assert code == 2 and f"pretrax: error: {message}" in err, err
+  assert "Traceback" not in err
+
+
 def test_input_errors_are_one_line_and_internal_errors_keep_their_traceback(tmp_path, capsys,
                                                                             monkeypatch):
   from pretrax.data.errors import InputError
