@@ -291,6 +291,45 @@ def test_concurrent_builds_build_once(tmp_path):
   assert len([d for d in os.listdir(variants) if not d.startswith(".")]) == 1
 
 
+_STALLED = """
+import os, sys, time
+from pretrax.data import corpora, local_text
+paths, data_dir, stalled = sys.argv[1:]
+generate = local_text.LocalText._generate_examples
+
+def generate_then_stall(self, start, stop):
+  yield from generate(self, start, stop)
+  open(stalled, "w").close()  # mid-build: TFDS has written into its incomplete.* directory
+  time.sleep(600)
+
+local_text.LocalText._generate_examples = generate_then_stall
+corpora.build(local_text.local_text_builder(paths, 0.1, data_dir))
+"""
+
+
+def test_a_build_killed_midway_leaves_nothing_behind_the_next(tmp_path, caplog):
+  path = _write(tmp_path / "corpus.txt", "\n\n".join(f"document number {i}" for i in range(100)))
+  data_dir, stalled = str(tmp_path / "tfds"), str(tmp_path / "stalled")
+  build = subprocess.Popen([sys.executable, "-c", _STALLED, path, data_dir, stalled],
+                           stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not os.path.exists(stalled):
+    assert time.time() < deadline and build.poll() is None, build.communicate()
+    time.sleep(0.01)
+  build.kill()  # SIGKILL: no clean-up runs
+  build.wait()
+  builder = local_text.local_text_builder(path, 0.1, data_dir)
+  variant = os.path.dirname(builder.data_path)
+  left = [d for d in os.listdir(variant) if d.startswith("incomplete.")]
+  assert len(left) == 1 and re.fullmatch(r"incomplete\.[A-Z0-9]{6}_1\.0\.0", left[0]), left
+
+  with caplog.at_level(logging.INFO, logger="pretrax.data"):
+    built = corpora.build(builder)
+  assert os.listdir(variant) == ["1.0.0"]
+  assert any(left[0] in m and "interrupted build" in m for m in caplog.messages)
+  assert len(built.as_data_source(split="train")) + len(built.as_data_source(split="validation")) == 100
+
+
 # --------------------------------------------------------------------------------------------
 # TFDS datasets.
 
