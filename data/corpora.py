@@ -8,9 +8,11 @@ when processes race.
 """
 
 import contextlib
+import glob
 import io
 import logging
 import os
+import shutil
 import time
 
 import tensorflow_datasets as tfds
@@ -36,14 +38,16 @@ def text_features() -> tfds.features.FeaturesDict:
 
 @contextlib.contextmanager
 def _build_lock(builder: tfds.core.DatasetBuilder):
-  """An exclusive file lock per dataset variant, so concurrent processes build it once."""
+  """An exclusive file lock per dataset variant, so concurrent processes build it once.
+
+  Yields whether the lock is held (False where there is none: not POSIX, or a remote dir)."""
   data_dir = os.fspath(builder.data_dir_root)
   try:
     import fcntl
   except ImportError:  # not POSIX: rely on TFDS's write-then-rename
     fcntl = None
   if fcntl is None or "://" in data_dir:
-    yield
+    yield False
     return
   lock_dir = os.path.join(data_dir, builder.name)
   os.makedirs(lock_dir, exist_ok=True)
@@ -51,9 +55,21 @@ def _build_lock(builder: tfds.core.DatasetBuilder):
   with open(os.path.join(lock_dir, f".{config}-{builder.version}.lock"), "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      yield
+      yield True
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_interrupted_builds(builder) -> None:
+  """Deletes what killed builds of `builder`'s variant left. TFDS writes a build into
+  DATA_DIR/NAME/CONFIG/incomplete.XXXXXX_VERSION/ and renames it to VERSION when done. Call
+  only under the variant's build lock: every live build of it holds that lock, so none of
+  these directories is in use."""
+  parent = os.fspath(builder.data_path.parent)
+  pattern = f"{tfds.core.constants.INCOMPLETE_PREFIX}*_{builder.version}"
+  for path in sorted(glob.glob(os.path.join(glob.escape(parent), pattern))):
+    log.info("Removing %s, left by an interrupted build of %s", path, builder.info.full_name)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _reopen(builder):
@@ -75,9 +91,11 @@ def build(builder):
   """
   if is_built(builder):
     return builder
-  with _build_lock(builder):
+  with _build_lock(builder) as locked:
     if is_built(builder):  # another process built it while we waited
       return _reopen(builder)
+    if locked:
+      _remove_interrupted_builds(builder)
     tfds.disable_progress_bar()
     log.info("Building %s into %s (once per data dir)", builder.info.full_name, builder.data_path)
     start = time.perf_counter()

@@ -9,7 +9,8 @@ The rules:
   * A directory is walked recursively in sorted order, skipping hidden entries: each `.txt` file
     is ONE document and each `.jsonl` record is one document; other files are ignored.
   * Text is decoded as UTF-8. Invalid bytes become U+FFFD and a warning names the file and how
-    many characters were replaced. Line endings become "\\n".
+    many characters were replaced; a file whose characters are more than MAX_NOT_TEXT (25%)
+    replaced or NUL is an error (a binary file). Line endings become "\\n".
   * Empty (whitespace-only) documents are dropped. Paragraphs and whole-file documents lose their
     leading blank lines and trailing whitespace; JSONL text is kept as is.
   * The LAST `validation_fraction` of the documents, in the order above, is the `validation`
@@ -89,12 +90,22 @@ def _local_files(paths: str | list[str]) -> list[tuple[str, str, str]]:
   return files
 
 
+# A file with more than this share of characters replaced (invalid UTF-8) or NUL is refused as
+# not text. Latin-script text saved in a legacy 8-bit encoding (Latin-1, cp1250) loses only its
+# accented letters, a few percent of the characters, rarely over 10%, and is only warned about;
+# binary data is far above (random bytes 44%, executables over 50%, UTF-16 text 50% NUL).
+MAX_NOT_TEXT = 0.25
+_EARLY_CHECK_CHARS = 1 << 20  # a big file is judged on its first MiB too, before reading on
+
+
 class _DecodedLines:
   """Lines of a file decoded as UTF-8, invalid bytes replaced and counted."""
 
   def __init__(self, path: str):
     self.path = path
     self.replaced = 0
+    self.nul = 0
+    self.chars = 0
 
   def __iter__(self) -> Iterator[str]:
     with open(self.path, "rb") as f:
@@ -102,9 +113,21 @@ class _DecodedLines:
         line = raw.decode("utf-8", errors="replace")
         # Count only the U+FFFD that decoding inserted, not ones written in the file.
         self.replaced += line.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
+        self.nul += line.count("\0")
+        self.chars += len(line)
+        if self.chars - len(line) < _EARLY_CHECK_CHARS <= self.chars:
+          self.check_is_text()
         if number == 1:
           line = line.removeprefix("\ufeff")  # byte-order mark
         yield line.rstrip("\r\n")
+
+  def check_is_text(self):
+    """Raises InputError if the characters read so far are mostly not text."""
+    share = (self.replaced + self.nul) / max(self.chars, 1)
+    if share > MAX_NOT_TEXT:
+      raise InputError(f"{self.path}: {share:.0%} of its characters are not valid UTF-8 text "
+                       "(invalid bytes or NUL); is it a binary file? Text is read as UTF-8: "
+                       "convert the file to UTF-8, or remove it from data.source")
 
   def warn_if_replaced(self):
     if self.replaced:
@@ -174,6 +197,7 @@ def _read_documents(paths: str | list[str], warn: bool) -> Iterator[tuple[str, s
         if text.strip():
           yielded += 1
           yield doc_id, text
+      lines.check_is_text()
       if warn:
         lines.warn_if_replaced()
     if not yielded:

@@ -15,6 +15,8 @@ def eval_run(workdir: str, split: str | None = None, step: int | None = None,
   Language models: `max_batches` None uses config.train.eval_steps batches (what training
   reports); 0 uses the whole split. Classifiers: always the whole eval set.
   """
+  if max_batches is not None and max_batches < 0:
+    raise InputError(f"--batches={max_batches}: must be >= 0 (0 = the whole split)")
   run = loading.load_run(workdir, step)
   name, batches = run.task.eval_data(split, max_batches)
   eval_step = jax.jit(step_lib.make_eval_step(run.graphdef, run.task))

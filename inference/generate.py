@@ -1,10 +1,13 @@
 """`pretrax sample`: autoregressive continuation with temperature, top-k and top-p sampling."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pretrax.data.errors import InputError
 from pretrax.inference import loading
 
 
@@ -43,10 +46,24 @@ def _next_token_fn(graphdef, temperature: float, top_k: int, top_p: float):
   return next_token
 
 
+def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int,
+                        top_p: float) -> None:
+  """Raises InputError naming the flag for a value no sampler means (nan passes `<` tests)."""
+  if max_new_tokens < 1:
+    raise InputError(f"--max_new_tokens={max_new_tokens}: must be at least 1")
+  if not (math.isfinite(temperature) and temperature >= 0):
+    raise InputError(f"--temperature={temperature}: must be a finite number >= 0 (0 = greedy)")
+  if top_k < 0:
+    raise InputError(f"--top_k={top_k}: must be >= 0 (0 = off)")
+  if not 0 < top_p <= 1:
+    raise InputError(f"--top_p={top_p}: must be in (0, 1] (1 = off)")
+
+
 def sample(workdir: str, prompt: str, max_new_tokens: int, *, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, seed: int = 0, step: int | None = None,
            stop_at_eos: bool = True) -> str:
   """Returns the continuation of `prompt` (without the prompt)."""
+  check_sampling_args(max_new_tokens, temperature, top_k, top_p)
   run = loading.load_run(workdir, step)
   loading.require_language_model(run, "sample", workdir)
   tok = run.tokenizer

@@ -88,3 +88,8 @@ class ModelConfig:
     for name in ("dropout", "attention_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"config.model.{name} must be in [0, 1), got {getattr(self, name)}")
+    for name in ("norm_eps", "init_std"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"config.model.{name} must be >= 0, got {getattr(self, name)}")
+    if not self.rope_theta > 0:  # the base of the rotary frequencies' powers
+      raise ValueError(f"config.model.rope_theta must be > 0, got {self.rope_theta}")

@@ -1,5 +1,6 @@
 """Config presets, command-line overrides and the errors they raise."""
 
+import dataclasses
 import importlib
 import os
 
@@ -76,6 +77,20 @@ def test_invalid_combinations_fail_validation(overrides, match):
       config_lib.load_preset("gpt:tiny"), overrides)
   with pytest.raises(ConfigError, match=match):
     config_lib.validate(config)
+
+
+def test_every_float_field_must_be_finite():
+  config = config_lib.load_preset("gpt:tiny")
+  fields = [(section.name, field.name) for section in dataclasses.fields(config)
+            for field in dataclasses.fields(getattr(config, section.name))
+            if isinstance(getattr(getattr(config, section.name), field.name), float)]
+  assert len(fields) >= 15  # optimizer, train, data, model and finetune fields
+  for section, name in fields:
+    for bad in ("nan", "inf", "-inf"):
+      config = config_lib.apply_overrides(config_lib.load_preset("gpt:tiny"),
+                                          {f"{section}.{name}": bad})
+      with pytest.raises(ConfigError, match=rf"^config\.{section}\.{name}={bad} is not a finite"):
+        config_lib.validate(config)
 
 
 def test_json_round_trip(tmp_path):

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import re
 import subprocess
 import sys
@@ -239,6 +240,23 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
   assert sum("latin.txt" in m for m in caplog.messages) == 1  # once per build, not per pass
 
 
+def test_a_file_that_is_mostly_not_text_is_refused(tmp_path, caplog):
+  # 22% of the characters invalid: still text in the wrong encoding, a warning.
+  warned = _write(tmp_path / "accents.txt", b"\n\n".join(b"d\xe9j\xe0 vu" for _ in range(50)))
+  with caplog.at_level(logging.WARNING, logger="pretrax.data"):
+    assert len(list(local_text.read_local_documents(warned))) == 50
+  assert any("accents.txt: 100 characters were not valid" in m for m in caplog.messages)
+  # 30%: refused, naming the file, also inside a directory and with NUL bytes counted.
+  _write(tmp_path / "d" / "a.txt", "fine text")
+  _write(tmp_path / "d" / "b.txt", b"\x00\xff\x00" + b"abcdefg")
+  with pytest.raises(ValueError, match=r"d/b\.txt: 30% of its characters are not valid UTF-8"):
+    list(local_text.read_local_documents(str(tmp_path / "d")))
+  # A big file is judged on its first MiB too: binary there, text after, is refused.
+  big = _write(tmp_path / "big.txt", random.Random(0).randbytes(1 << 20) + b"plain words\n\n" * 400_000)
+  with pytest.raises(ValueError, match=r"big\.txt: 4\d% of its characters"):
+    list(local_text.read_local_documents(big))
+
+
 _RACER = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -271,6 +289,45 @@ def test_concurrent_builds_build_once(tmp_path):
   assert sum(err.count("Building local_text") for _, err in results) == 1
   variants = os.path.join(data_dir, "local_text")
   assert len([d for d in os.listdir(variants) if not d.startswith(".")]) == 1
+
+
+_STALLED = """
+import os, sys, time
+from pretrax.data import corpora, local_text
+paths, data_dir, stalled = sys.argv[1:]
+generate = local_text.LocalText._generate_examples
+
+def generate_then_stall(self, start, stop):
+  yield from generate(self, start, stop)
+  open(stalled, "w").close()  # mid-build: TFDS has written into its incomplete.* directory
+  time.sleep(600)
+
+local_text.LocalText._generate_examples = generate_then_stall
+corpora.build(local_text.local_text_builder(paths, 0.1, data_dir))
+"""
+
+
+def test_a_build_killed_midway_leaves_nothing_behind_the_next(tmp_path, caplog):
+  path = _write(tmp_path / "corpus.txt", "\n\n".join(f"document number {i}" for i in range(100)))
+  data_dir, stalled = str(tmp_path / "tfds"), str(tmp_path / "stalled")
+  build = subprocess.Popen([sys.executable, "-c", _STALLED, path, data_dir, stalled],
+                           stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not os.path.exists(stalled):
+    assert time.time() < deadline and build.poll() is None, build.communicate()
+    time.sleep(0.01)
+  build.kill()  # SIGKILL: no clean-up runs
+  build.wait()
+  builder = local_text.local_text_builder(path, 0.1, data_dir)
+  variant = os.path.dirname(builder.data_path)
+  left = [d for d in os.listdir(variant) if d.startswith("incomplete.")]
+  assert len(left) == 1 and re.fullmatch(r"incomplete\.[A-Z0-9]{6}_1\.0\.0", left[0]), left
+
+  with caplog.at_level(logging.INFO, logger="pretrax.data"):
+    built = corpora.build(builder)
+  assert os.listdir(variant) == ["1.0.0"]
+  assert any(left[0] in m and "interrupted build" in m for m in caplog.messages)
+  assert len(built.as_data_source(split="train")) + len(built.as_data_source(split="validation")) == 100
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
 import typing
 
@@ -280,8 +281,34 @@ def load_json(path: str) -> Config:
 # Cross-field validation, before any compute.
 
 
+def _check_finite(section, prefix: str) -> None:
+  """Refuses nan and inf in every float field: they pass `x <= 0`-style range checks."""
+  for field in dataclasses.fields(section):
+    value, name = getattr(section, field.name), f"{prefix}.{field.name}"
+    if dataclasses.is_dataclass(value):
+      _check_finite(value, name)
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{name}={value} is not a finite number; set it to a finite value")
+
+
+def _check_at_least(section, prefix: str, names, low: float = 0) -> None:
+  for name in names:
+    if getattr(section, name) < low:
+      raise ConfigError(f"{prefix}.{name} must be >= {low}, got {getattr(section, name)}")
+
+
+def validate_finetune(ft: FinetuneConfig) -> None:
+  """The fine-tuning fields on their own (checked before the model is taken from --init)."""
+  _check_finite(ft, "config.finetune")
+  _check_at_least(ft, "config.finetune", ("num_labels", "lm_weight"))
+  if not 0.0 <= ft.classifier_dropout < 1.0:
+    raise ConfigError(f"config.finetune.classifier_dropout must be in [0, 1), got "
+                      f"{ft.classifier_dropout}")
+
+
 def validate(config: Config) -> None:
   """Raises ConfigError naming the field for every combination that cannot run."""
+  _check_finite(config, "config")
   try:
     config.model.validate()
   except ValueError as e:
@@ -290,6 +317,11 @@ def validate(config: Config) -> None:
   for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_steps"):
     if getattr(t, name) <= 0:
       raise ConfigError(f"config.train.{name} must be positive, got {getattr(t, name)}")
+  _check_at_least(t, "config.train", ("eval_every", "peak_flops"))  # 0: off / automatic
+  _check_at_least(d, "config.data", ("num_workers",))
+  if d.tokenizer_vocab_size <= 0:
+    raise ConfigError(f"config.data.tokenizer_vocab_size must be positive, got "
+                      f"{d.tokenizer_vocab_size}")
   if t.batch_size % t.grad_accum_steps:
     raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
                       f"config.train.grad_accum_steps={t.grad_accum_steps}")
@@ -326,6 +358,12 @@ def validate(config: Config) -> None:
   if o.learning_rate <= 0 or o.warmup_steps < 0 or not 0.0 <= o.min_lr_ratio <= 1.0:
     raise ConfigError("config.optimizer: learning_rate must be > 0, warmup_steps >= 0 and "
                       "min_lr_ratio in [0, 1]")
+  for name in ("b1", "b2"):  # Adam's moment decays; at 1 its bias correction 1 - b**t is 0
+    if not 0.0 <= getattr(o, name) < 1.0:
+      raise ConfigError(f"config.optimizer.{name} must be in [0, 1), got {getattr(o, name)}")
+  if o.eps <= 0:  # guards Adam's division by sqrt(v), which is 0 for a never-used parameter
+    raise ConfigError(f"config.optimizer.eps must be > 0, got {o.eps}")
+  _check_at_least(o, "config.optimizer", ("weight_decay", "grad_clip"))
   for name in ("data", "fsdp", "tensor"):
     value = getattr(config.mesh, name)
     if value == 0 or value < -1:
@@ -334,3 +372,4 @@ def validate(config: Config) -> None:
     raise ConfigError("config.mesh: at most one of data, fsdp, tensor may be -1")
   if config.checkpoint.every <= 0 or config.checkpoint.keep <= 0:
     raise ConfigError("config.checkpoint.every and config.checkpoint.keep must be positive")
+  validate_finetune(config.finetune)

@@ -73,3 +73,40 @@ def test_eval_skips_a_corrupt_latest_checkpoint_with_a_warning(runner, tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "checkpoint of step 6 is corrupt" in out.stderr
   assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 4
+
+
+@pytest.mark.slow
+def test_eval_while_training_with_keep_1_reads_the_newest_checkpoint(runner, tmp_path, capsys,
+                                                                     monkeypatch):
+  """The trainer deletes each checkpoint once it saves the next: eval without --step moves on to
+  the newest; a --step deleted while read is an error naming the race, never orbax's own."""
+  import json
+  from pretrax.cli import main as cli
+  monkeypatch.setenv("PRETRAX_DATA_DIR", runner.env["PRETRAX_DATA_DIR"])
+  monkeypatch.setenv("PRETRAX_TRACEBACK", "")
+  workdir = str(tmp_path / "run")
+  proc = runner.start(workdir, "--config.train.steps=100000", "--config.checkpoint.every=1",
+                      "--config.checkpoint.keep=1")
+  try:
+    runner.wait_for_progress(workdir, proc, 3)
+    latest, failed = [], 0
+    for i in range(12):
+      args = ["eval", f"--workdir={workdir}", "--batches=1"]
+      if i % 2:  # the newest step now: likely deleted before eval is done with it
+        steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+        args.append(f"--step={max(steps)}")
+      code = cli.main(args)
+      out, err = capsys.readouterr()
+      assert proc.poll() is None, "training stopped during the test"
+      assert "Traceback" not in err and "not found" not in err, err
+      if i % 2 == 0:
+        assert code == 0, err
+        latest.append(json.loads(out.strip().splitlines()[-1])["step"])
+      elif code:
+        assert code in (1, 2) and "keeps only the newest 1 (config.checkpoint.keep=1)" in err, err
+        failed += 1
+    assert latest == sorted(latest) and latest[-1] > latest[0], latest
+    print(f"{failed} of 6 evals of a named step lost the race")
+  finally:
+    proc.terminate()
+    proc.communicate(timeout=120)

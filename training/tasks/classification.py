@@ -87,12 +87,7 @@ def _model_from_init(requested: ModelConfig, init: Init) -> ModelConfig:
 
 
 def _check_finetune_config(config: Config) -> None:
-  ft = config.finetune
-  if ft.num_labels < 0 or ft.lm_weight < 0:
-    raise ConfigError("config.finetune.num_labels and config.finetune.lm_weight must be >= 0")
-  if not 0.0 <= ft.classifier_dropout < 1.0:
-    raise ConfigError(f"config.finetune.classifier_dropout must be in [0, 1), got "
-                      f"{ft.classifier_dropout}")
+  config_lib.validate_finetune(config.finetune)
   if not config.data.train:
     raise ConfigError("config.data.train is empty: give the training examples with "
                       "--config.data.train=FILE.jsonl or tfds:NAME[:SPLIT]")
