@@ -73,6 +73,9 @@ def _usable_step(checkpointer: checkpointing.Checkpointer, workdir: str, step: i
     except OSError as e:  # a file went away between listing and reading
       problem = f"{checkpointer.step_dir(candidate)}: cannot be read ({e})"
     if problem is None:
+      if not checkpointing.has_manifest(checkpointer.step_dir(candidate)):
+        print(f"note: checkpoint of step {candidate} has no manifest yet (just committed, or its "
+              "run stopped before verifying it): read unverified", file=sys.stderr)
       return candidate
     if _deleted_by_trainer(checkpointer, candidate, keep):
       raise _Deleted(candidate)
