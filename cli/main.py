@@ -50,36 +50,58 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("train", help="train or resume a run",
-                     description="Train (or resume) a run. Any config field can be overridden "
-                                 "with --config.SECTION.FIELD=VALUE.")
+  from pretrax.training import config as config_lib
+  raw = argparse.RawDescriptionHelpFormatter
+  p = sub.add_parser(
+      "train", help="train or resume a run", formatter_class=raw,
+      description="Train (or resume) a run. --config=PRESET or a file (path/to/file.py:variant); "
+                  "any config field can be overridden with --config.SECTION.FIELD=VALUE (the "
+                  "fields and their defaults: training/config.py, modeling/config.py, "
+                  "data/config.py).",
+      epilog="presets:\n" + config_lib.describe_presets() + "\n\nexamples:\n"
+             "  pretrax train --config=gpt:tiny --workdir=workdirs/gpt_tiny\n"
+             "  pretrax train --config=gpt:tiny --workdir=workdirs/play "
+             "--config.data.source=text:play.txt --config.train.steps=2000")
   p.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
   p.add_argument("--print_sharding", action="store_true",
                  help="print each parameter's mesh placement and per-device memory, then exit")
   _restart_arguments(p)
   _multi_process_arguments(p)
 
-  p = sub.add_parser("finetune", help="fine-tune a pretrained run as a classifier",
-                     description="Fine-tune the run in --init on labelled examples "
-                                 "(--config.data.train / --config.data.eval).")
+  p = sub.add_parser(
+      "finetune", help="fine-tune a pretrained run as a classifier", formatter_class=raw,
+      description="Fine-tune the run in --init on labelled examples "
+                  "(--config.data.train / --config.data.eval).",
+      epilog="example:\n  pretrax finetune --config=finetune:classify --init=workdirs/gpt_tiny "
+             "--workdir=workdirs/cls --config.data.train=train.jsonl "
+             "--config.data.eval=dev.jsonl")
   p.add_argument("--init", required=True, help="pretrained run directory")
   p.add_argument("--workdir", required=True, help="fine-tuning run directory (resumed if it exists)")
   _restart_arguments(p)
   _multi_process_arguments(p)
 
-  p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line")
+  p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line",
+                     formatter_class=raw, epilog="examples:\n"
+                     "  pretrax eval --workdir=workdirs/gpt_tiny\n"
+                     "  pretrax eval --workdir=workdirs/gpt_tiny --batches=0   # the whole split")
   p.add_argument("--workdir", required=True)
   p.add_argument("--split", default=None, help="default: validation (or test)")
   p.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
   p.add_argument("--batches", type=int, default=None,
                  help="validation batches (default: config.train.eval_steps; 0 = whole split)")
 
-  p = sub.add_parser("score", help="loss and bits per byte of a text file; prints one JSON line")
+  p = sub.add_parser("score", help="loss and bits per byte of a text file; prints one JSON line",
+                     formatter_class=raw, epilog="example:\n"
+                     "  pretrax score --workdir=workdirs/gpt_tiny --text=README.md")
   p.add_argument("--workdir", required=True)
   p.add_argument("--text", required=True, help="UTF-8 text file scored as one document")
   p.add_argument("--step", type=int, default=None)
 
-  p = sub.add_parser("sample", help="print a continuation of a prompt")
+  p = sub.add_parser("sample", help="print a continuation of a prompt", formatter_class=raw,
+                     epilog="examples:\n"
+                     "  pretrax sample --workdir=workdirs/gpt_tiny --prompt=\"The module\"\n"
+                     "  pretrax sample --workdir=workdirs/gpt_tiny --prompt=\"The module\" "
+                     "--temperature=0   # greedy")
   p.add_argument("--workdir", required=True)
   p.add_argument("--prompt", default="")
   p.add_argument("--max_new_tokens", type=int, default=200)
@@ -90,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None)
 
   p = sub.add_parser("export", help="export a checkpoint; prints one JSON line",
+                     formatter_class=raw, epilog="example (needs pip install -e \".[hf]\"):\n"
+                     "  pretrax export --workdir=workdirs/gpt_tiny --format=hf "
+                     "--output=exports/gpt_tiny_hf",
                      description="--format=hf: a folder transformers loads (GPT2LMHeadModel / "
                                  "BertForPreTraining); --format=params: a params-only run "
                                  "directory that eval, score and sample accept as --workdir.")
@@ -98,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--output", required=True)
   p.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
 
-  p = sub.add_parser("import", help="turn a local Hugging Face GPT-2/BERT folder into a run")
+  p = sub.add_parser("import", help="turn a local Hugging Face GPT-2/BERT folder into a run",
+                     formatter_class=raw, epilog="example:\n"
+                     "  pretrax import --format=hf --input=exports/gpt_tiny_hf "
+                     "--workdir=workdirs/imported")
   p.add_argument("--format", required=True, choices=("hf",))
   p.add_argument("--input", required=True)
   p.add_argument("--workdir", required=True)

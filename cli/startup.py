@@ -103,6 +103,7 @@ def prepare(environ=None, plugins: tuple[str, ...] | None = None) -> list[str]:
     done.append(f"XLA_FLAGS={GPU_XLA_FLAGS}")
   if (runs_on_cpu_only(environ, plugins) and host_memory == "keep"
       and keep_freed_host_memory()):
-    done.append("CPU: host memory kept between steps (one malloc arena, no mmap, no trimming; "
-                "PRETRAX_HOST_MEMORY=release returns it)")
+    done.append("on CPU, memory freed after each step is kept for the next one (faster steps; "
+                "the process keeps its peak memory): set PRETRAX_HOST_MEMORY=release if memory "
+                "is tight")
   return done

@@ -17,7 +17,9 @@ learning rate than the papers': 1e-3 here. For BERT-base/large use the paper's 2
 
 from pretrax.training.config import Config
 
-VARIANTS = ("classify",)
+VARIANTS = {  # name -> what it is for (pretrax finetune --help lists them)
+    "classify": "a classifier over a pretrained GPT or BERT run (pretrax finetune --init=RUN)",
+}
 
 
 def get_config(variant: str | None = None) -> Config:

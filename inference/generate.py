@@ -33,14 +33,25 @@ def filter_logits(logits_v: jax.Array, temperature: float, top_k: int, top_p: fl
   return logits_v
 
 
-def _next_token_fn(graphdef, temperature: float, top_k: int, top_p: float):
-  """Jitted (params, tokens [1, L], length, key) -> next token id after tokens[0, :length]."""
+def tokenizer_logits(logits_v: jax.Array, vocab_size: int, pad_id: int) -> jax.Array:
+  """[V] logits -> -inf at the padded rows (ids >= the tokenizer's `vocab_size`) and at padding,
+  which a sampler must never draw."""
+  ids_v = jnp.arange(logits_v.shape[0])
+  return jnp.where((ids_v < vocab_size) & (ids_v != pad_id), logits_v, -jnp.inf)
+
+
+def _next_token_fn(graphdef, temperature: float, top_k: int, top_p: float, vocab_size: int,
+                   pad_id: int):
+  """Jitted (params, tokens [1, L], length, key) -> next token id after tokens[0, :length].
+
+  Only ids of the tokenizer are drawn (`tokenizer_logits`)."""
 
   @jax.jit
   def next_token(params, tokens_1l, length, key):
     model = nnx.merge(graphdef, params)
     segment_ids_1l = (jnp.arange(tokens_1l.shape[1]) < length).astype(jnp.int32)[None]
     logits_v = model(tokens_1l, segment_ids_1l)[0, length - 1]
+    logits_v = tokenizer_logits(logits_v, vocab_size, pad_id)
     return jax.random.categorical(key, filter_logits(logits_v, temperature, top_k, top_p))
 
   return next_token
@@ -71,7 +82,8 @@ def sample(workdir: str, prompt: str, max_new_tokens: int, *, temperature: float
       else run.config.data.seq_len
   ids = [tok.bos_id] + tok.encode(prompt).tolist()
   buffer_len = min(context, len(ids) + max_new_tokens)
-  next_token = _next_token_fn(run.graphdef, float(temperature), int(top_k), float(top_p))
+  next_token = _next_token_fn(run.graphdef, float(temperature), int(top_k), float(top_p),
+                              tok.vocab_size, tok.pad_id)
   key = jax.random.key(seed)
   new = []
   for i in range(max_new_tokens):

@@ -60,6 +60,17 @@ def _load_config(workdir: str) -> Config:
   return config_lib.load_json(path)
 
 
+def require_hf_extra(command: str) -> None:
+  """An InputError naming the install command when the `hf` extra (safetensors) is missing, before
+  anything is read or written."""
+  try:
+    import safetensors.numpy  # noqa: F401
+  except ImportError:
+    raise InputError(f"pretrax {command} --format=hf needs the optional `hf` extra "
+                     "(safetensors): pip install -e \".[hf]\" in the pretrax checkout, or "
+                     "pip install safetensors") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Export.
 
@@ -70,6 +81,7 @@ def export_hf(workdir: str, output: str, step: int | None = None) -> dict:
   Refuses (ValueError naming the config field) a model with no GPT-2 / BERT equivalent. The
   embedding keeps the padded rows: the HF vocab_size is config.model.vocab_size.
   """
+  require_hf_extra("export")
   hf.check_exportable(_load_config(workdir).model)  # fail before reading any parameter
   _check_new_output(output)
   run = loading.load_run(workdir, step)
@@ -241,6 +253,7 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
   `tokenizer`: "byte" or a SentencePiece .model path; required unless the folder holds a
   pretrax tokenizer.
   """
+  require_hf_extra("import")
   config_path = os.path.join(input_dir, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"--input={input_dir} is not a Hugging Face model folder: no "

@@ -114,15 +114,30 @@ def available_presets() -> list[str]:
   return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
 
 
+def preset_catalog() -> list[tuple[str, str]]:
+  """("gpt:tiny", "what it is for") for every variant of every preset shipped with pretrax."""
+  import importlib
+  catalog = []
+  for name in available_presets():
+    variants = getattr(importlib.import_module(f"pretrax.configs.{name}"), "VARIANTS", {})
+    catalog += [(f"{name}:{v}", (variants.get(v, "") if isinstance(variants, dict) else ""))
+                for v in variants]
+  return catalog
+
+
+def describe_presets() -> str:
+  """The preset catalog as lines for --help and errors."""
+  return "\n".join(f"  {spec:<20} {what}" for spec, what in preset_catalog())
+
+
 def load_preset(spec: str) -> Config:
   """Loads `NAME[:variant]` (a preset shipped with pretrax: configs/NAME.py, from any directory)
   or `path/to/file.py[:variant]`, by calling the file's `get_config(variant)`."""
   path, _, variant = spec.partition(":")
   if not os.path.isfile(path) and os.sep not in path and not path.endswith(".py"):
     if path not in available_presets():
-      raise ConfigError(f"--config: no preset {path!r}; the presets are "
-                        f"{', '.join(available_presets())} (e.g. --config=gpt:tiny), or give a "
-                        "file: --config=path/to/file.py:variant")
+      raise ConfigError(f"--config: no preset {path!r}; give a file (--config=path/to/file.py:"
+                        f"variant) or one of the presets:\n{describe_presets()}")
     path = os.path.join(os.path.dirname(os.path.abspath(configs_package.__file__)), f"{path}.py")
   if not os.path.isfile(path):
     raise ConfigError(f"--config: no such file {path!r} (expected a preset name such as gpt:tiny, "
@@ -135,7 +150,8 @@ def load_preset(spec: str) -> Config:
   try:
     config = module.get_config(variant or None)
   except KeyError as e:
-    raise ConfigError(f"--config: {path} has no variant {variant!r}: {e}") from None
+    raise ConfigError(f"--config: {path} has no variant {variant!r}: {e}. The presets:\n"
+                      f"{describe_presets()}") from None
   if not isinstance(config, Config):
     raise ConfigError(f"--config: {path}:get_config returned {type(config).__name__}, not Config")
   return config

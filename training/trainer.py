@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from pretrax.data.errors import InputError
 from pretrax.modeling import sharding
 from pretrax.training import checkpointing, mesh as mesh_lib
 from pretrax.training import metrics as metrics_lib, optimizer as optimizer_lib, run_dir
-from pretrax.training import sharding_report, step as step_lib, tasks as tasks_lib
+from pretrax.training import report, sharding_report, step as step_lib, tasks as tasks_lib
 from pretrax.training.config import Config, ConfigError
 from pretrax.training.tasks.base import Task
 
@@ -264,8 +265,12 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
       return None if data is None else evaluate(setup.p_eval_step, params, data,
                                                 setup.batch_sharding, task)
 
-    bar = tqdm.tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0,
-                    dynamic_ncols=True, mininterval=1.0)
+    # A bar on a terminal; plain lines where stderr is a log (CI, nohup, a cluster's job log).
+    terminal = sys.stderr.isatty()
+    bar = tqdm.tqdm(total=tc.steps, initial=start, dynamic_ncols=True, mininterval=1.0,
+                    disable=jax.process_index() != 0 or not terminal)
+    plain = report.PlainProgress(tc.steps, jax.process_index() == 0 and not terminal)
+    began = time.perf_counter()
     last, tick, tick_step = {}, time.perf_counter(), start
     step, saved_step, previous_metrics = start, start, None
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)
@@ -306,6 +311,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
           bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                           tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}",
                           refresh=False)
+          plain.update(step, record, final=step == end)
           last = record
           tick, tick_step = time.perf_counter(), step
 
@@ -332,6 +338,8 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
       if eval_metrics is not None:
         last = {f"eval_{k}": v for k, v in eval_metrics.items()}
   if jax.process_index() == 0:
+    print(report.summary(task, start, step, time.perf_counter() - began, last,
+                         os.path.join(workdir, "checkpoints", str(step))), flush=True)
     print(json.dumps(last | {"step": step}), flush=True)
   return last
 

@@ -18,6 +18,7 @@ Adding a task: a module in training/tasks/ with a `Task` subclass, and one line 
 
 import abc
 import dataclasses
+import shlex
 from typing import Any, ClassVar, Iterable, Iterator
 
 import jax
@@ -144,6 +145,10 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def flops_per_token(self, n_params: int) -> float:
     """Training FLOPs per token, for MFU."""
+
+  def next_commands(self) -> list[str]:
+    """The commands a user runs next on this run, printed when training ends."""
+    return [f"pretrax eval --workdir={shlex.quote(self.workdir)}"]
 
   def describe(self) -> str:
     """What is trained, for the start-up line."""

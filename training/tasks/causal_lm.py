@@ -7,6 +7,7 @@ runs with different tokenizers compare.
 """
 
 import math
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,11 @@ from pretrax.training.tasks.pretraining import PretrainingTask
 class CausalLM(PretrainingTask):
   terms = {"": 1.0}
   families = ("gpt",)
+
+  def next_commands(self) -> list[str]:
+    eval_command, *rest = super().next_commands()
+    return [eval_command, f"pretrax sample --workdir={shlex.quote(self.workdir)} "
+            '--prompt="The " --max_new_tokens=200', *rest]
 
   def weights(self, batch):
     return {"": jnp.sum(batch["loss_weights"])}

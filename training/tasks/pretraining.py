@@ -1,9 +1,13 @@
 """What the pretraining tasks share: a fresh model, the run's tokenizer, batches from a corpus."""
 
+import shlex
+
 import jax
 from flax import nnx
 
 from pretrax.data import batches, sources
+from pretrax.data.errors import InputError
+from pretrax.interop import hf
 from pretrax.modeling import models
 from pretrax.training import run_dir
 from pretrax.training.config import Config
@@ -25,6 +29,21 @@ class PretrainingTask(Task):
     return dict(config=self.config.data, tokenizer=self.tokenizer, split=split,
                 global_batch_size=self.config.train.batch_size, seed=self.config.train.seed,
                 process_index=jax.process_index(), process_count=jax.process_count(), **kwargs)
+
+  def next_commands(self) -> list[str]:
+    run = self.workdir.rstrip("/")
+    commands = super().next_commands()
+    try:
+      hf.check_exportable(self.config.model)
+      commands.append(f"pretrax export --workdir={shlex.quote(run)} --format=hf "
+                      f"--output={shlex.quote(run + '_hf')}")
+    except InputError:  # no Hugging Face equivalent: export stays possible as params
+      commands.append(f"pretrax export --workdir={shlex.quote(run)} --format=params "
+                      f"--output={shlex.quote(run + '_params')}")
+    commands.append(f"pretrax finetune --config=finetune:classify --init={shlex.quote(run)} "
+                    f"--workdir={shlex.quote(run + '_cls')} --config.data.train=train.jsonl "
+                    "--config.data.eval=dev.jsonl")
+    return commands
 
   def data_fingerprint(self) -> dict:
     return {**super().data_fingerprint(),
