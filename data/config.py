@@ -14,6 +14,7 @@ class DataConfig:
   train_split: str = "train"
   eval_split: str = ""         # "": validation if the dataset has one, else test
   validation_fraction: float = 0.1  # share of a local corpus's bytes held out as validation (its last documents)
+  txt_documents: str = "stream"  # a .txt file in text:PATHS: stream (continuous text) | paragraphs (at blank lines) | a separator such as <|endoftext|>
   shuffle: bool = True         # shuffle training documents (seeded by config.train.seed; reshuffled each epoch)
   num_workers: int = 0         # Grain worker processes for tokenizing; 0 runs in the training process
   # What the batches teach. causal: next-token targets (GPT). mlm: masked tokens in packed rows

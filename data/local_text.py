@@ -2,8 +2,14 @@
 
 The rules:
   * PATHS is one or more files or directories, comma-separated.
-  * A `.txt` file named directly is split into documents at blank lines (one or more lines that
-    are empty or whitespace only).
+  * A `.txt` file named directly is read as `data.txt_documents` says:
+      stream (default)  continuous text, the way a book or a play is one text: it is cut at line
+                        boundaries into pieces of about CHUNK_BYTES (fewer for a small file) that
+                        only exist so that training can shuffle them; every line break, blank
+                        ones included, is kept.
+      paragraphs        documents at blank lines (one or more lines that are empty or
+                        whitespace only).
+      anything else     a separator string, e.g. `<|endoftext|>`: the documents between them.
   * A `.jsonl` file holds one JSON object per line whose "text" field (a string) is a document;
     empty lines are skipped.
   * A directory is walked recursively in sorted order, skipping hidden entries: each `.txt` file
@@ -11,15 +17,18 @@ The rules:
   * Text is decoded as UTF-8. Invalid bytes become U+FFFD and a warning names the file and how
     many characters were replaced; a file whose characters are more than MAX_NOT_TEXT (25%)
     replaced or NUL is an error (a binary file). Line endings become "\\n".
-  * Empty (whitespace-only) documents are dropped. Paragraphs and whole-file documents lose their
-    leading blank lines and trailing whitespace; JSONL text is kept as is.
+  * Empty (whitespace-only) documents are dropped. Paragraphs, separated and whole-file documents
+    lose their leading blank lines and trailing whitespace; JSONL text and stream pieces are kept
+    as they are.
   * The LAST `validation_fraction` of the documents, in the order above, is the `validation`
-    split (at least one document); the rest is `train`. Fewer than 2 documents is an error.
-  * The builder config is named by a hash of the absolute paths, sizes and mtimes of the files
-    and of `validation_fraction`: editing a file rebuilds the dataset, an unchanged corpus is
-    reused.
-Document ids are `FILE:LINE` for paragraphs and JSONL records (LINE is 1-based) and `FILE` for
-whole-file documents.
+    split (at least one document); the rest is `train`. For a stream that is the last
+    `validation_fraction` of its bytes, cut at a line boundary. Fewer than 2 documents is an
+    error.
+  * The builder config is named by a hash of the absolute paths, sizes and mtimes of the files,
+    `validation_fraction` and `txt_documents`: editing a file rebuilds the dataset, an unchanged
+    corpus is reused.
+Document ids are `FILE:LINE` for stream pieces, paragraphs, separated documents and JSONL records
+(LINE is 1-based: where it starts) and `FILE` for whole-file documents.
 """
 
 import dataclasses
@@ -38,6 +47,9 @@ from pretrax.data.errors import InputError
 log = logging.getLogger(__name__)
 
 _TEXT_SUFFIXES = (".txt", ".jsonl")
+CHUNK_BYTES = 4096       # a stream's pieces: small enough that shuffled batches mix the text
+MIN_STREAM_PIECES = 20   # a smaller file is cut into this many (so it has a validation split)
+TXT_MODES = ("stream", "paragraphs")  # data.txt_documents; any other value is a separator
 
 
 def _split_paths(paths: str | list[str]) -> list[str]:
@@ -49,8 +61,10 @@ def _split_paths(paths: str | list[str]) -> list[str]:
   return parts
 
 
-def _local_files(paths: str | list[str]) -> list[tuple[str, str, str]]:
-  """(given path, file, kind) in reading order; kind is paragraphs | document | jsonl.
+def _local_files(paths: str | list[str],
+                 txt_documents: str = "stream") -> list[tuple[str, str, str]]:
+  """(given path, file, kind) in reading order; kind is stream | paragraphs | separated |
+  document | jsonl.
 
   Raises ValueError for a missing path, a directory without .txt/.jsonl files, another file
   type, or a file listed twice.
@@ -74,10 +88,10 @@ def _local_files(paths: str | list[str]) -> list[tuple[str, str, str]]:
       if path.lower().endswith(".jsonl"):
         files.append((path, path, "jsonl"))
       elif path.lower().endswith(".txt"):
-        files.append((path, path, "paragraphs"))
+        files.append((path, path, txt_documents if txt_documents in TXT_MODES else "separated"))
       else:
-        raise InputError(f"{path}: not a .txt or .jsonl file; rename it to .txt (documents "
-                         "separated by blank lines) or .jsonl (one {\"text\": ...} per line)")
+        raise InputError(f"{path}: not a .txt or .jsonl file; rename it to .txt (text) or .jsonl "
+                         "(one {\"text\": ...} per line)")
     else:
       raise InputError(f"{path}: no such file or directory (text:PATH takes .txt/.jsonl files or "
                        "directories, comma-separated)")
@@ -155,6 +169,41 @@ def _paragraphs(lines: _DecodedLines) -> Iterator[tuple[int, str]]:
     yield start, _clean("\n".join(block))
 
 
+def _stream_pieces(lines: _DecodedLines, size: int) -> Iterator[tuple[int, str]]:
+  """(first line number, piece) of a continuous text, cut after the line that brings a piece to
+  `size` UTF-8 bytes (every line break kept: a piece's last one is the text between pieces)."""
+  block, start, held = [], 1, 0
+  for number, line in enumerate(lines, 1):
+    if not block:
+      start = number
+    block.append(line)
+    held += len(line.encode("utf-8")) + 1
+    if held >= size and line.strip():  # so no piece is blank lines only (those are dropped)
+      yield start, "\n".join(block) + "\n"
+      block, held = [], 0
+  if block:
+    yield start, "\n".join(block)
+
+
+def _separated(lines: _DecodedLines, separator: str) -> Iterator[tuple[int, str]]:
+  """(first line number, document) of a text whose documents end at `separator`."""
+  block, start = [], 1
+  for number, line in enumerate(lines, 1):
+    if not block:
+      start = number
+    *ends, rest = line.split(separator)
+    for end in ends:
+      yield start, _clean("\n".join(block + [end]))
+      block, start = [], number
+    block.append(rest)
+  if block:
+    yield start, _clean("\n".join(block))
+
+
+def _stream_piece_bytes(file: str) -> int:
+  return max(1, min(CHUNK_BYTES, os.path.getsize(file) // MIN_STREAM_PIECES))
+
+
 def _jsonl_records(lines: _DecodedLines) -> Iterator[tuple[int, str]]:
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -173,21 +222,32 @@ def _jsonl_records(lines: _DecodedLines) -> Iterator[tuple[int, str]]:
     yield number, record["text"]
 
 
-def read_local_documents(paths: str | list[str]) -> Iterator[tuple[str, str]]:
+def read_local_documents(paths: str | list[str],
+                         txt_documents: str = "stream") -> Iterator[tuple[str, str]]:
   """(doc_id, text) of every document under `paths` (comma-separated str or a list), in order.
 
   The rules are in this module's docstring. Raises ValueError naming the file (and line) for a
   missing path, a file or directory without documents, or a bad JSONL line.
   """
-  return _read_documents(paths, warn=True)
+  return _read_documents(paths, txt_documents, warn=True)
 
 
-def _read_documents(paths: str | list[str], warn: bool) -> Iterator[tuple[str, str]]:
-  for path, group in itertools.groupby(_local_files(paths), key=lambda entry: entry[0]):
+def _read_documents(paths: str | list[str], txt_documents: str,
+                    warn: bool) -> Iterator[tuple[str, str]]:
+  if not txt_documents:
+    raise InputError("data.txt_documents is empty; expected stream, paragraphs or a separator "
+                     "string such as <|endoftext|>")
+  files = _local_files(paths, txt_documents)
+  for path, group in itertools.groupby(files, key=lambda entry: entry[0]):
     yielded = 0
     for _, file, kind in group:
       lines = _DecodedLines(file)
-      if kind == "paragraphs":
+      if kind == "stream":
+        docs = ((f"{file}:{n}", text)
+                for n, text in _stream_pieces(lines, _stream_piece_bytes(file)))
+      elif kind == "separated":
+        docs = ((f"{file}:{n}", text) for n, text in _separated(lines, txt_documents))
+      elif kind == "paragraphs":
         docs = ((f"{file}:{n}", text) for n, text in _paragraphs(lines))
       elif kind == "jsonl":
         docs = ((f"{file}:{n}", text) for n, text in _jsonl_records(lines))
@@ -219,10 +279,14 @@ def validation_count(document_bytes: list[int], validation_fraction: float) -> i
   return min(max(1, count), len(document_bytes) - 1)
 
 
-def local_text_config_name(paths: str | list[str], validation_fraction: float) -> str:
-  """A name that changes when any file's path, size or mtime, or the fraction, changes."""
+def local_text_config_name(paths: str | list[str], validation_fraction: float,
+                           txt_documents: str = "stream") -> str:
+  """A name that changes when any file's path, size or mtime, the fraction or the .txt rule
+  changes."""
   key = [validation_fraction] + [os.path.abspath(p) for p in _split_paths(paths)]
-  for _, file, kind in _local_files(paths):
+  if txt_documents != "stream":
+    key.append(["txt_documents", txt_documents])
+  for _, file, kind in _local_files(paths, txt_documents):
     stat = os.stat(file)
     key.append([os.path.abspath(file), kind, stat.st_size, stat.st_mtime_ns])
   digest = hashlib.sha256(json.dumps(key).encode("utf-8")).hexdigest()[:16]
@@ -235,14 +299,16 @@ def local_text_config_name(paths: str | list[str], validation_fraction: float) -
 class LocalTextConfig(tfds.core.BuilderConfig):
   paths: tuple[str, ...] = ()          # files or directories, in reading order
   validation_fraction: float = 0.1     # share of the text (bytes) held out, as the last documents
+  txt_documents: str = "stream"        # how a .txt file named directly becomes documents
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
   """A user's .txt/.jsonl files; see the module docstring for how they become documents."""
 
   code_path = corpora.CODE_PATH
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Blank-line paragraphs, whole-file .txt, JSONL; last docs held out."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Blank-line paragraphs, whole-file .txt, JSONL; last docs held out.",
+                   "1.1.0": "A .txt file is continuous text by default (data.txt_documents)."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -255,19 +321,21 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
     config = self.builder_config
-    sizes = [len(text.encode("utf-8")) for _, text in read_local_documents(list(config.paths))]
+    sizes = [len(text.encode("utf-8")) for _, text in
+             read_local_documents(list(config.paths), config.txt_documents)]
     n = len(sizes)  # reading also checks every file, and warns once about replaced bytes
     if n < 2:
       raise InputError(
           f"{', '.join(config.paths)}: found {n} document; a validation split needs at least 2 "
-          "(the last data.validation_fraction of them are held out). Add more text, or separate "
-          "a .txt file's documents with blank lines.")
+          "(the last data.validation_fraction of them are held out). Add more text (a .txt file "
+          "read as a stream needs at least 2 lines), or give a directory of several files.")
     n_train = n - validation_count(sizes, config.validation_fraction)
     return {"train": self._generate_examples(0, n_train),
             "validation": self._generate_examples(n_train, n)}
 
   def _generate_examples(self, start: int, stop: int):
-    documents = _read_documents(list(self.builder_config.paths), warn=False)
+    documents = _read_documents(list(self.builder_config.paths),
+                                self.builder_config.txt_documents, warn=False)
     for doc_id, text in itertools.islice(documents, start, stop):
       yield doc_id, {"text": text, "id": doc_id}
 
@@ -286,14 +354,15 @@ if not any(isinstance(f, _DropCustomConfigWarning) for f in logging.getLogger("a
 
 
 def local_text_builder(paths: str | list[str], validation_fraction: float,
-                       data_dir: str) -> LocalText:
+                       data_dir: str, txt_documents: str = "stream") -> LocalText:
   """The (maybe not yet built) `local_text` dataset of `paths` in `data_dir`."""
   if not 0 < validation_fraction < 1:
     raise InputError(f"data.validation_fraction must be in (0, 1), got {validation_fraction}")
   config = LocalTextConfig(
-      name=local_text_config_name(paths, validation_fraction),
+      name=local_text_config_name(paths, validation_fraction, txt_documents),
       paths=tuple(_split_paths(paths)),
       validation_fraction=validation_fraction,
+      txt_documents=txt_documents,
       description="Local text files")
   return LocalText(config=config, data_dir=data_dir, file_format="array_record")
 

@@ -156,7 +156,8 @@ def open_source(config: DataConfig, split: str) -> TextSource:
     if kind == "default":
       builder = pydoc_corpus.pydoc_builder(data_dir(config))
     else:
-      builder = local_text.local_text_builder(argument, config.validation_fraction, data_dir(config))
+      builder = local_text.local_text_builder(argument, config.validation_fraction,
+                                              data_dir(config), config.txt_documents)
     builder = corpora.build(builder)
     _check_split(config.source, split, builder.info.splits.keys())
     records = builder.as_data_source(split=split)
@@ -173,8 +174,8 @@ def describe_corpus(config: DataConfig, split: str) -> dict:
   elif kind == "default":
     builder = corpora.build(pydoc_corpus.pydoc_builder(data_dir(config)))
   else:
-    builder = corpora.build(local_text.local_text_builder(argument, config.validation_fraction,
-                                                          data_dir(config)))
+    builder = corpora.build(local_text.local_text_builder(
+        argument, config.validation_fraction, data_dir(config), config.txt_documents))
   name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
   return {"dataset": f"{name}:{builder.version}",
           "documents": {s: info.num_examples for s, info in sorted(builder.info.splits.items())},

@@ -11,6 +11,7 @@ from flax import nnx
 from pretrax.inference import evaluate, loading
 from pretrax.modeling import models
 from pretrax.training import checkpointing, config as config_lib, optimizer as optimizer_lib
+from pretrax.training import run_dir
 from pretrax.training import step as step_lib, tasks
 
 # The last paragraph of the corpus: the whole validation split. Multi-byte characters, so bytes
@@ -27,12 +28,14 @@ def run(tmp_path_factory):
   corpus = root / "corpus.txt"
   corpus.write_text("\n\n".join(TRAIN + [DOCUMENT]) + "\n")
   overrides = {"data.source": f"text:{corpus}", "data.data_dir": str(root / "tfds"),
+               "data.txt_documents": "paragraphs",
                "data.validation_fraction": "0.01", "model.num_layers": "1",
                "model.d_model": "32", "model.num_heads": "2", "train.batch_size": "4"}
   config = config_lib.apply_overrides(config_lib.load_preset("gpt:tiny"), overrides)
   assert config.data.seq_len == 128 and config.data.tokenizer == "byte"
   workdir = str(root / "run")
-  config = tasks.open_task(config, workdir).config  # writes config.json and the tokenizer
+  config = tasks.open_task(config, workdir).config  # writes the tokenizer
+  run_dir.write_config(config, workdir)
   params = nnx.to_pure_dict(nnx.state(models.build_model(config.model, 0)))
   optimizer = optimizer_lib.make_optimizer(config.optimizer, config.train.steps)
   checkpointer = checkpointing.Checkpointer(

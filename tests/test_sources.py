@@ -26,6 +26,8 @@ def _all(source: sources.TextSource) -> list[str]:
 
 
 def _text_config(paths, tmp_path, **kwargs) -> DataConfig:
+  """A text: source; .txt files split at blank lines, which these tests count on."""
+  kwargs.setdefault("txt_documents", "paragraphs")
   return DataConfig(source=f"text:{paths}", data_dir=str(tmp_path / "tfds"), **kwargs)
 
 
@@ -123,15 +125,43 @@ def test_default_corpus_reads_through_tfds_too(pydoc_dir, pydoc_splits):
 # Local text.
 
 
-def test_txt_file_is_split_at_blank_lines(tmp_path):
+def test_txt_file_is_split_at_blank_lines_when_asked(tmp_path):
   path = _write(tmp_path / "a.txt",
                 "\n\nFirst paragraph,\n  two lines.  \n\nSecond.\n \t \n\n\n  Third, indented.\r\n"
                 "still third\r\n\r\nFourth\n\n   \n")
-  docs = list(local_text.read_local_documents(path))
+  docs = list(local_text.read_local_documents(path, "paragraphs"))
   assert docs == [(f"{path}:3", "First paragraph,\n  two lines."),
                   (f"{path}:6", "Second."),
                   (f"{path}:10", "  Third, indented.\nstill third"),
                   (f"{path}:13", "Fourth")]
+
+
+def test_txt_file_is_one_continuous_text_by_default(tmp_path, shakespeare_text):
+  text = shakespeare_text[:100_000]
+  path = _write(tmp_path / "play.txt", text)
+  docs = list(local_text.read_local_documents(path))
+  assert "".join(piece for _, piece in docs) == text  # every character, every line break
+  sizes = [len(piece.encode("utf-8")) for _, piece in docs]
+  assert len(docs) > 20 and max(sizes) < local_text.CHUNK_BYTES + 200
+  assert all(piece.endswith("\n") for _, piece in docs[:-1])  # cut at line boundaries
+  line = 1
+  for doc_id, piece in docs:  # ids name the line each piece starts at
+    assert doc_id == f"{path}:{line}"
+    line += piece.count("\n")
+  # A file without a single blank line trains too (it used to be one document), and its
+  # validation split is its last tenth of bytes.
+  one_block = _write(tmp_path / "lines.txt", "".join(f"line {i}\n" for i in range(500)))
+  pieces = [len(p) for _, p in local_text.read_local_documents(one_block)]
+  held = local_text.validation_count(pieces, 0.1)
+  assert 0.1 <= sum(pieces[-held:]) / sum(pieces) < 0.1 + max(pieces) / sum(pieces)
+
+
+def test_txt_file_split_at_a_separator(tmp_path):
+  path = _write(tmp_path / "dump.txt", "first doc\nmore<|endoftext|>second<|endoftext|>\n"
+                "third\n\nstill third<|endoftext|>")
+  docs = list(local_text.read_local_documents(path, "<|endoftext|>"))
+  assert docs == [(f"{path}:1", "first doc\nmore"), (f"{path}:2", "second"),
+                  (f"{path}:2", "third\n\nstill third")]
 
 
 def test_directory_of_txt_and_jsonl(tmp_path):
@@ -176,7 +206,7 @@ def test_rebuilt_when_the_file_changes_and_reused_when_not(tmp_path, caplog):
   assert _all(sources.open_source(config, "train")) == ["old one"]
   assert sum("Building local_text" in m for m in caplog.messages) == 1
 
-  built = local_text.local_text_builder(path, 0.1, config.data_dir)
+  built = local_text.local_text_builder(path, 0.1, config.data_dir, "paragraphs")
   record_file = next(f for f in os.listdir(built.data_dir) if "train.array_record" in f)
   stamp = os.stat(os.path.join(built.data_dir, record_file)).st_mtime_ns
   assert _all(sources.open_source(config, "validation")) == ["old two"]
@@ -187,7 +217,7 @@ def test_rebuilt_when_the_file_changes_and_reused_when_not(tmp_path, caplog):
   os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
   assert _all(sources.open_source(config, "train")) == ["new one", "new two"]
   assert sum("Building local_text" in m for m in caplog.messages) == 2
-  rebuilt = local_text.local_text_builder(path, 0.1, config.data_dir)
+  rebuilt = local_text.local_text_builder(path, 0.1, config.data_dir, "paragraphs")
   assert rebuilt.builder_config.name != built.builder_config.name
   # A different validation_fraction is a different dataset too.
   assert local_text.local_text_config_name(path, 0.2) != rebuilt.builder_config.name
@@ -229,7 +259,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
   path = _write(tmp_path / "latin.txt",
                 b"caf\xe9 au lait\n\nna\xefve \xff\xfe ok \xef\xbf\xbd\n\nplain\n")
   with caplog.at_level(logging.WARNING, logger="pretrax.data"):
-    docs = [text for _, text in local_text.read_local_documents(path)]
+    docs = [text for _, text in local_text.read_local_documents(path, "paragraphs")]
   assert docs == ["caf\ufffd au lait", "na\ufffdve \ufffd\ufffd ok \ufffd", "plain"]
   warnings = [m for m in caplog.messages if "latin.txt" in m]
   assert len(warnings) == 1 and ": 4 characters were not valid UTF-8" in warnings[0]
@@ -244,7 +274,7 @@ def test_a_file_that_is_mostly_not_text_is_refused(tmp_path, caplog):
   # 22% of the characters invalid: still text in the wrong encoding, a warning.
   warned = _write(tmp_path / "accents.txt", b"\n\n".join(b"d\xe9j\xe0 vu" for _ in range(50)))
   with caplog.at_level(logging.WARNING, logger="pretrax.data"):
-    assert len(list(local_text.read_local_documents(warned))) == 50
+    assert len(list(local_text.read_local_documents(warned, "paragraphs"))) == 50
   assert any("accents.txt: 100 characters were not valid" in m for m in caplog.messages)
   # 30%: refused, naming the file, also inside a directory and with NUL bytes counted.
   _write(tmp_path / "d" / "a.txt", "fine text")
@@ -265,7 +295,7 @@ ready, go, paths, data_dir = sys.argv[1:]
 open(ready + str(os.getpid()), "w").close()
 while not os.path.exists(go):
   time.sleep(0.005)
-builder = corpora.build(local_text.local_text_builder(paths, 0.1, data_dir))
+builder = corpora.build(local_text.local_text_builder(paths, 0.1, data_dir, "paragraphs"))
 records = builder.as_data_source(split="validation")
 print(len(builder.as_data_source(split="train")), len(records), records[0]["text"].decode())
 """
@@ -303,7 +333,7 @@ def generate_then_stall(self, start, stop):
   time.sleep(600)
 
 local_text.LocalText._generate_examples = generate_then_stall
-corpora.build(local_text.local_text_builder(paths, 0.1, data_dir))
+corpora.build(local_text.local_text_builder(paths, 0.1, data_dir, "paragraphs"))
 """
 
 
@@ -318,14 +348,16 @@ def test_a_build_killed_midway_leaves_nothing_behind_the_next(tmp_path, caplog):
     time.sleep(0.01)
   build.kill()  # SIGKILL: no clean-up runs
   build.wait()
-  builder = local_text.local_text_builder(path, 0.1, data_dir)
+  builder = local_text.local_text_builder(path, 0.1, data_dir, "paragraphs")
   variant = os.path.dirname(builder.data_path)
+  version = str(builder.version)
   left = [d for d in os.listdir(variant) if d.startswith("incomplete.")]
-  assert len(left) == 1 and re.fullmatch(r"incomplete\.[A-Z0-9]{6}_1\.0\.0", left[0]), left
+  assert len(left) == 1 and re.fullmatch(rf"incomplete\.[A-Z0-9]{{6}}_{re.escape(version)}",
+                                         left[0]), left
 
   with caplog.at_level(logging.INFO, logger="pretrax.data"):
     built = corpora.build(builder)
-  assert os.listdir(variant) == ["1.0.0"]
+  assert os.listdir(variant) == [version]
   assert any(left[0] in m and "interrupted build" in m for m in caplog.messages)
   assert len(built.as_data_source(split="train")) + len(built.as_data_source(split="validation")) == 100
 

@@ -366,6 +366,9 @@ def validate(config: Config) -> None:
   if d.tokenizer_model_type not in ("unigram", "bpe"):
     raise ConfigError(f"config.data.tokenizer_model_type={d.tokenizer_model_type!r}: expected "
                       "unigram or bpe")
+  if not d.txt_documents:
+    raise ConfigError("config.data.txt_documents is empty: expected stream, paragraphs or a "
+                      "separator string such as <|endoftext|>")
   if not 0.0 < d.validation_fraction < 1.0:
     raise ConfigError(f"config.data.validation_fraction must be in (0, 1), got "
                       f"{d.validation_fraction}")
