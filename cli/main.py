@@ -36,7 +36,19 @@ def _multi_process_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--process_id", type=int, default=None)
 
 
+class _PrintSchema(argparse.Action):
+  """--help_config: every config field with its default and comment, then exit (like --help)."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    from pretrax.training import config as config_lib
+    print(config_lib.describe_schema())
+    parser.exit()
+
+
 def _restart_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--help_config", action=_PrintSchema, nargs=0,
+                 help="list every config field (--config.SECTION.FIELD) with its default and "
+                      "what it does, then exit")
   p.add_argument("--restart_data", action="store_true",
                  help="restore model and optimizer state but start the data stream over (to "
                       "resume with a different number of processes, or on changed data)")
@@ -55,9 +67,8 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser(
       "train", help="train or resume a run", formatter_class=raw,
       description="Train (or resume) a run. --config=PRESET or a file (path/to/file.py:variant); "
-                  "any config field can be overridden with --config.SECTION.FIELD=VALUE (the "
-                  "fields and their defaults: training/config.py, modeling/config.py, "
-                  "data/config.py).",
+                  "any config field can be overridden with --config.SECTION.FIELD=VALUE "
+                  "(--help_config lists them all with their defaults).",
       epilog="presets:\n" + config_lib.describe_presets() + "\n\nexamples:\n"
              "  pretrax train --config=gpt:tiny --workdir=workdirs/gpt_tiny\n"
              "  pretrax train --config=gpt:tiny --workdir=workdirs/play "
@@ -227,7 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "export":
       from pretrax.interop import export
       write = export.export_hf if args.format == "hf" else export.export_params
-      print(json.dumps(write(args.workdir, args.output, args.step)))
+      result = write(args.workdir, args.output, args.step)
+      if args.format == "hf":
+        print(f"pretrax: next: transformers.{result['architecture']}.from_pretrained("
+              f"{args.output!r}) loads it (README: load an export)", file=sys.stderr)
+      else:
+        print(f"pretrax: next: pretrax eval --workdir={args.output} (also score, sample)",
+              file=sys.stderr)
+      print(json.dumps(result))
     elif args.command == "import":
       from pretrax.interop import export
       print(json.dumps(export.import_hf(args.input, args.workdir, args.tokenizer)))

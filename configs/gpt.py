@@ -9,6 +9,8 @@ Variants are small deltas on the base config, never copies.
 from pretrax.training.config import Config
 
 VARIANTS = {  # name -> what it is for (pretrax train --help lists them)
+    "quickstart": "README's first run: a 4-layer GPT and a SentencePiece vocabulary trained on "
+                  "the corpus; readable text in 5 CPU minutes",
     "tiny": "~0.4M-parameter GPT on bytes; learns on 2 CPU cores in minutes",
     "small": "~10M-parameter GPT; CPU hours, minutes on an accelerator",
     "gpt2_124m": "GPT-2 small: 12 layers, 12 heads, 768 wide, 1024 context",
@@ -29,6 +31,15 @@ def get_config(variant: str | None = None) -> Config:
     config.train.eval_every, config.train.eval_steps, config.train.log_every = 100, 4, 10
     config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 30
     config.checkpoint.every = 100
+  elif variant == "quickstart":  # tuned on 2 CPU cores: benchmarks/first_run.py, RESULTS.md
+    config.model.num_layers, config.model.num_heads, config.model.d_model = 4, 4, 128
+    config.model.max_seq_len = 128
+    config.data.seq_len = 128
+    config.data.tokenizer, config.data.tokenizer_vocab_size = "train", 2048
+    config.train.batch_size, config.train.steps = 16, 2000
+    config.train.eval_every, config.train.eval_steps, config.train.log_every = 250, 8, 25
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 100
+    config.checkpoint.every = 500
   elif variant == "small":       # ~10M params; a few CPU hours, minutes on an accelerator
     config.model.num_layers, config.model.num_heads, config.model.d_model = 6, 6, 384
     config.model.max_seq_len = 256

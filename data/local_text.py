@@ -38,6 +38,8 @@ import json
 import logging
 import os
 import re
+import sys
+import time
 from typing import Iterator
 
 import tensorflow_datasets as tfds
@@ -302,6 +304,25 @@ class LocalTextConfig(tfds.core.BuilderConfig):
   txt_documents: str = "stream"        # how a .txt file named directly becomes documents
 
 
+class _ReadProgress:
+  """A line every PROGRESS_EVERY_S while a large corpus is read for its build: no silent minutes."""
+
+  PROGRESS_EVERY_S = 5.0
+
+  def __init__(self, what: str):
+    self.what, self.bytes = what, 0
+    self.started = self.last = time.perf_counter()
+
+  def update(self, documents: int, size: int) -> None:
+    self.bytes += size
+    now = time.perf_counter()
+    if now - self.last >= self.PROGRESS_EVERY_S:
+      self.last = now
+      mb = self.bytes / 1e6
+      print(f"pretrax: building {self.what}: {documents:,} documents, {mb:,.0f} MB read "
+            f"({mb / (now - self.started):,.1f} MB/s)", file=sys.stderr, flush=True)
+
+
 class LocalText(tfds.core.GeneratorBasedBuilder):
   """A user's .txt/.jsonl files; see the module docstring for how they become documents."""
 
@@ -321,8 +342,10 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
     config = self.builder_config
-    sizes = [len(text.encode("utf-8")) for _, text in
-             read_local_documents(list(config.paths), config.txt_documents)]
+    sizes, progress = [], _ReadProgress(", ".join(config.paths))
+    for _, text in read_local_documents(list(config.paths), config.txt_documents):
+      sizes.append(len(text.encode("utf-8")))
+      progress.update(len(sizes), sizes[-1])
     n = len(sizes)  # reading also checks every file, and warns once about replaced bytes
     if n < 2:
       raise InputError(

@@ -94,3 +94,16 @@ def test_sampling_never_draws_the_padded_vocabulary_rows_or_padding():
   assert int(draws.max()) < 263 and int(draws.min()) > 0
   greedy = generate.filter_logits(masked_v, temperature=0, top_k=0, top_p=1.0)
   assert int(jnp.argmax(greedy)) == 42
+
+
+def test_help_config_lists_every_field_with_default_and_comment(capsys):
+  from pretrax.training import config as config_lib
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train", "--help_config"])  # no --workdir needed, as with --help
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  for section, cls in config_lib.SECTIONS.items():
+    for field in cls.__dataclass_fields__:
+      assert f"\n  {section}.{field} = " in "\n" + out, (section, field)
+  assert "  optimizer.grad_clip = 1.0   # global-norm clipping; 0 disables" in out
+  assert "  data.objective = 'causal'   # What the batches teach." in out  # a comment above

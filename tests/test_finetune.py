@@ -59,6 +59,8 @@ def gpt_init(tmp_path_factory, shakespeare_text):
   config = config_lib.apply_overrides(
       config_lib.load_preset("gpt:tiny"),
       {"data.source": f"text:{corpus}", "data.data_dir": str(tmp / "tfds"),
+       "data.txt_documents": "paragraphs",  # short documents, each closed by </s>, like the
+                                           # examples whose last token the classifier reads
        "model.num_layers": "2", "model.d_model": "64", "model.num_heads": "4",
        "model.max_seq_len": str(SEQ_LEN), "data.seq_len": str(SEQ_LEN),
        "train.batch_size": "16", "train.steps": "40", "train.eval_every": "0",

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import typing
 
 from pretrax import configs as configs_package
@@ -106,6 +107,48 @@ class Config:
 
 # --------------------------------------------------------------------------------------------
 # Loading presets and applying overrides.
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
+            "train": TrainConfig, "mesh": MeshConfig, "checkpoint": CheckpointConfig,
+            "finetune": FinetuneConfig}
+
+
+def _field_comments(cls) -> dict[str, str]:
+  """Each field's comment in a dataclass's source: a `# ...` block above it and the `# ...` after
+  it (with its continuation lines, indented past the field)."""
+  import inspect
+  comments, last, above = {}, None, []
+  for line in inspect.getsource(cls).splitlines():
+    indent = len(line) - len(line.lstrip())
+    field = re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s?(.*))?$", line)
+    if field:
+      last, after = field.group(1), (field.group(2) or "").strip()
+      comments[last] = " ".join(above + ([after] if after else []))
+      above = []
+    elif line.lstrip().startswith("#") and last and indent > 4:
+      comments[last] += " " + line.strip().lstrip("#").strip()
+    elif line.lstrip().startswith("#"):
+      above.append(line.strip().lstrip("#").strip())
+      last = None
+    else:
+      last, above = None, []
+  return comments
+
+
+def describe_schema() -> str:
+  """Every config field with its default and comment (`pretrax train --help_config`)."""
+  lines = []
+  for section, cls in SECTIONS.items():
+    defaults, comments = cls(), _field_comments(cls)
+    lines.append(f"{section}:")
+    for field in dataclasses.fields(cls):
+      value = getattr(defaults, field.name)
+      if field.name == "axis_rules":
+        value = json.dumps(value)
+      lines.append(f"  {section}.{field.name} = {value!r}" +
+                   (f"   # {comments[field.name]}" if comments.get(field.name) else ""))
+  return "\n".join(lines)
 
 
 def available_presets() -> list[str]:

@@ -244,11 +244,13 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
         if jax.process_index() == 0:
           print(f"pretrax: --restart_data: the data stream starts over at step {start} ({why})",
                 flush=True)
-        writer.write({"step": start, "event": "data_restarted", "data_changes":
-                      restored.data_changes})
+        # Recorded in the next metrics line, so every line stays one step.
+        note = {"data_restarted_at": start, "data_changes": restored.data_changes}
     else:
       state = setup.init_state()
       start = 0
+    if restored is None or not restart_data:
+      note = {}
     run_dir.write_config(config, workdir)  # the settings the run now continues under
 
     n_params = metrics_lib.num_params(setup.abstract_params)
@@ -300,14 +302,16 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
           elapsed = time.perf_counter() - tick
           tokens_per_sec = (step - tick_step) * task.tokens_per_step / elapsed
           record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
-                    "mfu": tokens_per_sec * flops_token / peak}
+                    "mfu": tokens_per_sec * flops_token / peak,
+                    "elapsed_s": time.perf_counter() - began}
           eval_metrics = run_eval(state["params"]) if do_eval else None
           if eval_metrics is not None:
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
             if jax.process_index() == 0:
               bar.write(f"step {step}: " + ", ".join(
                   f"{k} {v:.4f}" for k, v in eval_metrics.items() if isinstance(v, float)))
-          writer.write(record)
+          writer.write(record | note)
+          note = {}
           bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                           tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}",
                           refresh=False)
