@@ -7,8 +7,9 @@ Runs `pretrax train` in a fresh workdir as a user would (a subprocess, on the bu
 unless overridden), then prints:
   curve        validation bits per byte against wall-clock seconds since the command started
                (start-up, dataset build and tokenizer training included)
-  other text   `pretrax score` bits per byte on the first 20,000 characters of another English
-               text (default: tinyshakespeare, which the built-in corpus does not contain)
+  other text   `pretrax score` bits per byte on the first 20,000 characters of English the
+               built-in corpus does not contain: tinyshakespeare (1600s verse) and the English
+               side of Multi30k's validation captions (today's plain English), from ../shared
   sample       `pretrax sample` with its defaults and the prompt "The ", and the share of its
                words (letters only) found in the training corpus or the other text
 """
@@ -36,8 +37,9 @@ def main() -> int:
   parser.add_argument("--preset", default="gpt:quickstart")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
                                                         "pretrax_first_run"))
-  parser.add_argument("--other_text", default=os.path.join(REPO, "..", "shared", "data",
-                                                           "tinyshakespeare.txt"))
+  shared = os.path.join(REPO, "..", "shared", "data")
+  parser.add_argument("--other_text", default=os.path.join(shared, "tinyshakespeare.txt"))
+  parser.add_argument("--captions", default=os.path.join(shared, "multi30k", "val.en-de.jsonl"))
   args, extra = parser.parse_known_args()
   pretrax = [sys.executable, "-m", "pretrax.cli"]
   shutil.rmtree(args.workdir, ignore_errors=True)
@@ -61,14 +63,18 @@ def main() -> int:
 
   with open(args.other_text, encoding="utf-8") as f:
     other = f.read()
-  with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-    f.write(other[:20_000])
-  score = subprocess.run([*pretrax, "score", f"--workdir={args.workdir}", f"--text={f.name}"],
-                         capture_output=True, text=True)
-  os.remove(f.name)
-  scored = json.loads(score.stdout.strip().splitlines()[-1])
-  print(f"\nother English text ({os.path.basename(args.other_text)}, first 20,000 characters): "
-        f"{scored['bits_per_byte']:.3f} bits/byte")
+  with open(args.captions, encoding="utf-8") as f:
+    captions = "\n".join(json.loads(line)["source"] for line in f)
+  for name, text in ((os.path.basename(args.other_text), other),
+                     (f"{os.path.basename(args.captions)} English captions", captions)):
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+      f.write(text[:20_000])
+    score = subprocess.run([*pretrax, "score", f"--workdir={args.workdir}", f"--text={f.name}"],
+                           capture_output=True, text=True)
+    os.remove(f.name)
+    scored = json.loads(score.stdout.strip().splitlines()[-1])
+    print(f"\nother English text, {name} (first 20,000 characters): "
+          f"{scored['bits_per_byte']:.3f} bits/byte")
 
   sample = subprocess.run([*pretrax, "sample", f"--workdir={args.workdir}", "--prompt=The "],
                           capture_output=True, text=True).stdout
@@ -76,7 +82,7 @@ def main() -> int:
   from pretrax.data import sources
   from pretrax.training import config as config_lib
   data = config_lib.from_dict(config).data
-  known = set(w.lower() for w in _words(other))
+  known = set(w.lower() for w in _words(other + captions))
   for text in sources.iter_texts(data, data.train_split):
     known.update(w.lower() for w in _words(text))
   words = _words(sample)

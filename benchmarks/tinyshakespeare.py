@@ -3,8 +3,8 @@
   python benchmarks/tinyshakespeare.py --presets=configs/gpt.py:tiny,configs/gpt.py:small \
       --steps=300 [--text=../shared/data/tinyshakespeare.txt] [--workdir=/tmp/bench] [-- --config.X=Y ...]
 
-The last 10% of the file (its final blank-line-separated passages) is held out as validation
-(`config.data.validation_fraction=0.1`). Columns:
+The last 10% of the file's bytes (cut at a line; the file is read as one continuous text) is
+held out as validation (`config.data.validation_fraction=0.1`). Columns:
   tokens/s   training tokens per second (median over log intervals, compile excluded)
   ms/step    median milliseconds per optimizer step
   MFU        model FLOPs utilization, 6N + 12·L·d·T FLOPs per token against the device peak

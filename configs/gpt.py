@@ -36,10 +36,10 @@ def get_config(variant: str | None = None) -> Config:
     config.model.max_seq_len = 128
     config.data.seq_len = 128
     config.data.tokenizer, config.data.tokenizer_vocab_size = "train", 2048
-    config.train.batch_size, config.train.steps = 16, 2000
-    config.train.eval_every, config.train.eval_steps, config.train.log_every = 250, 8, 25
-    config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 100
-    config.checkpoint.every = 500
+    config.train.batch_size, config.train.steps = 16, 400
+    config.train.eval_every, config.train.eval_steps, config.train.log_every = 100, 8, 25
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 50
+    config.checkpoint.every = 200
   elif variant == "small":       # ~10M params; a few CPU hours, minutes on an accelerator
     config.model.num_layers, config.model.num_heads, config.model.d_model = 6, 6, 384
     config.model.max_seq_len = 256

@@ -49,7 +49,7 @@ from pretrax.data.errors import InputError
 log = logging.getLogger(__name__)
 
 _TEXT_SUFFIXES = (".txt", ".jsonl")
-CHUNK_BYTES = 4096       # a stream's pieces: small enough that shuffled batches mix the text
+CHUNK_BYTES = 1024       # a stream's pieces: small enough that shuffled batches mix the text
 MIN_STREAM_PIECES = 20   # a smaller file is cut into this many (so it has a validation split)
 TXT_MODES = ("stream", "paragraphs")  # data.txt_documents; any other value is a separator
 
