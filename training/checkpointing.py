@@ -217,7 +217,7 @@ class Checkpointer:
                    "verified): it cannot be checked for corruption; loading it unverified")
       try:
         return self._restore(step, abstract_state, data_iterator, fingerprint, restart_data)
-      except DataChangedError:
+      except InputError:  # changed data or process count: a usage error, nothing is moved
         raise
       except Exception as e:
         problem = f"{self.step_dir(step)}: cannot be read ({type(e).__name__}: {_first_line(e)})"
