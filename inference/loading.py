@@ -45,7 +45,7 @@ def _deleted_by_trainer(checkpointer: checkpointing.Checkpointer, step: int, kee
   path = checkpointer.step_dir(step)
   if not os.path.isdir(path):
     return True
-  newer = [n for n in os.listdir(checkpointer.directory) if n.isdigit() and int(n) > step]
+  newer = [n for n in run_dir.checkpoint_steps(checkpointer.workdir) if n > step]
   if len(newer) < keep:
     return False
   deadline = time.monotonic() + wait_s

@@ -234,6 +234,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
     restored = checkpointer.restore_latest(abstract, data_iter, fingerprint, restart_data)
+    note = {}  # said once, in the next metrics line
     if restored is not None:
       start, state = restored.step, restored.state
       if writer.enabled:
@@ -244,13 +245,11 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
         if jax.process_index() == 0:
           print(f"pretrax: --restart_data: the data stream starts over at step {start} ({why})",
                 flush=True)
-        # Recorded in the next metrics line, so every line stays one step.
+        # In the next metrics line, so every line stays one step.
         note = {"data_restarted_at": start, "data_changes": restored.data_changes}
     else:
       state = setup.init_state()
       start = 0
-    if restored is None or not restart_data:
-      note = {}
     run_dir.write_config(config, workdir)  # the settings the run now continues under
 
     n_params = metrics_lib.num_params(setup.abstract_params)
