@@ -27,6 +27,7 @@ setuptools.setup(
         "array-record>=0.8",
         "importlib_resources",   # used by tensorflow-datasets, which does not declare it
         "sentencepiece>=0.2",
+        "filelock",              # JAX's compilation cache locks its directory with it
         "numpy",
         "tqdm",
     ],

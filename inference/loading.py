@@ -10,7 +10,7 @@ from flax import nnx
 
 from pretrax.data import tokenizers
 from pretrax.data.errors import InputError
-from pretrax.training import checkpointing, run_dir, tasks
+from pretrax.training import checkpointing, compile_cache, run_dir, tasks
 from pretrax.training.config import Config, ConfigError
 
 
@@ -130,6 +130,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   if step is not None and step < 0:
     raise InputError(f"--step={step}: a checkpoint's step is >= 0 (omit it for the latest)")
   config = run_dir.read_config(workdir)
+  compile_cache.enable(config.train.compile_cache_dir)
   tokenizer = tokenizers.load_from_directory(workdir)
   task = tasks.task_class(config)(config, tokenizer, workdir)
   graphdef, abstract_state = task.abstract_model()

@@ -10,6 +10,8 @@ check).
 
 import json
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -28,6 +30,17 @@ SHAKESPEARE = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tinys
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: more than about 15 s on 2 cores; deselect with "
                                      "-m 'not slow' for a quick check")
+  # One compilation cache for the session (the pytest process and its xdist workers, which
+  # inherit the environment), never the user's: tests that compile the same programs share them.
+  if "PRETRAX_COMPILE_CACHE" not in os.environ:
+    config.compile_cache_made = tempfile.mkdtemp(prefix="pretrax-test-xla-")
+    os.environ["PRETRAX_COMPILE_CACHE"] = config.compile_cache_made
+
+
+def pytest_unconfigure(config):
+  made = getattr(config, "compile_cache_made", None)
+  if made:
+    shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

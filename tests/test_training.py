@@ -12,7 +12,7 @@ import pytest
 
 from pretrax.inference import loading
 from pretrax.training import checkpointing, config as config_lib, optimizer as optimizer_lib
-from pretrax.training import trainer
+from pretrax.training import compile_cache, trainer
 
 
 @pytest.mark.slow
@@ -182,8 +182,21 @@ def test_persistent_compilation_cache_is_written(tmp_path, tiny_gpt_config):
   try:
     trainer.train(config, str(tmp_path / "run"))
   finally:
-    jax.config.update("jax_compilation_cache_dir", None)
+    compile_cache.enable("")  # back to the session's cache
   assert cache.is_dir() and any(cache.iterdir())  # compiled programs a restart can reuse
+
+
+def test_compile_cache_directory_is_the_config_then_the_environment_then_the_default(
+    monkeypatch, tmp_path):
+  monkeypatch.setenv("PRETRAX_COMPILE_CACHE", str(tmp_path / "env"))
+  assert compile_cache.resolve(str(tmp_path / "config")) == str(tmp_path / "config")
+  assert compile_cache.resolve("") == str(tmp_path / "env")
+  assert compile_cache.resolve("off") == ""
+  monkeypatch.setenv("PRETRAX_COMPILE_CACHE", "OFF")
+  assert compile_cache.resolve("") == ""
+  monkeypatch.delenv("PRETRAX_COMPILE_CACHE")
+  assert compile_cache.resolve("") == os.path.expanduser(compile_cache.DEFAULT_DIR)
+  assert compile_cache.DEFAULT_DIR.endswith(os.path.join("pretrax", "xla"))
 
 
 @pytest.mark.slow

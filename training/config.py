@@ -65,7 +65,8 @@ class TrainConfig:
   peak_flops: float = 0.0       # peak FLOP/s of one device for MFU; 0: from a table, or measured on CPU
   loss_chunk_size: int = 0      # causal LM: compute the loss over chunks of this many positions, never
                                 # holding [B, T, V] float32 logits at once; 0: all positions at once
-  compile_cache_dir: str = ""   # JAX persistent compilation cache ("": $PRETRAX_COMPILE_CACHE or off)
+  compile_cache_dir: str = ""   # JAX persistent compilation cache ("": $PRETRAX_COMPILE_CACHE,
+                                # else ~/.cache/pretrax/xla; "off": none)
   nonfinite: str = "skip"       # a non-finite loss or gradient: skip (drop the update) | stop
   max_nonfinite_skips: int = 5  # with skip: abort after this many consecutive skipped steps
 

@@ -25,7 +25,7 @@ from flax import nnx
 
 from pretrax.data.errors import InputError
 from pretrax.modeling import sharding
-from pretrax.training import checkpointing, mesh as mesh_lib
+from pretrax.training import checkpointing, compile_cache, mesh as mesh_lib
 from pretrax.training import metrics as metrics_lib, optimizer as optimizer_lib, run_dir
 from pretrax.training import report, sharding_report, step as step_lib, tasks as tasks_lib
 from pretrax.training.config import Config, ConfigError
@@ -196,19 +196,11 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
     return _train(task, stop, stop_after, devices, print_sharding, restart_data)
 
 
-def enable_compile_cache(directory: str) -> None:
-  """Persists compiled programs in `directory` so a restarted run skips recompilation."""
-  directory = directory or os.environ.get("PRETRAX_COMPILE_CACHE", "")
-  if directory:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
            restart_data) -> dict:
   config, workdir = task.config, task.workdir
   tc = config.train
-  enable_compile_cache(tc.compile_cache_dir)
+  compile_cache.enable(tc.compile_cache_dir)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = config.mesh.axis_rules
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
