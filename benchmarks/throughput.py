@@ -2,8 +2,9 @@
 of the input pipeline that would feed them.
 
   python benchmarks/throughput.py --preset=configs/gpt.py:tiny --preset=configs/gpt.py:small \
-      [--steps=20 --warmup=3 --batch=B --seq=T] [--reference=torch] [--smoke] \
+      [--steps=20 --warmup=3 --batch=B --seq=T] [--reference=torch] [--loop] [--smoke] \
       [--text=PATH] [-- --config.model.attention_impl=dot_product ...]
+  python benchmarks/throughput.py --nanogpt --reference=torch --steps=100
 
 For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise):
   pretrax   the trainer's model, optimizer and jitted, donated train step on random token
@@ -13,6 +14,14 @@ For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise
             BertForPreTraining), float32, torch.optim.AdamW with the same lr/betas/eps/weight
             decay (matrices only) and gradient clipping; eager, timed the same way, with
             --torch_threads CPU threads (default: all cores, like XLA's CPU thread pool).
+  loop      (--loop) the whole trainer (`trainer.train`: input pipeline, host transfers,
+            metrics every step, progress) on --text, twice: cold (nothing built or compiled
+            yet) and warm (corpus built, programs in the compilation cache); first s is the
+            run's startup_s, the steps are timed between its metrics lines.
+  torch loop (--loop, GPT) nanoGPT's training loop (random windows of the token stream, AdamW,
+            clipping, loss.item() every step) on the same model written in plain PyTorch.
+            --nanogpt: nanoGPT's CPU baby-GPT shapes (4 layers, 4 heads, 128 wide, context 64,
+            batch 12) on configs/gpt.py:tiny, with --loop.
   pipeline  the trainer's training batches (data.pipeline.lm_batches for GPT,
             data.bert_pipeline.bert_batches for BERT) of a real corpus with the byte tokenizer
             (--text, default ../shared/data/tinyshakespeare.txt, else the built-in default
@@ -25,8 +34,9 @@ Columns:
   MFU         tokens/s x FLOPs per token / peak FLOP/s of the device (GPT: 6N + 12·L·d·T;
               the footer prints each preset's formula and where the peak came from)
   peak MiB    the device's peak_bytes_in_use when it reports one, else this process's peak RSS
-  x           pretrax row: pretrax tokens/s ÷ torch tokens/s; pipeline row: pipeline tokens/s ÷
-              pretrax train tokens/s (its margin over the training step)
+  x           pretrax row: pretrax tokens/s ÷ torch tokens/s; loop rows: their tokens/s ÷ the
+              torch loop's; pipeline row: pipeline tokens/s ÷ pretrax train tokens/s (its
+              margin over the training step)
 
 --smoke runs a few steps of the tiny preset on a tiny batch (seconds; for CI).
 On a shared machine the numbers are only as good as its load: the header prints the load average.
@@ -388,6 +398,145 @@ def run_pipeline(config, tokenizer, source: str, args) -> Timing:
 
 
 # --------------------------------------------------------------------------------------------
+# Whole training loops (--loop): what a user waits for, not only the jitted step.
+
+# nanoGPT's CPU "baby GPT" (its README: 4 layers, 4 heads, 128 wide, context 64, batch 12).
+NANOGPT_SHAPES = {"model.num_layers": "4", "model.num_heads": "4", "model.d_model": "128",
+                  "model.max_seq_len": "64", "data.seq_len": "64", "train.batch_size": "12"}
+
+
+def loop_timing(records: list[dict], warmup: int) -> Timing:
+  """Timing of a trainer run logged at every step: first = its `startup_s` (call to the end of
+  step 1), then the time between consecutive metrics lines after `warmup` more steps."""
+  elapsed = [r["elapsed_s"] for r in records]
+  return Timing(records[0]["startup_s"],
+                [b - a for a, b in zip(elapsed[warmup:], elapsed[warmup + 1:])])
+
+
+def run_pretrax_loop(config, args, text: str) -> tuple[Timing, Timing]:
+  """(cold, warm) Timings of `trainer.train` on the --text file, logging every step like
+  nanoGPT's CPU command (log_interval=1), no eval. Cold: a fresh corpus directory and
+  compilation cache; warm: the same run again in a new workdir, corpus built and programs
+  compiled."""
+  import contextlib
+  import json
+  import tempfile
+  from pretrax.training import config as config_lib, trainer
+  steps = 1 + args.warmup + args.steps
+  timings = []
+  with tempfile.TemporaryDirectory() as scratch:
+    run = config_lib.apply_overrides(config, {
+        "data.source": f"text:{os.path.abspath(text)}", "data.data_dir": f"{scratch}/data",
+        "train.steps": str(steps), "train.log_every": "1", "train.eval_every": "0",
+        "checkpoint.every": str(steps), "train.compile_cache_dir": f"{scratch}/xla"})
+    for attempt in ("cold", "warm"):
+      workdir = os.path.join(scratch, attempt)
+      with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
+          contextlib.redirect_stderr(quiet):
+        trainer.train(run, workdir)
+      with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        timings.append(loop_timing([json.loads(line) for line in f], args.warmup))
+  return timings[0], timings[1]
+
+
+def torch_gpt(config):
+  """A GPT in plain PyTorch with the preset's layout (pre-LN, GELU tanh, learned positions, tied
+  head, biases as config.model.use_bias), in the manner of nanoGPT's model.py; -> (model,
+  loss(inputs_bt, targets_bt))."""
+  import torch
+  import torch.nn.functional as F
+  from torch import nn
+  m = config.model
+  _require_layout(m, {"norm": "layernorm", "norm_position": "pre", "activation": "gelu_tanh",
+                      "position": "learned", "head_dim": 0, "type_vocab_size": 0,
+                      "embed_norm": False}, "(plain PyTorch GPT)")
+  d, h, bias = m.d_model, m.num_heads, m.use_bias
+
+  class Block(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.ln_1, self.ln_2 = nn.LayerNorm(d, eps=m.norm_eps), nn.LayerNorm(d, eps=m.norm_eps)
+      self.qkv, self.out = nn.Linear(d, 3 * d, bias=bias), nn.Linear(d, d, bias=bias)
+      self.fc, self.proj = nn.Linear(d, m.mlp_dim, bias=bias), nn.Linear(m.mlp_dim, d, bias=bias)
+
+    def forward(self, x_btd):
+      b, t, _ = x_btd.shape
+      q, k, v = (z.view(b, t, h, d // h).transpose(1, 2)
+                 for z in self.qkv(self.ln_1(x_btd)).split(d, dim=2))
+      y_bhtk = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+      x_btd = x_btd + self.out(y_bhtk.transpose(1, 2).reshape(b, t, d))
+      return x_btd + self.proj(F.gelu(self.fc(self.ln_2(x_btd)), approximate="tanh"))
+
+  class GPT(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.wte, self.wpe = nn.Embedding(m.vocab_size, d), nn.Embedding(m.max_seq_len, d)
+      self.blocks = nn.ModuleList(Block() for _ in range(m.num_layers))
+      self.ln_f = nn.LayerNorm(d, eps=m.norm_eps)
+      for module in self.modules():  # GPT-2's (and nanoGPT's) initialization
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+          nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+          nn.init.zeros_(module.bias)
+
+    def forward(self, inputs_bt, targets_bt):
+      x_btd = self.wte(inputs_bt) + self.wpe(torch.arange(inputs_bt.shape[1]))
+      for block in self.blocks:
+        x_btd = block(x_btd)
+      logits_btv = self.ln_f(x_btd) @ self.wte.weight.T
+      return F.cross_entropy(logits_btv.flatten(0, 1), targets_bt.flatten())
+
+  return GPT()
+
+
+def run_torch_loop(config, args, tokenizer, text: str) -> Timing:
+  """Timing of nanoGPT's training loop on the --text file, tokenized as pretrax does: random
+  windows of the token stream (get_batch), forward, backward, gradient clipping, AdamW with the
+  learning rate set each step, and loss.item() every step (log_interval=1). First: from reading
+  the text to the end of step 1."""
+  import numpy as np
+  import torch
+  torch.set_num_threads(args.torch_threads or os.cpu_count())
+  torch.manual_seed(0)
+  from pretrax.training import optimizer as optimizer_lib
+  o, b, t = config.optimizer, config.train.batch_size, config.data.seq_len
+  schedule = optimizer_lib.learning_rate_schedule(o, config.train.steps)
+  box = {}
+
+  def prepare():
+    with open(text, encoding="utf-8") as f:
+      ids = tokenizer.encode(f.read()).astype(np.int64)
+    box["train"] = torch.from_numpy(ids[:int(0.9 * len(ids))])
+    model = torch_gpt(config).train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    box["model"], box["optimizer"] = model, torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=o.learning_rate, betas=(o.b1, o.b2),
+        eps=o.eps)
+    box["step"] = 0
+
+  def run_step():
+    if not box:
+      prepare()
+    data, model, optimizer = box["train"], box["model"], box["optimizer"]
+    starts = torch.randint(len(data) - t - 1, (b,))
+    window_bt = torch.stack([data[i:i + t + 1] for i in starts.tolist()])
+    for group in optimizer.param_groups:
+      group["lr"] = float(schedule(box["step"]))
+    loss = model(window_bt[:, :-1], window_bt[:, 1:])
+    loss.backward()
+    if o.grad_clip > 0:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss.item()
+    box["step"] += 1
+
+  return time_steps(run_step, steps=args.steps, warmup=args.warmup)
+
+
+# --------------------------------------------------------------------------------------------
 # Main.
 
 
@@ -410,11 +559,21 @@ def _parse_args(argv: list[str]):
                       help="timed pipeline batches (default: 100, or --steps if more; smoke 10)")
   parser.add_argument("--smoke", action="store_true",
                       help="tiny preset, batch 4 x 32, 3 steps: seconds, for CI")
+  parser.add_argument("--loop", action="store_true",
+                      help="add the whole training loop on --text: the trainer cold and warm, "
+                           "and (GPT) nanoGPT's loop in plain PyTorch")
+  parser.add_argument("--nanogpt", action="store_true",
+                      help="nanoGPT's CPU baby-GPT shapes (4 layers, 128 wide, context 64, "
+                           "batch 12) on configs/gpt.py:tiny, with --loop")
   split = argv.index("--") if "--" in argv else len(argv)
   own, overrides = argv[:split], argv[split + 1:]
   args = parser.parse_args(own)
   defaults = SMOKE if args.smoke else {"presets": ["configs/gpt.py:tiny"], "steps": 20,
                                        "warmup": 3}
+  if args.nanogpt:
+    args.loop = True
+    if args.batch or args.seq:
+      parser.error("--nanogpt sets the batch (12) and sequence length (64)")
   for name, value in defaults.items():
     if getattr(args, name) is None:
       setattr(args, name, value)
@@ -422,6 +581,8 @@ def _parse_args(argv: list[str]):
   args.pipeline_steps = args.pipeline_steps or max(args.steps, 10 if args.smoke else 100)
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be >= 1 and --warmup >= 0")
+  if args.loop and not os.path.isfile(args.text):
+    parser.error(f"--loop trains on a text file: --text={args.text} does not exist")
   return parser, args, overrides
 
 
@@ -463,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
   _, overrides, rest = config_lib.split_overrides(override_args)
   if rest:
     parser.error(f"unrecognized arguments after --: {rest} (expected --config.SECTION.FIELD=V)")
+  if args.nanogpt:
+    overrides = NANOGPT_SHAPES | overrides
   tokenizer = tokenizers.load_tokenizer("byte")
   configs = [(p, load_config(p, args, overrides, tokenizer)) for p in args.presets]
   memory = PeakMemory()
@@ -494,6 +657,27 @@ def main(argv: list[str] | None = None) -> int:
       pretrax_row[-1] = tok_s / t_tok_s
       notes.append(f"{name}: torch reference on {t_desc}; pretrax/torch tokens/s = "
                    f"{tok_s / t_tok_s:.2f}")
+    if args.loop:
+      cold, warm = run_pretrax_loop(config, args, args.text)
+      loop_rows = [[f"{name} loop cold", f"{b}x{t}", n_params, cold, tokens_per_step,
+                    tokens_per_step / cold.per_step_s * flops_token / peak, None, None],
+                   [f"{name} loop warm", f"{b}x{t}", n_params, warm, tokens_per_step,
+                    tokens_per_step / warm.per_step_s * flops_token / peak, None, None]]
+      rows += loop_rows
+      notes.append(f"{name}: loop = trainer.train on {args.text}, logging every step; first s = "
+                   "its startup_s (call to the end of step 1: corpus build, tokenizer, "
+                   "compilation); cold: nothing built or cached, warm: the same run again")
+      if m.family == "gpt":
+        l_timing = run_torch_loop(config, args, tokenizer, args.text)
+        l_tok_s = tokens_per_step / l_timing.per_step_s
+        rows.append([f"{name} torch loop", f"{b}x{t}", None, l_timing, tokens_per_step,
+                     l_tok_s * flops_token / peak, None, None])
+        for row in loop_rows:
+          row[-1] = tokens_per_step / row[3].per_step_s / l_tok_s
+        notes.append(f"{name}: torch loop = nanoGPT's loop (get_batch, AdamW, clipping, "
+                     "loss.item() each step) on the same model in plain PyTorch, "
+                     f"{args.torch_threads or os.cpu_count()} threads; first s from reading the "
+                     "text; x of the loop rows = their tokens/s ÷ the torch loop's")
     p_timing = run_pipeline(config, tokenizer, source, args)
     p_tok_s = tokens_per_step / p_timing.per_step_s
     rows.append([name + " pipeline", f"{b}x{t}", None, p_timing, tokens_per_step, None, None,

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 
 
@@ -148,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
   tsub = p.add_subparsers(dest="tokenizer_command", required=True)
   t = tsub.add_parser("train", help="train a SentencePiece tokenizer with pretrax's special tokens")
   t.add_argument("--input", required=True, nargs="+",
-                 help=".txt/.jsonl files or directories (same rules as config.data.source=text:)")
+                 help=".txt/.jsonl/.parquet files or directories (same rules as "
+                      "config.data.source=text:)")
   t.add_argument("--output", required=True, help="writes PREFIX.model and PREFIX.vocab")
   t.add_argument("--vocab_size", type=int, required=True)
   t.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
@@ -220,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
       (_train if args.command == "train" else _finetune)(args, preset, overrides)
     elif args.command == "eval":
       from pretrax.inference import evaluate
-      print(json.dumps(evaluate.eval_run(args.workdir, args.split, args.step, args.batches)))
+      result = evaluate.eval_run(args.workdir, args.split, args.step, args.batches)
+      if "bits_per_byte" in result:  # a language model
+        run = shlex.quote(args.workdir)
+        print(f"pretrax: next: pretrax score --workdir={run} --text=FILE (bits per byte of your "
+              f"own text); pretrax sample --workdir={run}", file=sys.stderr)
+      print(json.dumps(result))
     elif args.command == "score":
       from pretrax.inference import evaluate
       with open(args.text, "rb") as f:
@@ -235,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
       print(args.prompt + generate.sample(
           args.workdir, args.prompt, args.max_new_tokens, temperature=args.temperature,
           top_k=args.top_k, top_p=args.top_p, seed=args.seed, step=args.step))
+      print("pretrax: next: --temperature, --top_k, --top_p and --seed change the sampling; "
+            "--step samples an earlier checkpoint", file=sys.stderr)
     elif args.command == "export":
       from pretrax.interop import export
       write = export.export_hf if args.format == "hf" else export.export_params

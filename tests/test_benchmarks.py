@@ -66,3 +66,37 @@ def test_throughput_smoke_with_torch_reference(tmp_path, repo_dir):
   assert "6N + 12·L·d·T" in out and "MFU = tokens/s x" in out
   assert re.search(r"peak = [\d,.]+ GFLOP/s per device, (table|measured|config)", out)
   assert "peak MiB: " in out and "pretrax/torch tokens/s = " in out
+
+
+def _throughput_module(repo_dir):
+  spec = importlib.util.spec_from_file_location(
+      "throughput", os.path.join(repo_dir, "benchmarks", "throughput.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_loop_rows_time_the_steps_between_metrics_lines(repo_dir):
+  throughput = _throughput_module(repo_dir)
+  records = [{"step": s, "startup_s": 9.0, "elapsed_s": e} if s == 1 else
+             {"step": s, "elapsed_s": e} for s, e in [(1, 5.0), (2, 5.5), (3, 5.75), (4, 6.5)]]
+  timing = throughput.loop_timing(records, warmup=1)  # step 2 is the warmup
+  assert timing.first_s == 9.0 and timing.step_s == [0.25, 0.75]
+
+
+def test_the_plain_pytorch_loop_trains_pretrax_model_shapes(repo_dir):
+  pytest.importorskip("torch")
+  from flax import nnx
+  from pretrax.modeling import models
+  from pretrax.training import config as config_lib, metrics
+  throughput = _throughput_module(repo_dir)
+  config = config_lib.apply_overrides(config_lib.load_preset("gpt:tiny"),
+                                      throughput.NANOGPT_SHAPES | {"model.vocab_size": "384"})
+  torch_model = throughput.torch_gpt(config)
+  pretrax_params = nnx.to_pure_dict(models.abstract_model(config.model)[1])
+  assert (sum(p.numel() for p in torch_model.parameters()) ==
+          metrics.num_params(pretrax_params, exclude_positions=False))
+  import torch
+  ids_bt = torch.randint(0, 384, (2, 65))
+  loss = torch_model(ids_bt[:, :-1], ids_bt[:, 1:])
+  assert abs(loss.item() - torch.log(torch.tensor(384.0)).item()) < 1.0  # near uniform at init

@@ -64,6 +64,11 @@ def test_a_run_in_a_log_ends_with_a_summary_whose_commands_run(tmp_path, shakesp
   assert "bits per byte" in fields["validation"]
   assert os.path.isdir(tmp_path / fields["checkpoint"])
   assert os.path.isfile(tmp_path / fields["metrics"])
+  with open(tmp_path / fields["metrics"]) as f:
+    records = [json.loads(line) for line in f]
+  # How long start-up took, said once: data, tokenizer, compilation and the first step.
+  assert [r["step"] for r in records if "startup_s" in r] == [records[0]["step"]]
+  assert 0 < records[0]["startup_s"]
 
   commands = [line.strip() for line in summary if line.startswith("  pretrax ")]
   assert [c.split()[1] for c in commands] == ["eval", "sample", "export", "finetune"]
@@ -81,6 +86,10 @@ def test_a_run_in_a_log_ends_with_a_summary_whose_commands_run(tmp_path, shakesp
     ran = subprocess.run([*pretrax, *args], cwd=tmp_path, env=env, capture_output=True,
                          text=True)
     assert ran.returncode == 0, (command, ran.stderr[-2000:])
+    if args[0] in ("eval", "sample", "export"):  # each says in one line what to do next
+      assert len([l for l in ran.stderr.splitlines() if l.startswith("pretrax: next: ")]) == 1
+    if args[0] == "eval":
+      assert "pretrax score --workdir=run --text=FILE" in ran.stderr
 
 
 def test_sampling_never_draws_the_padded_vocabulary_rows_or_padding():

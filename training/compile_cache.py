@@ -2,8 +2,9 @@
 shapes again (a restarted run, a second `pretrax train`, `eval` after training) skips compilation.
 
 Where: `config.train.compile_cache_dir`, else $PRETRAX_COMPILE_CACHE, else DEFAULT_DIR; "off" in
-either turns it off. Each directory is kept to MAX_BYTES, the least recently used programs evicted
-first; processes sharing one take a file lock (JAX's, through `filelock`) to read and write it.
+either turns it off. A local directory is kept to MAX_BYTES, the least recently used programs
+evicted first; processes sharing one take a file lock (JAX's, through `filelock`) to read and write
+it.
 """
 
 import os
@@ -31,6 +32,7 @@ def enable(directory: str) -> str:
     jax.config.update("jax_compilation_cache_dir", path or None)
     cache_api.reset_cache()  # JAX opens its cache once; a new directory needs a reset
   if path:
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    # Eviction takes a local file lock; a bucket (gs://...) is left to grow.
+    jax.config.update("jax_compilation_cache_max_size", -1 if "://" in path else MAX_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
   return path

@@ -177,6 +177,7 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
   `workdir` aside (WORKDIR/previous_runs/) and starts a new one; without it a workdir that has
   trained is resumed or refused, never started over.
   """
+  called = time.perf_counter()
   tasks_lib.task_class(config).check_config(config)  # before the workdir is touched
   run_dir.check_writable(workdir)
   with run_dir.WorkdirLock(workdir), StopRequest() as stop:
@@ -193,11 +194,11 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
       changed = run_dir.check_resume_config(saved, task.config, workdir)
       if changed and jax.process_index() == 0:
         print(f"pretrax: resuming with changed settings: {'; '.join(changed)}", flush=True)
-    return _train(task, stop, stop_after, devices, print_sharding, restart_data)
+    return _train(task, stop, stop_after, devices, print_sharding, restart_data, called)
 
 
 def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
-           restart_data) -> dict:
+           restart_data, called: float) -> dict:
   config, workdir = task.config, task.workdir
   tc = config.train
   compile_cache.enable(tc.compile_cache_dir)
@@ -279,6 +280,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
         if step == start + 1:  # keep compilation out of the throughput figures
           jax.block_until_ready(state)
           tick, tick_step = time.perf_counter(), step
+          note["startup_s"] = tick - called  # data, tokenizer, restore, compilation, one step
 
         # Non-finite steps were not applied (see step.py); read the previous step's verdict,
         # which is done by now, so this never stalls the device.
