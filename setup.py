@@ -34,7 +34,10 @@ setuptools.setup(
     extras_require={
         # Export/import and parity tests. Install torch first: pip install torch==2.13.0
         "hf": ["transformers>=4.40", "safetensors", "torch"],
-        "test": ["pytest>=8", "pytest-xdist", "transformers>=4.40", "safetensors", "torch"],
+        # Corpora as .zst and Parquet files (data/local_text.py).
+        "data": ["zstandard", "pyarrow"],
+        "test": ["pytest>=8", "pytest-xdist", "transformers>=4.40", "safetensors", "torch",
+                 "zstandard", "pyarrow"],
     },
     entry_points={"console_scripts": ["pretrax = pretrax.cli.main:main"]},
 )

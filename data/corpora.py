@@ -1,7 +1,7 @@
 """Local corpora as TFDS datasets, built once per data dir into ArrayRecord files.
 
 Each builder has its own module: data/pydoc_corpus.py (the default corpus, the running Python's
-documentation) and data/local_text.py (a user's .txt/.jsonl files, `text:PATHS`). Both are
+documentation) and data/local_text.py (a user's .txt/.jsonl/.parquet files, `text:PATHS`). Both are
 readable with random access (`builder.as_data_source(split)`) and need neither TensorFlow nor the
 network. This module holds what they share: the features, and building once per data dir even
 when processes race.

@@ -12,8 +12,14 @@ The rules:
       anything else     a separator string, e.g. `<|endoftext|>`: the documents between them.
   * A `.jsonl` file holds one JSON object per line whose "text" field (a string) is a document;
     empty lines are skipped.
+  * A `.txt` or `.jsonl` file may be compressed: `NAME.txt.gz`, `NAME.jsonl.zst` (gzip or
+    Zstandard), read as a stream, never whole into memory; a damaged one is an error naming it.
+  * A `.parquet` file: each value of its string column "text" (PARQUET_COLUMN) is a document,
+    read PARQUET_BATCH_ROWS rows at a time; null values are skipped. Zstandard and Parquet need
+    the `data` extra (zstandard, pyarrow).
   * A directory is walked recursively in sorted order, skipping hidden entries: each `.txt` file
-    is ONE document and each `.jsonl` record is one document; other files are ignored.
+    is ONE document, each `.jsonl` record and each Parquet row one document; other files are
+    ignored.
   * Text is decoded as UTF-8. Invalid bytes become U+FFFD and a warning names the file and how
     many characters were replaced; a file whose characters are more than MAX_NOT_TEXT (25%)
     replaced or NUL is an error (a binary file). Line endings become "\\n".
@@ -28,7 +34,8 @@ The rules:
     `validation_fraction` and `txt_documents`: editing a file rebuilds the dataset, an unchanged
     corpus is reused.
 Document ids are `FILE:LINE` for stream pieces, paragraphs, separated documents and JSONL records
-(LINE is 1-based: where it starts) and `FILE` for whole-file documents.
+(LINE is 1-based: where it starts), `FILE:ROW` for Parquet rows (1-based) and `FILE` for
+whole-file documents.
 """
 
 import dataclasses
@@ -48,7 +55,11 @@ from pretrax.data import corpora
 from pretrax.data.errors import InputError
 log = logging.getLogger(__name__)
 
-_TEXT_SUFFIXES = (".txt", ".jsonl")
+COMPRESSIONS = (".gz", ".zst")  # a .txt or .jsonl file may be compressed, read as a stream
+_TEXT_SUFFIXES = tuple(base + c for base in (".txt", ".jsonl") for c in ("",) + COMPRESSIONS)
+_SUFFIXES = _TEXT_SUFFIXES + (".parquet",)
+PARQUET_COLUMN = "text"        # the column of a Parquet file that holds the documents
+PARQUET_BATCH_ROWS = 1024      # rows decoded at a time: memory stays bounded on any file
 CHUNK_BYTES = 1024       # a stream's pieces: small enough that shuffled batches mix the text
 MIN_STREAM_PIECES = 20   # a smaller file is cut into this many (so it has a validation split)
 TXT_MODES = ("stream", "paragraphs")  # data.txt_documents; any other value is a separator
@@ -58,18 +69,35 @@ def _split_paths(paths: str | list[str]) -> list[str]:
   parts = paths.split(",") if isinstance(paths, str) else list(paths)
   parts = [p.strip() for p in parts if p.strip()]
   if not parts:
-    raise InputError("text source: no paths given; expected text:PATH[,PATH...] with .txt/.jsonl "
-                     "files or directories")
+    raise InputError("text source: no paths given; expected text:PATH[,PATH...] with "
+                     ".txt/.jsonl/.parquet files or directories")
   return parts
+
+
+def _uncompressed_name(name: str) -> str:
+  """`name` lower-cased, without a .gz/.zst suffix."""
+  name = name.lower()
+  for compression in COMPRESSIONS:
+    name = name.removesuffix(compression)
+  return name
+
+
+def _kind(name: str, txt_kind: str) -> str | None:
+  """How a file called `name` is read (None: not a corpus file): jsonl | parquet | txt_kind."""
+  if not name.lower().endswith(_SUFFIXES):
+    return None
+  if name.lower().endswith(".parquet"):
+    return "parquet"
+  return "jsonl" if _uncompressed_name(name).endswith(".jsonl") else txt_kind
 
 
 def _local_files(paths: str | list[str],
                  txt_documents: str = "stream") -> list[tuple[str, str, str]]:
   """(given path, file, kind) in reading order; kind is stream | paragraphs | separated |
-  document | jsonl.
+  document | jsonl | parquet.
 
-  Raises ValueError for a missing path, a directory without .txt/.jsonl files, another file
-  type, or a file listed twice.
+  Raises ValueError for a missing path, a directory without corpus files, another file type, or
+  a file listed twice.
   """
   files = []
   for path in _split_paths(paths):
@@ -78,25 +106,26 @@ def _local_files(paths: str | list[str],
       for root, dirs, names in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
-          if not name.startswith(".") and name.lower().endswith(_TEXT_SUFFIXES):
-            kind = "jsonl" if name.lower().endswith(".jsonl") else "document"
+          kind = _kind(name, "document")
+          if not name.startswith(".") and kind:
             found.append((path, os.path.join(root, name), kind))
       found.sort(key=lambda entry: corpora.tree_order(entry[1], path))
       if not found:
-        raise InputError(f"{path}: directory has no .txt or .jsonl files (searched recursively); "
-                         "put text in NAME.txt files or JSONL records in NAME.jsonl files")
+        raise InputError(f"{path}: directory has no .txt, .jsonl or .parquet files (searched "
+                         "recursively); put text in NAME.txt files, JSONL records in NAME.jsonl "
+                         "files (either may end in .gz or .zst) or Parquet files with a "
+                         f"\"{PARQUET_COLUMN}\" column")
       files += found
     elif os.path.isfile(path):
-      if path.lower().endswith(".jsonl"):
-        files.append((path, path, "jsonl"))
-      elif path.lower().endswith(".txt"):
-        files.append((path, path, txt_documents if txt_documents in TXT_MODES else "separated"))
-      else:
-        raise InputError(f"{path}: not a .txt or .jsonl file; rename it to .txt (text) or .jsonl "
-                         "(one {\"text\": ...} per line)")
+      kind = _kind(path, txt_documents if txt_documents in TXT_MODES else "separated")
+      if kind is None:
+        raise InputError(f"{path}: not a .txt, .jsonl or .parquet file (.txt and .jsonl may end "
+                         "in .gz or .zst); rename it to .txt (text) or .jsonl (one "
+                         "{\"text\": ...} per line)")
+      files.append((path, path, kind))
     else:
-      raise InputError(f"{path}: no such file or directory (text:PATH takes .txt/.jsonl files or "
-                       "directories, comma-separated)")
+      raise InputError(f"{path}: no such file or directory (text:PATH takes .txt, .jsonl or "
+                       ".parquet files or directories, comma-separated)")
   seen = {}
   for _, file, _ in files:
     real = os.path.realpath(file)
@@ -124,18 +153,17 @@ class _DecodedLines:
     self.chars = 0
 
   def __iter__(self) -> Iterator[str]:
-    with open(self.path, "rb") as f:
-      for number, raw in enumerate(f, 1):
-        line = raw.decode("utf-8", errors="replace")
-        # Count only the U+FFFD that decoding inserted, not ones written in the file.
-        self.replaced += line.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
-        self.nul += line.count("\0")
-        self.chars += len(line)
-        if self.chars - len(line) < _EARLY_CHECK_CHARS <= self.chars:
-          self.check_is_text()
-        if number == 1:
-          line = line.removeprefix("\ufeff")  # byte-order mark
-        yield line.rstrip("\r\n")
+    for number, raw in enumerate(raw_lines(self.path), 1):
+      line = raw.decode("utf-8", errors="replace")
+      # Count only the U+FFFD that decoding inserted, not ones written in the file.
+      self.replaced += line.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
+      self.nul += line.count("\0")
+      self.chars += len(line)
+      if self.chars - len(line) < _EARLY_CHECK_CHARS <= self.chars:
+        self.check_is_text()
+      if number == 1:
+        line = line.removeprefix("\ufeff")  # byte-order mark
+      yield line.rstrip("\r\n")
 
   def check_is_text(self):
     """Raises InputError if the characters read so far are mostly not text."""
@@ -149,6 +177,98 @@ class _DecodedLines:
     if self.replaced:
       log.warning("%s: %d characters were not valid UTF-8 and were replaced by U+FFFD",
                   self.path, self.replaced)
+
+
+def _missing_extra(path: str, module: str) -> InputError:
+  return InputError(f"{path}: reading it needs {module}, which is not installed: "
+                    "pip install -e \".[data]\" (zstandard and pyarrow)")
+
+
+READ_BYTES = 1 << 20  # compressed bytes read at a time
+
+
+def _damaged(path: str, why: str) -> InputError:
+  return InputError(f"{path}: cannot be decompressed ({why}); the file is damaged or truncated")
+
+
+def _gzip_lines(path: str) -> Iterator[bytes]:
+  import gzip
+  with gzip.open(path, "rb") as f:
+    try:
+      yield from f
+    except (EOFError, OSError) as e:  # truncated: EOFError; not gzip: BadGzipFile (an OSError)
+      raise _damaged(path, f"{type(e).__name__}: {e}") from None
+
+
+def _zstd_lines(path: str) -> Iterator[bytes]:
+  """Lines of a Zstandard file of one or more frames; a file that ends inside a frame is
+  damaged (zstandard's stream reader would end quietly there)."""
+  try:
+    import zstandard
+  except ImportError:
+    raise _missing_extra(path, "zstandard") from None
+  frame, pending = zstandard.ZstdDecompressor().decompressobj(), b""
+  with open(path, "rb") as f:
+    while chunk := f.read(READ_BYTES):
+      try:
+        data = frame.decompress(chunk)
+        while frame.eof and frame.unused_data:  # the next frame begins in this chunk
+          rest = frame.unused_data
+          frame = zstandard.ZstdDecompressor().decompressobj()
+          data += frame.decompress(rest)
+      except zstandard.ZstdError as e:
+        raise _damaged(path, str(e)) from None
+      *lines, pending = (pending + data).split(b"\n")
+      for line in lines:
+        yield line + b"\n"
+  if not frame.eof:
+    raise _damaged(path, "it ends inside a Zstandard frame")
+  if pending:
+    yield pending
+
+
+def raw_lines(path: str) -> Iterator[bytes]:
+  """The lines of `path` as bytes, decompressed as its .gz or .zst suffix says, streamed."""
+  name = path.lower()
+  if name.endswith(".gz"):
+    return _gzip_lines(path)
+  if name.endswith(".zst"):
+    return _zstd_lines(path)
+  return _plain_lines(path)
+
+
+def _plain_lines(path: str) -> Iterator[bytes]:
+  with open(path, "rb") as f:
+    yield from f
+
+
+def _parquet_records(path: str) -> Iterator[tuple[int, str]]:
+  """(1-based row, text) of the PARQUET_COLUMN column of a Parquet file, PARQUET_BATCH_ROWS at a
+  time; null and empty values are skipped like empty documents."""
+  try:
+    import pyarrow
+    import pyarrow.parquet as pq
+  except ImportError:
+    raise _missing_extra(path, "pyarrow") from None
+  try:
+    table = pq.ParquetFile(path)
+  except (pyarrow.ArrowException, OSError) as e:
+    raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+  schema = table.schema_arrow
+  if PARQUET_COLUMN not in schema.names:
+    raise InputError(f"{path}: Parquet file has no \"{PARQUET_COLUMN}\" column (columns: "
+                     f"{', '.join(schema.names)}); the documents must be in a string column named "
+                     f"\"{PARQUET_COLUMN}\"")
+  column_type = schema.field(PARQUET_COLUMN).type
+  if not (pyarrow.types.is_string(column_type) or pyarrow.types.is_large_string(column_type)):
+    raise InputError(f"{path}: Parquet column \"{PARQUET_COLUMN}\" is {column_type}, expected "
+                     "strings")
+  row = 0
+  for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[PARQUET_COLUMN]):
+    for text in batch.column(0).to_pylist():
+      row += 1
+      if text:
+        yield row, text
 
 
 def _clean(text: str) -> str:
@@ -244,7 +364,9 @@ def _read_documents(paths: str | list[str], txt_documents: str,
     yielded = 0
     for _, file, kind in group:
       lines = _DecodedLines(file)
-      if kind == "stream":
+      if kind == "parquet":
+        docs = ((f"{file}:{n}", text) for n, text in _parquet_records(file))
+      elif kind == "stream":
         docs = ((f"{file}:{n}", text)
                 for n, text in _stream_pieces(lines, _stream_piece_bytes(file)))
       elif kind == "separated":
@@ -324,7 +446,8 @@ class _ReadProgress:
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
-  """A user's .txt/.jsonl files; see the module docstring for how they become documents."""
+  """A user's .txt/.jsonl/.parquet files; see the module docstring for how they become
+  documents."""
 
   code_path = corpora.CODE_PATH
   VERSION = tfds.core.Version("1.1.0")

@@ -2,7 +2,7 @@
 
 `config.data.source` takes three forms:
   default               the embedded Python-docs corpus (`pydoc_corpus.PydocCorpus`), built once
-  text:PATH[,PATH...]   a user's .txt/.jsonl files or directories (`local_text.LocalText`)
+  text:PATH[,PATH...]   a user's .txt/.jsonl/.parquet files or directories (`local_text.LocalText`)
   tfds:NAME[:FEATURE]   any TFDS dataset, read with `tfds.data_source`; FEATURE defaults to
                         "text". NAME may carry a config and version: `tfds:c4/en:3.1.0:text`.
 The first two are built into `data_dir(config)`; a TFDS dataset lives in `config.data_dir`, else
@@ -21,8 +21,8 @@ from pretrax.data.errors import InputError
 from pretrax.data import corpora, local_text, pydoc_corpus
 from pretrax.data.config import DataConfig
 
-_SOURCE_FORMS = ("'default' (the embedded Python docs corpus), 'text:PATH' (.txt/.jsonl files "
-                 "or directories, comma-separated) or 'tfds:NAME[:FEATURE]' (a TFDS dataset; "
+_SOURCE_FORMS = ("'default' (the embedded Python docs corpus), 'text:PATH' (.txt/.jsonl/.parquet "
+                 "files or directories, comma-separated) or 'tfds:NAME[:FEATURE]' (a TFDS dataset; "
                  "FEATURE defaults to 'text')")
 _VERSION = re.compile(r"^\d+\.\d+\.(\d+|\*)$")  # a TFDS version, as in `c4/en:3.1.0`
 

@@ -4,6 +4,7 @@ real builds into tmp dirs, no network."""
 import json
 import logging
 import os
+import pathlib
 import pickle
 import random
 import re
@@ -186,6 +187,96 @@ def test_directory_of_txt_and_jsonl(tmp_path):
                                         "Whole file B.\n\nStill B."]
 
 
+def _compressed(path, suffix: str) -> str:
+  """A copy of `path` compressed as `suffix` (.gz or .zst) says."""
+  data = open(path, "rb").read()
+  if suffix == ".gz":
+    import gzip
+    packed = gzip.compress(data)
+  else:
+    zstandard = pytest.importorskip("zstandard")
+    packed = zstandard.ZstdCompressor().compress(data)
+  return _write(pathlib.Path(path + suffix), packed)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+@pytest.mark.parametrize("name, mode", [("book.txt", "stream"), ("book.txt", "paragraphs"),
+                                        ("records.jsonl", "stream")])
+def test_compressed_files_give_the_documents_of_the_plain_file(tmp_path, shakespeare_text,
+                                                                suffix, name, mode):
+  if name.endswith(".jsonl"):
+    text = "".join(json.dumps({"text": p}) + "\n" for p in shakespeare_text[:20_000].split("\n\n"))
+  else:
+    text = shakespeare_text[:20_000]
+  plain = _write(tmp_path / name, text)
+  packed = _compressed(plain, suffix)
+  assert packed.endswith(name + suffix)
+  ids_plain, docs_plain = zip(*local_text.read_local_documents(plain, mode))
+  ids_packed, docs_packed = zip(*local_text.read_local_documents(packed, mode))
+  # The same documents; ids name each its own file and the same lines. Stream pieces are sized
+  # by the file's size on disk, so there only the text joined back together is the same.
+  if name.endswith(".txt") and mode == "stream":
+    assert "".join(docs_packed) == "".join(docs_plain) == text
+  else:
+    assert docs_packed == docs_plain and len(docs_plain) > 10
+    assert [i.replace(suffix, "") for i in ids_packed] == list(ids_plain)
+
+
+def test_parquet_rows_are_documents_like_jsonl_records(tmp_path, shakespeare_text):
+  pa = pytest.importorskip("pyarrow")
+  pq = pytest.importorskip("pyarrow.parquet")
+  paragraphs = shakespeare_text[:30_000].split("\n\n")
+  values = paragraphs[:5] + [None, ""] + paragraphs[5:]  # null and empty values are skipped
+  path = str(tmp_path / "corpus.parquet")
+  pq.write_table(pa.table({"id": list(range(len(values))), "text": values}), path,
+                 row_group_size=7)
+  jsonl = _write(tmp_path / "corpus.jsonl", "".join(json.dumps({"text": p}) + "\n"
+                                                    for p in paragraphs))
+  from_parquet = list(local_text.read_local_documents(path))
+  assert [t for _, t in from_parquet] == [t for _, t in local_text.read_local_documents(jsonl)]
+  assert from_parquet[5][0] == f"{path}:8"  # 1-based rows, counted over the skipped ones too
+  # A directory reads Parquet files beside the others, in tree order; a built corpus works.
+  (tmp_path / "dir").mkdir()
+  os.replace(path, tmp_path / "dir" / "corpus.parquet")
+  config = _text_config(str(tmp_path / "dir"), tmp_path)
+  assert (_all(sources.open_source(config, "train")) + _all(sources.open_source(config, "validation"))
+          == [t for _, t in from_parquet])
+
+
+def test_bad_compressed_and_parquet_files_are_errors_naming_them(tmp_path, shakespeare_text):
+  pa = pytest.importorskip("pyarrow")
+  pq = pytest.importorskip("pyarrow.parquet")
+  plain = _write(tmp_path / "book.txt", shakespeare_text[:200_000])
+  for suffix in (".gz", ".zst"):
+    packed = _compressed(plain, suffix)
+    data = open(packed, "rb").read()
+    open(packed, "wb").write(data[:len(data) // 2])  # truncated
+    with pytest.raises(local_text.InputError, match=re.escape(packed) + ".*damaged or truncated"):
+      list(local_text.read_local_documents(packed))
+  no_text = str(tmp_path / "no_text.parquet")
+  pq.write_table(pa.table({"body": ["a", "b"]}), no_text)
+  with pytest.raises(local_text.InputError, match='no "text" column \\(columns: body\\)'):
+    list(local_text.read_local_documents(no_text))
+  numbers = str(tmp_path / "numbers.parquet")
+  pq.write_table(pa.table({"text": [1, 2]}), numbers)
+  with pytest.raises(local_text.InputError, match='column "text" is int64, expected strings'):
+    list(local_text.read_local_documents(numbers))
+  not_parquet = _write(tmp_path / "fake.parquet", "not parquet at all")
+  with pytest.raises(local_text.InputError, match="fake.parquet: not a readable Parquet file"):
+    list(local_text.read_local_documents(not_parquet))
+
+
+def test_a_missing_data_extra_is_one_error_naming_it(tmp_path, monkeypatch):
+  packed = _compressed(_write(tmp_path / "a.txt", "some text\n"), ".gz")
+  os.replace(packed, tmp_path / "a.txt.zst")  # only the name matters here
+  (tmp_path / "b.parquet").write_bytes(b"")
+  for module, name in (("zstandard", "a.txt.zst"), ("pyarrow", "b.parquet")):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(local_text.InputError, match=rf'{name}: reading it needs {module}, which '
+                       r'is not installed: pip install -e "\.\[data\]"'):
+      list(local_text.read_local_documents(str(tmp_path / name)))
+
+
 def test_validation_is_the_last_fraction(tmp_path):
   path = _write(tmp_path / "ten.txt", "\n\n".join(f"doc {i}" for i in range(10)))
   config = _text_config(path, tmp_path, validation_fraction=0.3)
@@ -227,12 +318,12 @@ def test_rebuilt_when_the_file_changes_and_reused_when_not(tmp_path, caplog):
     ({}, "missing.txt", r"missing.txt: no such file or directory"),
     ({"empty.txt": " \n\n \n"}, "empty.txt", r"empty.txt: file has no documents"),
     ({"d/empty.txt": "", "d/e.jsonl": "\n"}, "d", r"^d: directory has no documents"),
-    ({"d/readme.md": "x"}, "d", r"^d: directory has no \.txt or \.jsonl files"),
+    ({"d/readme.md": "x"}, "d", r"^d: directory has no \.txt, \.jsonl or \.parquet files"),
     ({"a.jsonl": '{"text": "ok"}\n{"text": "bad"\n'}, "a.jsonl", r"a\.jsonl:2: not valid JSON"),
     ({"a.jsonl": '\n{"body": "x"}\n'}, "a.jsonl", r"a\.jsonl:2: .*string \"text\" field.*body"),
     ({"a.jsonl": '{"text": 3}\n'}, "a.jsonl", r"a\.jsonl:1: .*\"text\" of type int"),
     ({"a.jsonl": '["text"]\n'}, "a.jsonl", r"a\.jsonl:1: .*got list"),
-    ({"a.csv": "x"}, "a.csv", r"a\.csv: not a \.txt or \.jsonl file"),
+    ({"a.csv": "x"}, "a.csv", r"a\.csv: not a \.txt, \.jsonl or \.parquet file"),
     ({"one.txt": "just one document\n"}, "one.txt", r"found 1 document; .*at least 2"),
     ({"d/x.txt": "x\n\ny"}, "d,d/x.txt", r"listed twice"),
 ])
