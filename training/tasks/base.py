@@ -28,7 +28,7 @@ from flax import nnx
 from pretrax.training import config as config_lib, losses
 from pretrax.training.config import Config, ConfigError
 
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # XLA's CPU backend
 
 
 def task_name(config: Config) -> str:
@@ -80,9 +80,11 @@ class Task(abc.ABC):
     seed = self.config.train.seed
     init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(self.build_model(seed))),
                    out_shardings=params_sharding)
-    # Run once, so compiled for speed of compilation (the random draws of every parameter take
-    # seconds at the default level); the values agree to float32 rounding.
-    return init.lower().compile(compiler_options=INIT_COMPILER_OPTIONS)()
+    # Run once, so on CPU compiled for speed of compilation (the random draws of every parameter
+    # take seconds at the default level); the values agree to float32 rounding.
+    cpu = all(d.platform == "cpu" for s in jax.tree.leaves(params_sharding)
+              for d in s.device_set)
+    return init.lower().compile(compiler_options=INIT_COMPILER_OPTIONS if cpu else None)()
 
   @property
   def uses_dropout(self) -> bool:
