@@ -210,12 +210,13 @@ def _zstd_lines(path: str) -> Iterator[bytes]:
   frame, pending = zstandard.ZstdDecompressor().decompressobj(), b""
   with open(path, "rb") as f:
     while chunk := f.read(READ_BYTES):
+      data = b""
       try:
-        data = frame.decompress(chunk)
-        while frame.eof and frame.unused_data:  # the next frame begins in this chunk
-          rest = frame.unused_data
-          frame = zstandard.ZstdDecompressor().decompressobj()
-          data += frame.decompress(rest)
+        while chunk:
+          if frame.eof:  # the next frame begins here
+            frame = zstandard.ZstdDecompressor().decompressobj()
+          data += frame.decompress(chunk)
+          chunk = frame.unused_data if frame.eof else b""
       except zstandard.ZstdError as e:
         raise _damaged(path, str(e)) from None
       *lines, pending = (pending + data).split(b"\n")

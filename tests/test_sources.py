@@ -222,6 +222,18 @@ def test_compressed_files_give_the_documents_of_the_plain_file(tmp_path, shakesp
     assert [i.replace(suffix, "") for i in ids_packed] == list(ids_plain)
 
 
+@pytest.mark.parametrize("boundary", ["inside", "at"])
+def test_zstandard_files_of_several_frames(tmp_path, monkeypatch, boundary):
+  zstandard = pytest.importorskip("zstandard")
+  first = zstandard.ZstdCompressor().compress(b"line one\nline tw")
+  second = zstandard.ZstdCompressor().compress(b"o\nline three\n")
+  path = _write(tmp_path / "frames.txt.zst", first + second)
+  # Read in chunks that end inside the first frame, or exactly where it ends.
+  monkeypatch.setattr(local_text, "READ_BYTES", len(first) - 3 if boundary == "inside" else
+                      len(first))
+  assert list(local_text.raw_lines(path)) == [b"line one\n", b"line two\n", b"line three\n"]
+
+
 def test_parquet_rows_are_documents_like_jsonl_records(tmp_path, shakespeare_text):
   pa = pytest.importorskip("pyarrow")
   pq = pytest.importorskip("pyarrow.parquet")
