@@ -19,6 +19,10 @@ import pytest
 
 from pretrax.cli import startup
 
+# Tests compile far more than they run: XLA's CPU backend at optimization level 0 compiles
+# faster, runs slower and computes the same up to float32 rounding; the suite takes ~20% less
+# time. A user's XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 startup.prepare()  # as the pretrax command does, before JAX's backend starts
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
