@@ -308,6 +308,27 @@ def torch_bert(config, tokenizer):
 TORCH_REFERENCES = {"gpt": torch_gpt2, "bert": torch_bert}
 
 
+def torch_adamw(model, o):
+  """torch.optim.AdamW with config.optimizer `o`'s settings, decaying matrices only (as
+  training/optimizer.decay_mask)."""
+  import torch
+  decay = [p for p in model.parameters() if p.ndim >= 2]
+  no_decay = [p for p in model.parameters() if p.ndim < 2]
+  return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+
+
+def torch_update(model, optimizer, loss, grad_clip: float) -> None:
+  """Backward pass, gradient clipping (when grad_clip > 0) and one optimizer step."""
+  import torch
+  loss.backward()
+  if grad_clip > 0:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+  optimizer.step()
+  optimizer.zero_grad(set_to_none=True)
+
+
 def run_torch(config, args, tokenizer, token_vocab: int, memory: PeakMemory):
   """(Timing, total parameter count, peak bytes, attention implementation) of an eager step."""
   try:
@@ -330,12 +351,7 @@ def run_torch(config, args, tokenizer, token_vocab: int, memory: PeakMemory):
     torch.cuda.reset_peak_memory_stats()
   model, loss_fn = TORCH_REFERENCES[family](config, tokenizer)
   model = model.to(device=device, dtype=torch.float32).train()
-  o = config.optimizer
-  decay = [p for p in model.parameters() if p.ndim >= 2]  # as optimizer.decay_mask: matrices only
-  no_decay = [p for p in model.parameters() if p.ndim < 2]
-  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+  optimizer = torch_adamw(model, config.optimizer)
   rng = np.random.default_rng(0)
   b, t = config.train.batch_size, config.data.seq_len
 
@@ -349,12 +365,8 @@ def run_torch(config, args, tokenizer, token_vocab: int, memory: PeakMemory):
   box = {"i": 0}
 
   def run_step():
-    loss = loss_fn(batches[box["i"] % len(batches)])
-    loss.backward()
-    if o.grad_clip > 0:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    torch_update(model, optimizer, loss_fn(batches[box["i"] % len(batches)]),
+                 config.optimizer.grad_clip)
     box["i"] += 1
     if device == "cuda":
       torch.cuda.synchronize()
@@ -509,12 +521,7 @@ def run_torch_loop(config, args, tokenizer, text: str) -> Timing:
       ids = tokenizer.encode(f.read()).astype(np.int64)
     box["train"] = torch.from_numpy(ids[:int(0.9 * len(ids))])
     model = torch_gpt(config).train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    box["model"], box["optimizer"] = model, torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=o.learning_rate, betas=(o.b1, o.b2),
-        eps=o.eps)
+    box["model"], box["optimizer"] = model, torch_adamw(model, o)
     box["step"] = 0
 
   def run_step():
@@ -526,11 +533,7 @@ def run_torch_loop(config, args, tokenizer, text: str) -> Timing:
     for group in optimizer.param_groups:
       group["lr"] = float(schedule(box["step"]))
     loss = model(window_bt[:, :-1], window_bt[:, 1:])
-    loss.backward()
-    if o.grad_clip > 0:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    torch_update(model, optimizer, loss, o.grad_clip)
     loss.item()
     box["step"] += 1
 
