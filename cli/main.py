@@ -8,6 +8,7 @@ r"""The `pretrax` command line.
   pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
   pretrax export --workdir=DIR --format=hf|params --output=OUT [--step=N]
   pretrax import --format=hf --input=HF_DIR --workdir=DIR [--tokenizer=byte|PATH.model]
+  pretrax data build --config=gpt:small [--config.SECTION.FIELD=VALUE ...] [--workdir=DIR]
   pretrax tokenizer train --input=PATH [PATH ...] --output=PREFIX --vocab_size=N [--model_type=unigram|bpe]
 """
 
@@ -51,8 +52,9 @@ def _restart_arguments(p: argparse.ArgumentParser) -> None:
                  help="list every config field (--config.SECTION.FIELD) with its default and "
                       "what it does, then exit")
   p.add_argument("--restart_data", action="store_true",
-                 help="restore model and optimizer state but start the data stream over (to "
-                      "resume with a different number of processes, or on changed data)")
+                 help="restore model and optimizer state but start the data stream over (on "
+                      "changed data; or to resume BERT pretraining on another number of "
+                      "processes)")
   p.add_argument("--restart", action="store_true",
                  help="start a new run from step 0 in a --workdir that has trained before; the "
                       "previous run's files are moved to WORKDIR/previous_runs/, not deleted")
@@ -145,6 +147,25 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--tokenizer", default=None,
                  help="byte | PATH.model (needed unless the folder came from pretrax export)")
 
+  p = sub.add_parser("data", help="data tools")
+  dsub = p.add_subparsers(dest="data_command", required=True)
+  d = dsub.add_parser(
+      "build", formatter_class=raw,
+      help="tokenize and pack a config's corpus into rows, once (train does it when needed)",
+      description="Build the packed rows that `pretrax train` reads for --config (its training "
+                  "and validation splits), using every core (config.data.build_workers), with "
+                  "progress; prints one JSON line per split. Rows already built are checked and "
+                  "reused.",
+      epilog="examples:\n"
+             "  pretrax data build --config=gpt:small --config.data.source=text:corpus/\n"
+             "  pretrax data build --config=gpt:small --config.data.tokenizer=train "
+             "--workdir=workdirs/small   # the run's own tokenizer")
+  d.add_argument("--workdir", default=None,
+                 help="a run directory whose tokenizer to use (needed with "
+                      "config.data.tokenizer=train, which trains it there first)")
+  d.add_argument("--split", action="append", default=None,
+                 help="a split to build (repeatable; default: the training and validation splits)")
+
   p = sub.add_parser("tokenizer", help="tokenizer tools")
   tsub = p.add_subparsers(dest="tokenizer_command", required=True)
   t = tsub.add_parser("train", help="train a SentencePiece tokenizer with pretrax's special tokens")
@@ -170,6 +191,25 @@ def _train(args, preset, overrides) -> None:
   trainer.train(config_lib.apply_overrides(base, overrides), args.workdir,
                 print_sharding=args.print_sharding, restart_data=args.restart_data,
                 restart=args.restart)
+
+
+def _data_build(args, preset, overrides) -> None:
+  from pretrax.data import batches, sources, tokenizers
+  from pretrax.training import config as config_lib, run_dir
+  if not preset:
+    raise config_lib.ConfigError("pretrax data build needs --config=PRESET, e.g. --config=gpt:small")
+  config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
+  if args.workdir:
+    tokenizer = run_dir.prepare_tokenizer(config, args.workdir)
+  elif config.data.tokenizer == "train":
+    raise config_lib.ConfigError("config.data.tokenizer=train trains the run's tokenizer: give "
+                                 "--workdir=RUN_DIR to train it there and build with it")
+  else:
+    tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
+  for split in args.split or [config.data.train_split, sources.eval_split(config.data)]:
+    store = batches.packed_rows(config.data, tokenizer, split)
+    print(json.dumps({"split": split, "rows": len(store), "row_len": store.row_len,
+                      "directory": store.directory, **store.manifest["build"]}), flush=True)
 
 
 def _tokenizer_train(args) -> None:
@@ -207,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 2
   args = _parser().parse_args(rest)
-  if (preset or overrides) and args.command not in ("train", "finetune"):
-    print(f"pretrax: error: --config applies to `pretrax train` and `finetune` only; "
+  if (preset or overrides) and args.command not in ("train", "finetune", "data"):
+    print(f"pretrax: error: --config applies to `pretrax train`, `finetune` and `data build` only; "
           f"`{args.command}` reads the config saved in --workdir", file=sys.stderr)
     return 2
   _quiet_logs()
@@ -220,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
       from pretrax.training import distributed
       distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
       (_train if args.command == "train" else _finetune)(args, preset, overrides)
+    elif args.command == "data":
+      _data_build(args, preset, overrides)
     elif args.command == "eval":
       from pretrax.inference import evaluate
       result = evaluate.eval_run(args.workdir, args.split, args.step, args.batches)

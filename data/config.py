@@ -16,7 +16,9 @@ class DataConfig:
   validation_fraction: float = 0.1  # share of a local corpus's bytes held out as validation (its last documents)
   txt_documents: str = "stream"  # a .txt file in text:PATHS: stream (continuous text) | paragraphs (at blank lines) | a separator such as <|endoftext|>
   shuffle: bool = True         # shuffle training documents (seeded by config.train.seed; reshuffled each epoch)
-  num_workers: int = 0         # Grain worker processes for tokenizing; 0 runs in the training process
+  num_workers: int = 0         # Grain worker processes for BERT sentence pairs (mlm+nsp/sop); 0: in the training process
+  build_workers: int = 0       # processes that build packed rows (pretrax data build); 0: one per core
+  build_shard_mb: int = 64     # documents per packed-rows shard, in MB of the corpus (the rows depend on it)
   # What the batches teach. causal: next-token targets (GPT). mlm: masked tokens in packed rows
   # (RoBERTa style). mlm+nsp: masked tokens in [CLS] A [SEP] B [SEP] pairs, B the true next
   # span or a random one (original BERT). mlm+sop: the same pairs, B after A or swapped (ALBERT).

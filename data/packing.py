@@ -15,12 +15,13 @@ the next row as a new segment that repeats the last token placed: every token of
 its first is a weighted target exactly once. When fewer than 2 slots are left, the rest of the
 row is padding.
 
-`pack_documents` packs a list (pure numpy, for tests and offline use); `PackedLMIterDataset` packs
-a Grain stream lazily, one row per `next`, with a small checkpointable state.
+`iter_rows` packs a stream lazily (the packed-rows build, data/row_store.py, writes its rows);
+`pack_documents` packs a list (pure numpy, for tests); `PackedLMIterDataset` packs a Grain stream
+one row per `next`, with a small checkpointable state.
 """
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import grain
 import numpy as np
@@ -89,22 +90,51 @@ def _as_tokens(doc: Any) -> np.ndarray:
   return doc
 
 
+def iter_rows(docs: Iterable[np.ndarray], seq_len: int) -> Iterator[_Row]:
+  """Packs token arrays lazily: yields each full `_Row` (`tokens`, `segments`, `positions`, each
+  [seq_len + 1]) as soon as the next document needs a new one, and the last partial row."""
+  _check_seq_len(seq_len)
+  row = _Row(seq_len)
+  for doc in docs:
+    doc, offset = _as_tokens(doc), 0
+    while offset is not None:
+      if row.space() < 2:
+        yield row
+        row = _Row(seq_len)
+      offset = row.add(doc, offset)
+  if row.fill:
+    yield row
+
+
+def segment_positions(segments_bl: np.ndarray) -> np.ndarray:
+  """[B, L] segment ids (0 = padding) -> [B, L] int32 positions: 0 at each segment's first slot,
+  counting up within it, 0 on padding (what `_Row` writes)."""
+  segments_bl = np.asarray(segments_bl)
+  slots = np.broadcast_to(np.arange(segments_bl.shape[-1]), segments_bl.shape)
+  starts = np.ones(segments_bl.shape, bool)
+  starts[..., 1:] = segments_bl[..., 1:] != segments_bl[..., :-1]
+  first = np.maximum.accumulate(np.where(starts, slots, 0), axis=-1)
+  return np.where(segments_bl > 0, slots - first, 0).astype(np.int32)
+
+
+def causal_examples(tokens_bl: np.ndarray, segments_bl: np.ndarray) -> dict[str, np.ndarray]:
+  """Packed rows of L = seq_len + 1 slots -> dict of [B, seq_len] examples, as `_Row.example`."""
+  t, s = np.asarray(tokens_bl, np.int32), np.asarray(segments_bl, np.int32)
+  return {
+      "inputs": t[:, :-1],
+      "targets": t[:, 1:],
+      "loss_weights": ((s[:, 1:] == s[:, :-1]) & (s[:, :-1] > 0)).astype(np.float32),
+      "segment_ids": s[:, :-1],
+      "positions": segment_positions(s)[:, :-1],
+  }
+
+
 def pack_documents(docs: Iterable[np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
   """Packs token arrays (each [len_i] int) -> dict of [num_rows, seq_len] arrays (see module doc).
 
   The last partial row is padded; no rows gives arrays of shape [0, seq_len].
   """
-  _check_seq_len(seq_len)
-  rows, row = [], _Row(seq_len)
-  for doc in docs:
-    doc, offset = _as_tokens(doc), 0
-    while offset is not None:
-      if row.space() < 2:
-        rows.append(row.example())
-        row = _Row(seq_len)
-      offset = row.add(doc, offset)
-  if row.fill:
-    rows.append(row.example())
+  rows = [row.example() for row in iter_rows(docs, seq_len)]
   if not rows:
     empty = _Row(seq_len).example()
     return {k: np.zeros((0, seq_len), v.dtype) for k, v in empty.items()}

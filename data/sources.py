@@ -164,18 +164,36 @@ def open_source(config: DataConfig, split: str) -> TextSource:
   return TextSource(records, feature, name=f"{config.source}[{split}]")
 
 
+def _prepared_builder(config: DataConfig):
+  """config.source's TFDS builder, its dataset built (local corpora) or prepared (catalog)."""
+  kind, argument, _ = _parse(config.source)
+  if kind == "tfds":
+    builder = tfds.builder(argument, data_dir=config.data_dir or None)
+    if not builder.info.splits:  # not prepared yet: prepare it as open_source does
+      _tfds_data_source(argument, None, config.data_dir or None)
+      builder = tfds.builder(argument, data_dir=config.data_dir or None)
+    return builder
+  if kind == "default":
+    return corpora.build(pydoc_corpus.pydoc_builder(data_dir(config)))
+  return corpora.build(local_text.local_text_builder(
+      argument, config.validation_fraction, data_dir(config), config.txt_documents))
+
+
+def split_bytes(config: DataConfig, split: str) -> int:
+  """About how many bytes the documents of `split` take on disk (a split spec such as
+  `train[:10%]` gets its share of its splits' bytes)."""
+  splits = _prepared_builder(config).info.splits
+  bases = _base_splits(split)
+  total = sum(splits[b].num_bytes for b in bases)
+  examples = sum(splits[b].num_examples for b in bases)
+  return int(total * splits[split].num_examples / max(examples, 1))
+
+
 def describe_corpus(config: DataConfig, split: str) -> dict:
   """The identity of config.source as built: its dataset name and version (for local text, a key
   of every file's path, size and modification time) and the documents in `split` and in each
   split. Saved with the data position, which is only meaningful for the same corpus."""
-  kind, argument, _ = _parse(config.source)
-  if kind == "tfds":
-    builder = tfds.builder(argument, data_dir=config.data_dir or None)
-  elif kind == "default":
-    builder = corpora.build(pydoc_corpus.pydoc_builder(data_dir(config)))
-  else:
-    builder = corpora.build(local_text.local_text_builder(
-        argument, config.validation_fraction, data_dir(config), config.txt_documents))
+  builder = _prepared_builder(config)
   name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
   return {"dataset": f"{name}:{builder.version}",
           "documents": {s: info.num_examples for s, info in sorted(builder.info.splits.items())},

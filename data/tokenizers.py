@@ -61,6 +61,10 @@ class Tokenizer(abc.ABC):
   def encode(self, text: str) -> np.ndarray:
     """str -> [N] int32 ids, without BOS/EOS and never a special id."""
 
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    """[str] -> one [N_i] int32 array each, as `encode`."""
+    return [self.encode(text) for text in texts]
+
   @abc.abstractmethod
   def _decode_valid(self, ids: np.ndarray) -> str:
     """[N] int32 non-special ids, all in range -> str."""
@@ -217,6 +221,11 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._sp.encode(text), np.int32).reshape(-1)
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    # One thread: a packed-rows build already runs a process per core.
+    return [np.asarray(ids, np.int32).reshape(-1)
+            for ids in self._sp.encode(list(texts), num_threads=1)]
 
   def _decode_valid(self, ids: np.ndarray) -> str:
     return self._sp.decode(ids.tolist())

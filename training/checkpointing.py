@@ -1,9 +1,12 @@
 """Orbax checkpoints of the train state and the data-iterator state: saving, verifying, restoring.
 
-WORKDIR/checkpoints/N/ holds `state` (params, optimizer state, step counters), `data` (the Grain
-iterator state of each process) and `fingerprint` (what that data position refers to: the data
-settings, the corpus as built, the tokenizer), plus pretrax_manifest.json: size and CRC32 of
-every file, written as soon as the save is committed, checked before the checkpoint is read.
+WORKDIR/checkpoints/N/ holds `state` (params, optimizer state, step counters), the data position
+and `fingerprint` (what that data position refers to: the data settings, the corpus as built,
+the tokenizer), plus pretrax_manifest.json: size and CRC32 of every file, written as soon as the
+save is committed, checked before the checkpoint is read. The data position is
+`data_position` (one JSON object, the same on every process: global batches by row index,
+data/global_batches.py) or `data` (the Grain iterator state of each process, for iterators
+without a `position()`).
 
 On resume a checkpoint is one of three things. Verified (its manifest matches): used; if it then
 does not fit the run, that is a configuration error and nothing is moved. Corrupt (its manifest
@@ -36,6 +39,7 @@ log = logging.getLogger("pretrax")
 MANIFEST = "pretrax_manifest.json"
 CORRUPT = "checkpoints_corrupt"       # proven corrupt: the manifest disagrees
 UNVERIFIED = "checkpoints_unverified"  # no manifest, and not used
+POSITION = "data_position"  # the item of a global data position (data/global_batches.py)
 
 
 class CheckpointError(RuntimeError):
@@ -165,7 +169,10 @@ class Checkpointer:
     """Starts an (async) save; an error of this or the previous save is a CheckpointError."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      if hasattr(data_iterator, "position"):
+        items[POSITION] = ocp.args.JsonSave(data_iterator.position())
+      else:
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
       if fingerprint is not None:
         items["fingerprint"] = ocp.args.JsonSave(fingerprint)
     try:
@@ -247,7 +254,7 @@ class Checkpointer:
 
   def _restore(self, step, abstract_state, data_iterator, fingerprint, restart_data) -> Restored:
     changes = []
-    if data_iterator is not None and os.path.isdir(os.path.join(self.step_dir(step), "data")):
+    if data_iterator is not None and self._saved_positions(step):
       saved = self.read_fingerprint(step)
       if saved is not None and fingerprint is not None:
         changes = fingerprint_changes(saved, json.loads(json.dumps(fingerprint)))
@@ -259,7 +266,7 @@ class Checkpointer:
             f"{'; '.join(changes)}. Resuming would apply its data position to other data. Pass "
             "--restart_data to keep the model and optimizer state and start the new data from "
             "its beginning, restore the setting or the files, or use another --workdir.")
-      else:
+      elif self._data_item(step, data_iterator) == "data":
         distributed.check_data_process_count(os.path.join(self.step_dir(step), "data"))
     return Restored(step, self.restore(step, abstract_state, data_iterator), changes)
 
@@ -293,10 +300,34 @@ class Checkpointer:
     A checkpoint without a data item (e.g. imported weights) leaves the iterator at its start.
     """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
+    data_item = None if data_iterator is None else self._data_item(step, data_iterator)
+    if data_item == POSITION:
+      items[POSITION] = ocp.args.JsonRestore()
+    elif data_item == "data":
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if data_item == POSITION:
+      data_iterator.set_position(restored[POSITION])
     return restored["state"]
+
+  def _saved_positions(self, step: int) -> list[str]:
+    return [item for item in (POSITION, "data")
+            if os.path.isdir(os.path.join(self.step_dir(step), item))]
+
+  def _data_item(self, step: int, data_iterator) -> str | None:
+    """Which saved data position of checkpoint `step` fits `data_iterator`: POSITION, "data"
+    or None (it has none). A position of the other kind is a data change."""
+    saved = self._saved_positions(step)
+    if not saved:
+      return None
+    wanted = POSITION if hasattr(data_iterator, "position") else "data"
+    if saved[0] != wanted:
+      raise DataChangedError(
+          f"the checkpoint of step {step} saved a data position of another pipeline "
+          f"({'per-process iterator states' if saved[0] == 'data' else 'a global row index'}); "
+          "pass --restart_data to keep the model and optimizer state and start the data from "
+          "its beginning")
+    return wanted
 
   def restore_params(self, step: int, abstract_params):
     """Restores only the parameters (for eval, score, sample): no optimizer state is read."""

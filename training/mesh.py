@@ -88,3 +88,19 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
 def global_batch(local_batch: dict[str, np.ndarray], sharding_: NamedSharding) -> dict:
   """Assembles this process's rows into global arrays sharded over the mesh."""
   return {k: jax.make_array_from_process_local_data(sharding_, v) for k, v in local_batch.items()}
+
+
+def check_process_rows(batch_sharding: NamedSharding, global_batch_size: int) -> None:
+  """Raises unless this process's devices hold exactly its equal, contiguous share of each
+  global batch's rows, the part every data pipeline reads (data.global_batches.process_slice)."""
+  held = set()
+  for index in batch_sharding.addressable_devices_indices_map((global_batch_size, 1)).values():
+    held.update(range(*index[0].indices(global_batch_size)))
+  share = global_batch_size // jax.process_count()
+  first = jax.process_index() * share
+  if held != set(range(first, first + share)):
+    raise ConfigError(
+        f"on this mesh process {jax.process_index()} of {jax.process_count()} holds batch rows "
+        f"{min(held)}..{max(held)} ({len(held)} rows), not its own share {first}..{first + share - 1}; "
+        "lay the data and fsdp mesh axes over the processes (config.mesh) so that each process "
+        "holds a contiguous share of the batch")

@@ -172,8 +172,8 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
   been stopped there; the schedule still spans config.train.steps, so a later call resumes the
   very same run. `devices` (default: all) are the devices the mesh is built from.
   `print_sharding` prints every parameter's placement and the per-device memory, then returns.
-  `restart_data` restores model and optimizer state but starts the data stream over (to resume
-  with a different number of processes, or on changed data). `restart` sets a previous run in
+  `restart_data` restores model and optimizer state but starts the data stream over (on changed
+  data, or BERT's per-process data on another number of processes). `restart` sets a previous run in
   `workdir` aside (WORKDIR/previous_runs/) and starts a new one; without it a workdir that has
   trained is resumed or refused, never started over.
   """
@@ -210,6 +210,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
                       f"data*fsdp mesh size {rows}")
 
   setup = build_train_setup(task, mesh)
+  mesh_lib.check_process_rows(setup.batch_sharding, tc.batch_size)
   if print_sharding:
     if jax.process_index() == 0:
       print(sharding_report.describe_sharding(
