@@ -22,10 +22,11 @@ For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise
             clipping, loss.item() every step) on the same model written in plain PyTorch.
             --nanogpt: nanoGPT's CPU baby-GPT shapes (4 layers, 4 heads, 128 wide, context 64,
             batch 12) on configs/gpt.py:tiny, with --loop.
-  pipeline  the trainer's training batches (data.pipeline.lm_batches for GPT,
-            data.bert_pipeline.bert_batches for BERT) of a real corpus with the byte tokenizer
-            (--text, default ../shared/data/tinyshakespeare.txt, else the built-in default
-            corpus); a "step" is one batch of the preset's shape.
+  pipeline  the trainer's training batches (data.batches.pretraining_batches: packed rows
+            read as global batches for GPT and mlm, sentence pairs built on the fly for BERT's
+            mlm+nsp/sop) of a real corpus with the byte tokenizer (--text, default
+            ../shared/data/tinyshakespeare.txt, else the built-in default corpus), rows built
+            before timing; a "step" is one batch of the preset's shape.
 Columns:
   first s     seconds of the first step: compilation (pretrax) or lazy initialisation (torch)
   ms med/min/max  milliseconds per step over the timed steps
@@ -396,15 +397,14 @@ def corpus_source(text: str | None) -> tuple[str, str]:
 
 
 def run_pipeline(config, tokenizer, source: str, args) -> Timing:
-  """Times `next()` on the trainer's training batches (lm_batches for GPT, bert_batches for BERT)
-  of `source`, with the preset's batch, seq_len, objective and num_workers."""
+  """Times `next()` on the trainer's training batches of `source`, with the preset's batch,
+  seq_len, objective and num_workers."""
   from pretrax.data import batches
   from pretrax.training import config as config_lib
   config = config_lib.apply_overrides(config, {"data.source": source})
   iterator = iter(batches.pretraining_batches(
       config.data, tokenizer, config.data.train_split, global_batch_size=config.train.batch_size,
       seed=config.train.seed, shuffle=True, repeat=True))
-  # Most batches only slice already tokenized rows; a few read and tokenize documents.
   timing = time_steps(lambda: next(iterator), steps=args.pipeline_steps, warmup=args.warmup)
   return dataclasses.replace(timing, uneven=True)
 

@@ -1,9 +1,10 @@
 """Pretraining batches for config.data.objective: this process's rows of each global batch.
 
-causal -> packed rows built once (data/row_store.py) and read by global row index
-(data/global_batches.py): the same global batches on any number of processes, and a data
-position that is one integer. mlm, mlm+nsp, mlm+sop -> data/bert_pipeline.py (masked rows and
-sentence pairs built on the fly from this process's shard of the documents, a Grain iterator).
+causal, mlm -> packed rows built once (data/row_store.py) and read by global row index
+(data/global_batches.py; mlm rows masked as they are read, bert_pipeline.MaskedRows): the same
+global batches on any number of processes, and a data position that is one integer.
+mlm+nsp, mlm+sop -> data/bert_pipeline.py (sentence pairs built on the fly from this process's
+shard of the documents, a Grain iterator).
 Both read a split of config.data.source (data/sources.py); their position is checkpointed with
 the model.
 """
@@ -17,14 +18,16 @@ from pretrax.data.config import DataConfig
 from pretrax.data.errors import InputError
 
 ROWS_DIR = "pretrax_rows"  # packed rows live in DATA_DIR/pretrax_rows/
+ROW_OBJECTIVES = ("causal", "mlm")  # objectives whose rows are built ahead (the rest on the fly)
 
 
 def packed_rows(config: DataConfig, tokenizer, split: str) -> row_store.RowStore:
   """The packed rows of `split` for config.objective (built the first time)."""
-  if config.objective != "causal":
-    raise InputError(f"data.objective={config.objective!r} has no packed-rows build yet; only "
-                     "causal rows are built ahead of training")
-  spec = row_store.RowSpec(kind="causal", seq_len=config.seq_len,
+  if config.objective not in ROW_OBJECTIVES:
+    raise InputError(f"data.objective={config.objective!r} has no packed-rows build yet (its "
+                     f"sentence pairs are built during training); rows are built for "
+                     f"{' | '.join(ROW_OBJECTIVES)}")
+  spec = row_store.RowSpec(kind=config.objective, seq_len=config.seq_len,
                            corpus=sources.describe_corpus(config, split), split=split,
                            tokenizer=tokenizer.describe(), shard_mb=config.build_shard_mb)
   return row_store.ensure_built(
@@ -44,15 +47,18 @@ def pretraining_batches(config: DataConfig, tokenizer, split: str, *, global_bat
   """An iterator of this process's part of each batch of `split` (dicts of numpy arrays).
 
   Without `repeat`, one pass. Its last batch, if partial, is padded with all-zero rows (weight 0)
-  for causal rows, and for BERT's if `pad_final_batch` (else dropped); causal rows stop after
-  `num_batches` if given.
+  for packed rows, and for sentence pairs if `pad_final_batch` (else dropped); packed rows stop
+  after `num_batches` if given.
   """
   rows = global_batches.process_slice(global_batch_size, process_index, process_count)
-  if config.objective == "causal":
-    if config.seq_len < 1:
-      raise InputError(f"data.seq_len must be >= 1, got {config.seq_len}")
+  if config.objective in ROW_OBJECTIVES:
+    if config.objective == "causal":
+      packing.check_seq_len(config.seq_len)
+      make_examples = _causal_examples
+    else:
+      make_examples = bert_pipeline.MaskedRows(tokenizer, config, seed)  # checks the settings
     return global_batches.GlobalBatches(
-        packed_rows(config, tokenizer, split), _causal_examples,
+        packed_rows(config, tokenizer, split), make_examples,
         global_batch_size=global_batch_size, rows=rows, seed=seed, shuffle=shuffle,
         repeat=repeat, num_batches=num_batches)
   ds = bert_pipeline.bert_batches(
@@ -69,17 +75,21 @@ def eval_batches(config: DataConfig, tokenizer, split: str | None, *, global_bat
   """Yields the first `max_batches` (None or 0: all) batches of the validation split, the same
   ones every time (no shuffle), the last one padded with all-zero rows (weight 0).
 
-  Causal rows are global batches, the same on any number of processes. BERT's come from each
-  process's own shard of documents; shards can yield different numbers of batches, so a process
+  Packed rows are global batches, the same on any number of processes. Sentence pairs come from
+  each process's own shard of documents; shards can yield different numbers of batches, so a process
   that runs out yields all-padding batches until `max_batches`, keeping every process in the same
   collective steps.
   """
   split = split or sources.eval_split(config)
-  if config.objective == "causal":
-    yield from pretraining_batches(config, tokenizer, split, global_batch_size=global_batch_size,
-                                   seed=seed, shuffle=False, repeat=False,
-                                   process_index=process_index, process_count=process_count,
-                                   num_batches=max_batches or None)
+  if config.objective in ROW_OBJECTIVES:
+    reader = pretraining_batches(config, tokenizer, split, global_batch_size=global_batch_size,
+                                 seed=seed, shuffle=False, repeat=False,
+                                 process_index=process_index, process_count=process_count,
+                                 num_batches=max_batches or None)
+    try:
+      yield from reader
+    finally:
+      reader.close()
     return
   if process_count > 1 and not max_batches:
     raise InputError("evaluating the whole split with several processes is not supported for "

@@ -1,14 +1,14 @@
-"""Grain pipeline for BERT-style pretraining: documents -> masked rows -> batches.
-
-  source[process_index::process_count] -> shuffle(seed) -> repeat (reshuffled each epoch)
-  -> tokenize -> rows (packed documents, or sentence pairs) -> mask -> batch -> mp_prefetch
+"""BERT-style pretraining batches: masked packed rows, and sentence pairs built on the fly.
 
 config.objective picks the rows (T = config.seq_len):
-  mlm      RoBERTa style. Each document becomes `[CLS] tokens [SEP]`, several per row, segment ids
-           1, 2, ... (0 = padding) and positions restarting at 0. A document that does not fit
-           the space left in a row fills it and continues in the next row, each piece framed by
-           its own [CLS] ... [SEP] (so a piece holds at most T - 2 tokens); fewer than 3 free
-           slots are left as padding. Empty documents are skipped.
+  mlm      RoBERTa style, packed once ahead of training (data/row_store.py, packing.
+           iter_framed_rows): each document becomes `[CLS] tokens [SEP]`, several per row,
+           segment ids 1, 2, ... (0 = padding) and positions restarting at 0; a document that does
+           not fit continues in the next row in a piece of its own. `MaskedRows` masks the rows
+           as data/global_batches.py reads them, keyed on the row's place in the global stream.
+  The pairs are built by a Grain pipeline over this process's shard of the documents:
+    source[process_index::process_count] -> shuffle(seed) -> repeat (reshuffled each epoch)
+    -> tokenize sentences -> pairs -> mask -> batch -> mp_prefetch
   mlm+nsp  Original BERT: one `[CLS] A [SEP] B [SEP]` pair per row (not packed), token_type_ids
   mlm+sop  0 on [CLS] A [SEP] and 1 on B [SEP], segment ids 1 on the pair and 0 on padding.
            nsp_label 0: B is A's continuation; 1: B comes from a random document (nsp) or A and
@@ -34,15 +34,14 @@ config.objective picks the rows (T = config.seq_len):
     side (B on ties), from its front or back with probability 1/2 each, as BERT does.
   - The target length is always T - 3: BERT's short_seq_prob (10% shorter pairs) is not used.
 
-Masking (data/masking.py; whole words if config.whole_word_masking) is drawn per row from
-`np.random.default_rng([seed, TAG, process_index, i, j])`, where i is the position of the row's
-first document in this process's document stream (epoch * shard size + rank in the epoch's
-order) and j the token offset (mlm) or sentence index (pairs) where the row starts in it. The
-same generator draws the pair's random choices. So the masks are fresh in every epoch, and a
+Masking (data/masking.py; whole words if config.whole_word_masking) of a pair is drawn from
+`np.random.default_rng([seed, TAG, process_index, i, j])`, where i is the position of the pair's
+document in this process's document stream (epoch * shard size + rank in the epoch's order) and
+j the sentence where the pair starts in it. The same generator draws the pair's random choices. So the masks are fresh in every epoch, and a
 restored iterator (its state holds where the row starts) draws exactly the same ones; worker
 processes, which each build rows from their slice of the stream, never share a generator.
 
-`iter(ds).get_state()/set_state()` resume exactly; save with Orbax via
+The pairs' `iter(ds).get_state()/set_state()` resume exactly; save with Orbax via
 `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
 """
 
@@ -60,6 +59,7 @@ from pretrax.data import pipeline
 from pretrax.data.config import DataConfig
 
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
+PAIR_OBJECTIVES = ("mlm+nsp", "mlm+sop")
 FEATURES = ("input_ids", "segment_ids", "token_type_ids", "positions",  # [B, T] int32
             "masked_positions", "masked_ids", "masked_weights",        # [B, P] int32 / float32
             "nsp_label")                                                # [B] int32
@@ -120,20 +120,16 @@ class _Shard:
 
 
 class _LoadDocument:
-  """(stream index i, document index in the shard) -> record of its tokens (a class: it pickles).
+  """(stream index i, document index in the shard) -> {"index": i, "doc": k, "sentences":
+  [[n_s] int32]}, the document's non-empty sentences tokenized (a class: it pickles)."""
 
-  mlm: {"index": i, "ids": [n] int32}; pairs: {"index": i, "doc": k, "sentences": [[n_s] int32]}.
-  """
-
-  def __init__(self, shard: _Shard, tokenizer: Any, pairs: bool):
-    self.shard, self.tokenizer, self.pairs = shard, tokenizer, pairs
+  def __init__(self, shard: _Shard, tokenizer: Any):
+    self.shard, self.tokenizer = shard, tokenizer
 
   def __call__(self, index: int, doc: int) -> dict[str, Any]:
-    text = self.shard[doc]
-    if self.pairs:
-      sentences = [np.asarray(self.tokenizer.encode(s), np.int32) for s in split_sentences(text)]
-      return {"index": int(index), "doc": int(doc), "sentences": [s for s in sentences if len(s)]}
-    return {"index": int(index), "ids": np.asarray(self.tokenizer.encode(text), np.int32)}
+    sentences = [np.asarray(self.tokenizer.encode(s), np.int32)
+                 for s in split_sentences(self.shard[doc])]
+    return {"index": int(index), "doc": int(doc), "sentences": [s for s in sentences if len(s)]}
 
 
 class _RowMasker:
@@ -162,6 +158,41 @@ class _RowMasker:
     return {"input_ids": input_ids, "segment_ids": segments_t, "token_type_ids": token_types_t,
             "positions": positions_t, "masked_positions": positions_p, "masked_ids": ids_p,
             "masked_weights": weights_p, "nsp_label": np.array(nsp_label, np.int32)}
+
+
+class MaskedRows:
+  """Packed mlm rows (data/row_store.py) -> masked examples, as `GlobalBatches` reads them.
+
+  `(tokens [n, T], segment ids [n, T], stream positions [n])` -> dict of FEATURES. Row g of the
+  global stream is masked with `np.random.default_rng([seed, TAG, 0, g, 0])`: fresh masks in every
+  epoch, the same ones on any number of processes and after a restore. All-padding rows (past the
+  end of a one-pass read) stay all zeros.
+  """
+
+  def __init__(self, tokenizer: Any, config: DataConfig, seed: int):
+    _check_config(config, tokenizer)
+    if seed < 0:
+      raise InputError(f"seed must be >= 0 (train.seed), got {seed}")
+    self.masker = _RowMasker(tokenizer, config, seed, process_index=0)
+
+  def _padding(self) -> dict[str, np.ndarray]:
+    t, p = self.masker.seq_len, self.masker.max_predictions
+    return {"input_ids": np.zeros(t, np.int32), "segment_ids": np.zeros(t, np.int32),
+            "token_type_ids": np.zeros(t, np.int32), "positions": np.zeros(t, np.int32),
+            "masked_positions": np.zeros(p, np.int32), "masked_ids": np.zeros(p, np.int32),
+            "masked_weights": np.zeros(p, np.float32), "nsp_label": np.array(0, np.int32)}
+
+  def __call__(self, tokens_nt, segments_nt, stream_n) -> dict[str, np.ndarray]:
+    positions_nt = packing.segment_positions(segments_nt)
+    rows = []
+    for tokens_t, segments_t, positions_t, g in zip(tokens_nt, segments_nt, positions_nt,
+                                                    stream_n):
+      if not segments_t.any():
+        rows.append(self._padding())
+        continue
+      rows.append(self.masker.example(tokens_t, segments_t, np.zeros_like(tokens_t),
+                                      positions_t, 0, self.masker.rng(int(g), 0)))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 class _Pairs:
@@ -273,64 +304,9 @@ class SentencePairDatasetIterator(packing.DocumentCursorIterator):
     return "SentencePairDatasetIterator"
 
 
-class PackedMLMIterDataset(grain.IterDataset):
-  """Document records -> one masked row of packed `[CLS] tokens [SEP]` segments per `next` (mlm)."""
-
-  def __init__(self, parent: grain.IterDataset, masker: _RowMasker):
-    super().__init__(parent)
-    self._masker = masker
-
-  def __iter__(self) -> "PackedMLMDatasetIterator":
-    return PackedMLMDatasetIterator(self._parent.__iter__(), self._masker)
-
-  def __str__(self) -> str:
-    return f"PackedMLMIterDataset(seq_len={self._masker.seq_len})"
-
-
-class PackedMLMDatasetIterator(packing.DocumentCursorIterator):
-  """One masked row per `next`; state as packing.DocumentCursorIterator's (cursor "doc_offset":
-  where the document being split continues)."""
-
-  def __init__(self, parent: grain.DatasetIterator, masker: _RowMasker):
-    super().__init__(parent)
-    self._masker = masker
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    self._pending()
-    t = self._masker.seq_len
-    tokens, segments, positions = (np.zeros(t, np.int32) for _ in range(3))
-    fill, num_segments, row_start = 0, 0, None
-    while t - fill >= 3:
-      if self._cursor < 0:
-        try:  # an empty document adds nothing
-          self._next_document(accept=lambda d: len(d["ids"]) > 0)
-        except StopIteration:
-          break
-      ids, offset = self._doc["ids"], self._cursor
-      if row_start is None:
-        row_start = (self._doc["index"], offset)
-      take = min(len(ids) - offset, t - fill - 2)
-      end = fill + take + 2
-      tokens[fill] = self._masker.tokenizer.cls_id
-      tokens[fill + 1:end - 1] = ids[offset:offset + take]
-      tokens[end - 1] = self._masker.tokenizer.sep_id
-      num_segments += 1
-      segments[fill:end] = num_segments
-      positions[fill:end] = np.arange(take + 2)
-      fill = end
-      self._move_cursor(None if offset + take == len(ids) else offset + take)
-    if fill == 0:
-      raise StopIteration
-    rng = self._masker.rng(*row_start)
-    return self._masker.example(tokens, segments, np.zeros(t, np.int32), positions, 0, rng)
-
-  def __str__(self) -> str:
-    return "PackedMLMDatasetIterator"
-
-
 def _check_config(config: DataConfig, tokenizer: Any):
   if config.objective not in OBJECTIVES:
-    hint = " (causal batches come from pipeline.lm_batches)" if config.objective == "causal" else ""
+    hint = " (causal batches come from data.batches.pretraining_batches)" if config.objective == "causal" else ""
     raise InputError(f"data.objective={config.objective!r} is not a BERT objective; choose one "
                      f"of {' | '.join(OBJECTIVES)}{hint}")
   min_len = MIN_PACKED_SEQ_LEN if config.objective == "mlm" else MIN_PAIR_SEQ_LEN
@@ -375,6 +351,9 @@ def bert_batches(source, tokenizer, config: DataConfig, *, batch_size: int, seed
     int32 (see the module doc).
   """
   _check_config(config, tokenizer)
+  if config.objective not in PAIR_OBJECTIVES:
+    raise InputError("data.objective='mlm' rows are packed ahead of training and read with "
+                     "data.batches.pretraining_batches (MaskedRows masks them)")
   pipeline.check_stream_args(batch_size, process_index, process_count, num_workers)
   if seed < 0:
     raise InputError(f"seed must be >= 0 (train.seed), got {seed}")
@@ -386,7 +365,6 @@ def bert_batches(source, tokenizer, config: DataConfig, *, batch_size: int, seed
     raise InputError(f"no documents in {pipeline.describe_source(source)} for process {process_index} "
                      f"of {process_count}: it has only {len(source)} documents")
 
-  pairs = config.objective != "mlm"
   ds = grain.MapDataset.range(len(shard))
   if shuffle:
     ds = ds.shuffle(seed=pipeline.shuffle_seed(seed))
@@ -394,13 +372,10 @@ def bert_batches(source, tokenizer, config: DataConfig, *, batch_size: int, seed
     ds = ds.repeat()  # MapDataset.repeat passes the epoch on to shuffle: a new order each epoch
   # The index is the document's place in this process's stream (epoch * len + rank), also in
   # workers (mp_prefetch slices the dataset built here, keeping indices).
-  ds = ds.map_with_index(_LoadDocument(shard, tokenizer, pairs))
+  ds = ds.map_with_index(_LoadDocument(shard, tokenizer))
   ds = ds.to_iter_dataset()
   masker = _RowMasker(tokenizer, config, seed, process_index)
-  if pairs:
-    ds = SentencePairIterDataset(ds, _Pairs(shard, tokenizer, config.objective, masker))
-  else:
-    ds = PackedMLMIterDataset(ds, masker)
+  ds = SentencePairIterDataset(ds, _Pairs(shard, tokenizer, config.objective, masker))
   if pad_final_batch:
     ds = ds.batch(batch_size, drop_remainder=False,
                   batch_fn=functools.partial(pipeline.stack_padded, batch_size=batch_size))

@@ -2,15 +2,15 @@
 
 The rows of a packed-rows dataset (data/row_store.py, N rows) are read in one global order: a
 stream of positions g = 0, 1, 2, ... where epoch e = g // N visits every row once, in a seeded
-permutation of its own (Grain's `index_shuffle`, a Feistel network: no table of N entries), or
+permutation of its own (`permute`, a Feistel network: no table of N entries), or
 in stored order without shuffling. Global batch t of B rows holds stream positions [r, r + B)
 with r = t * B; each process reads only the slice of it that its devices hold. So the data
 position is one integer, r (the rows already read), the same on every process: a checkpoint
 continues exactly on another process count or mesh, and a changed batch size continues from the
 same row.
 
-Batches are read and assembled one or two ahead in a background thread, so the training loop
-does not wait for them; a read error surfaces at the `next` that needs the batch.
+Batches are read and assembled a few ahead in background threads, so the training loop does not
+wait for them; a read error surfaces at the `next` that needs the batch.
 """
 
 import collections
@@ -18,18 +18,48 @@ import concurrent.futures
 from typing import Callable
 
 import numpy as np
-from grain.experimental import index_shuffle
 
 from pretrax.data.errors import InputError
 from pretrax.data.row_store import RowStore
 
-_SHUFFLE_ROUNDS = 8
+_SHUFFLE_ROUNDS = 4  # Luby-Rackoff: 4 Feistel rounds of a random function make a strong permutation
 _EPOCH_SEED_TAG = 0x5EED
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-  """The shuffle seed of `epoch` (its own order each epoch; seed 0 epoch 1 is not seed 1)."""
-  return int(np.random.SeedSequence([seed, _EPOCH_SEED_TAG, epoch]).generate_state(1)[0])
+def epoch_keys(seed: int, epoch: int) -> np.ndarray:
+  """The round keys of `epoch`'s permutation (its own order each epoch; seed 0 epoch 1 is not
+  seed 1)."""
+  state = np.random.SeedSequence([seed, _EPOCH_SEED_TAG, epoch]).generate_state(_SHUFFLE_ROUNDS,
+                                                                              np.uint64)
+  return state.astype(np.uint64)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """A 64-bit finalizer (splitmix64's): every input bit affects every output bit."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def permute(indices: np.ndarray, num_rows: int, keys: np.ndarray) -> np.ndarray:
+  """A seeded bijection of [0, num_rows), applied to [n] indices (vectorized, no table).
+
+  A balanced Feistel network on the smallest even number of bits covering num_rows, walked
+  again on the values that land outside [0, num_rows) until none do (cycle walking): a
+  permutation of [0, 2^bits) restricted this way is a permutation of [0, num_rows).
+  """
+  half = max(1, (int(num_rows - 1).bit_length() + 1) // 2)
+  mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+  x = np.asarray(indices, np.uint64).copy()
+  todo = np.ones(len(x), bool)
+  while todo.any():
+    y = x[todo]
+    for key in keys:
+      left, right = y >> shift, y & mask
+      y = (right << shift) | (left ^ (_mix(right ^ key) & mask))
+    x[todo] = y
+    todo = x >= np.uint64(num_rows)
+  return x.astype(np.int64)
 
 
 def stream_rows(positions: np.ndarray, num_rows: int, seed: int, shuffle: bool) -> np.ndarray:
@@ -39,10 +69,11 @@ def stream_rows(positions: np.ndarray, num_rows: int, seed: int, shuffle: bool) 
   if not shuffle or num_rows == 1:
     return within
   epochs = positions // num_rows
-  seeds = {int(e): epoch_seed(seed, int(e)) for e in np.unique(epochs)}
-  return np.array([index_shuffle(int(i), max_index=num_rows - 1, seed=seeds[int(e)],
-                                 rounds=_SHUFFLE_ROUNDS) for i, e in zip(within, epochs)],
-                  np.int64)
+  rows = np.empty_like(within)
+  for epoch in np.unique(epochs):
+    at = epochs == epoch
+    rows[at] = permute(within[at], num_rows, epoch_keys(seed, int(epoch)))
+  return rows
 
 
 def process_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
@@ -79,7 +110,7 @@ class GlobalBatches:
 
   def __init__(self, store: RowStore, make_examples: MakeExamples, *, global_batch_size: int,
                rows: slice, seed: int, shuffle: bool, repeat: bool,
-               num_batches: int | None = None, prefetch: int = 2):
+               num_batches: int | None = None, prefetch: int = 4):
     if global_batch_size < 1:
       raise InputError(f"config.train.batch_size must be >= 1, got {global_batch_size}")
     self.store, self.make_examples = store, make_examples
@@ -93,7 +124,9 @@ class GlobalBatches:
     self._next_row = 0    # stream position of the next batch's first row
     self._batches = 0     # batches returned since the start or the last set_position
     self._pending = collections.deque()  # (stream position, future) of batches assembled ahead
-    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pretrax-rows")
+    # One thread per batch ahead: reads release the GIL, so batches are assembled in parallel.
+    self._executor = concurrent.futures.ThreadPoolExecutor(self.prefetch,
+                                                           thread_name_prefix="pretrax-rows")
 
   def position(self) -> dict:
     """The data position (JSON-able): the stream position of the next batch's first row."""

@@ -1,8 +1,9 @@
-"""Pack tokenized documents into fixed-length causal-LM rows (concatenate-then-split).
+"""Pack tokenized documents into fixed-length rows (concatenate-then-split), and the examples of
+packed rows.
 
-A row holds `seq_len + 1` token slots, filled with documents one after another (each document is
-already `[bos] + ids + [eos]`). A row `r` with segment ids `s` and positions `p` becomes one
-example of length `seq_len`:
+Causal rows (GPT). A row holds `seq_len + 1` token slots, filled with documents one after another
+(each document is already `[bos] + ids + [eos]`). A row `r` with segment ids `s` and positions `p`
+becomes one example of length `seq_len` (`causal_examples`):
 
   inputs = r[:-1]   targets = r[1:]   segment_ids = s[:-1]   positions = p[:-1]
   loss_weights = (s[1:] == s[:-1]) & (s[:-1] > 0)
@@ -15,9 +16,13 @@ the next row as a new segment that repeats the last token placed: every token of
 its first is a weighted target exactly once. When fewer than 2 slots are left, the rest of the
 row is padding.
 
-`iter_rows` packs a stream lazily (the packed-rows build, data/row_store.py, writes its rows);
-`pack_documents` packs a list (pure numpy, for tests); `PackedLMIterDataset` packs a Grain stream
-one row per `next`, with a small checkpointable state.
+Framed rows (BERT's mlm). A row holds `seq_len` slots; each document (ids only) becomes a segment
+`[CLS] ids [SEP]`. A document that does not fit fills the row and continues in the next, each
+piece framed by its own [CLS] ... [SEP] (a piece holds at most seq_len - 2 tokens); fewer than 3
+free slots are left as padding. Empty documents add nothing.
+
+`pack_blocks` packs a stream into blocks of rows (what data/row_store.py writes);
+`pack_documents` packs a list into causal examples.
 """
 
 import copy
@@ -31,52 +36,7 @@ from pretrax.data.errors import InputError
 FEATURES = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
 
 
-class _Row:
-  """One row being filled: `seq_len + 1` token slots with segment ids and positions."""
-
-  def __init__(self, seq_len: int):
-    self.tokens = np.zeros(seq_len + 1, np.int32)
-    self.segments = np.zeros(seq_len + 1, np.int32)
-    self.positions = np.zeros(seq_len + 1, np.int32)
-    self.fill = 0          # slots used
-    self.num_segments = 0  # segments placed so far
-
-  def space(self) -> int:
-    return len(self.tokens) - self.fill
-
-  def add(self, doc: np.ndarray, offset: int) -> int | None:
-    """Places `doc[offset:]` as a new segment, as much as fits in the row.
-
-    Returns None if it all fit, else the offset where its continuation starts (the last token
-    placed, so the continuation overlaps this row by one token). Needs `space() >= 2`.
-    """
-    n = len(doc) - offset
-    if n <= 0:
-      return None  # an empty document adds nothing
-    space = self.space()
-    assert space >= 2, space
-    take = min(n, space)
-    self.num_segments += 1
-    end = self.fill + take
-    self.tokens[self.fill:end] = doc[offset:offset + take]
-    self.segments[self.fill:end] = self.num_segments
-    self.positions[self.fill:end] = np.arange(take, dtype=np.int32)
-    self.fill = end
-    return None if take == n else offset + take - 1
-
-  def example(self) -> dict[str, np.ndarray]:
-    """-> dict of [seq_len] arrays: inputs, targets, segment_ids, positions int32; loss_weights f32."""
-    t, s, p = self.tokens, self.segments, self.positions
-    return {
-        "inputs": t[:-1],
-        "targets": t[1:],
-        "loss_weights": ((s[1:] == s[:-1]) & (s[:-1] > 0)).astype(np.float32),
-        "segment_ids": s[:-1],
-        "positions": p[:-1],
-    }
-
-
-def _check_seq_len(seq_len: int):
+def check_seq_len(seq_len: int):
   if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
     raise InputError(f"seq_len must be a positive int (data.seq_len), got {seq_len!r}")
 
@@ -90,20 +50,49 @@ def _as_tokens(doc: Any) -> np.ndarray:
   return doc
 
 
-def iter_rows(docs: Iterable[np.ndarray], seq_len: int) -> Iterator[_Row]:
-  """Packs token arrays lazily: yields each full `_Row` (`tokens`, `segments`, `positions`, each
-  [seq_len + 1]) as soon as the next document needs a new one, and the last partial row."""
-  _check_seq_len(seq_len)
-  row = _Row(seq_len)
+def pack_blocks(docs: Iterable[np.ndarray], seq_len: int, *, framed: bool = False,
+                cls_id: int = 0, sep_id: int = 0, dtype=np.int32,
+                block_rows: int = 64) -> Iterator[np.ndarray]:
+  """Packs token arrays lazily into rows (see module doc): yields blocks [n, 2, L] of `dtype`,
+  row i's token ids at [i, 0] and its segment ids (0 = padding) at [i, 1]; L = seq_len + 1
+  (causal) or seq_len (framed). Positions follow from the segment ids (`segment_positions`)."""
+  check_seq_len(seq_len)
+  if framed and seq_len < 3:
+    raise InputError(f"seq_len must be >= 3 for [CLS] token [SEP] rows (data.seq_len), got "
+                     f"{seq_len}")
+  width = seq_len if framed else seq_len + 1
+  least = 3 if framed else 2  # fewer free slots than this: the row is finished
+  block = np.zeros((block_rows, 2, width), dtype)
+  r = fill = segment = 0
   for doc in docs:
-    doc, offset = _as_tokens(doc), 0
-    while offset is not None:
-      if row.space() < 2:
-        yield row
-        row = _Row(seq_len)
-      offset = row.add(doc, offset)
-  if row.fill:
-    yield row
+    doc = _as_tokens(doc)
+    n, offset = len(doc), 0
+    while offset < n:
+      if width - fill < least:  # finish the row
+        r, fill, segment = r + 1, 0, 0
+        if r == block_rows:
+          yield block
+          block, r = np.zeros((block_rows, 2, width), dtype), 0
+      segment += 1
+      if framed:
+        take = min(n - offset, width - fill - 2)
+        end = fill + take + 2
+        block[r, 0, fill] = cls_id
+        block[r, 0, fill + 1:end - 1] = doc[offset:offset + take]
+        block[r, 0, end - 1] = sep_id
+        offset += take
+      else:
+        take = min(n - offset, width - fill)
+        end = fill + take
+        block[r, 0, fill:end] = doc[offset:offset + take]
+        # A continuation repeats the last token placed, so it is a target exactly once.
+        offset = n if offset + take == n else offset + take - 1
+      block[r, 1, fill:end] = segment
+      fill = end
+  if fill:
+    r += 1
+  if r:
+    yield block[:r]
 
 
 def segment_positions(segments_bl: np.ndarray) -> np.ndarray:
@@ -130,34 +119,11 @@ def causal_examples(tokens_bl: np.ndarray, segments_bl: np.ndarray) -> dict[str,
 
 
 def pack_documents(docs: Iterable[np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
-  """Packs token arrays (each [len_i] int) -> dict of [num_rows, seq_len] arrays (see module doc).
-
-  The last partial row is padded; no rows gives arrays of shape [0, seq_len].
-  """
-  rows = [row.example() for row in iter_rows(docs, seq_len)]
-  if not rows:
-    empty = _Row(seq_len).example()
-    return {k: np.zeros((0, seq_len), v.dtype) for k, v in empty.items()}
-  return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
-
-
-class PackedLMIterDataset(grain.IterDataset):
-  """Packs a stream of token arrays ([len_i] int) into examples of [seq_len] arrays.
-
-  Each element is a dict with `FEATURES` keys (see module doc). At the end of a finite parent the
-  last partial row is emitted padded.
-  """
-
-  def __init__(self, parent: grain.IterDataset, seq_len: int):
-    super().__init__(parent)
-    _check_seq_len(seq_len)
-    self._seq_len = int(seq_len)
-
-  def __iter__(self) -> "PackedLMDatasetIterator":
-    return PackedLMDatasetIterator(self._parent.__iter__(), self._seq_len)
-
-  def __str__(self) -> str:
-    return f"PackedLMIterDataset(seq_len={self._seq_len})"
+  """Packs token arrays (each [len_i] int) -> dict of causal examples, [num_rows, seq_len] arrays
+  (see module doc). The last partial row is padded; no rows gives arrays of shape [0, seq_len]."""
+  blocks = list(pack_blocks(docs, seq_len))
+  rows = np.concatenate(blocks) if blocks else np.zeros((0, 2, seq_len + 1), np.int32)
+  return causal_examples(rows[:, 0], rows[:, 1])
 
 
 class DocumentCursorIterator(grain.DatasetIterator):
@@ -215,34 +181,6 @@ class DocumentCursorIterator(grain.DatasetIterator):
     self._doc = None
     self._cursor = int(state[self.CURSOR])
     self._doc_state = copy.deepcopy(state["parent"]) if self._cursor >= 0 else None
-
-
-class PackedLMDatasetIterator(DocumentCursorIterator):
-  """Builds one row per `next`; state as DocumentCursorIterator's (cursor "doc_offset")."""
-
-  def __init__(self, parent: grain.DatasetIterator, seq_len: int):
-    super().__init__(parent)
-    self._seq_len = seq_len
-
-  def _prepare(self, doc: Any) -> np.ndarray:
-    return _as_tokens(doc)
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    self._pending()
-    row = _Row(self._seq_len)
-    while row.space() >= 2:
-      if self._cursor < 0:
-        try:
-          self._next_document()
-        except StopIteration:
-          break
-      self._move_cursor(row.add(self._doc, self._cursor))
-    if row.fill == 0:
-      raise StopIteration
-    return row.example()
-
-  def __str__(self) -> str:
-    return f"PackedLMDatasetIterator(seq_len={self._seq_len})"
 
 
 def pair_cuts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:

@@ -4,7 +4,7 @@ Training reads rows by index (data/global_batches.py) instead of tokenizing and 
 process. A build lives in ROOT/NAME/ (ROOT = DATA_DIR/pretrax_rows):
 
   rows-SSSSS.array_record  one record per row: its L token ids, then its L segment ids (0 =
-                           padding), little-endian, of the dtypes in the manifest. Positions are
+                           padding), little-endian, of the dtype in the manifest. Positions are
                            not stored: they restart at 0 in each segment (packing.segment_positions)
   manifest.json            written last: what the rows are (`RowSpec`), each shard's rows,
                            documents, text bytes, file size and CRC32, and the build's figures
@@ -48,11 +48,12 @@ from pretrax.data.errors import InputError
 log = logging.getLogger("pretrax")
 
 FORMAT = 1            # bump when the record layout or the packing changes
-KINDS = ("causal",)   # how documents become rows (see `RowSpec.kind`)
+KINDS = ("causal", "mlm")  # how documents become rows (see `RowSpec.kind`)
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"  # size and mtime of each file whose CRC32 was checked
 READ_DOCUMENTS = 64   # documents read, tokenized and packed at a time: what bounds a worker's memory
-WRITER_OPTIONS = "group_size:1,uncompressed"  # one row per chunk: random access reads one row
+# One row per chunk (a random access reads one row); one writer thread (a process per core).
+WRITER_OPTIONS = "group_size:1,uncompressed,max_parallelism:1"
 READER_OPTIONS = "readahead_buffer_size:0"
 
 
@@ -67,6 +68,8 @@ class RowSpec:
   kind: causal -- documents become `[bos] + ids + [eos]` packed into rows of L = seq_len + 1 slots
     (data/packing.py: a document that does not fit continues in the next row, overlapping it by
     one token); inputs are slots [:-1], targets slots [1:].
+    mlm -- documents become `[CLS] ids [SEP]` segments packed into rows of L = seq_len slots
+    (packing's framed rows); masks are drawn when the rows are read.
   """
   kind: str
   seq_len: int
@@ -77,7 +80,7 @@ class RowSpec:
 
   @property
   def row_len(self) -> int:
-    return self.seq_len + 1
+    return self.seq_len + 1 if self.kind == "causal" else self.seq_len
 
   def key(self) -> str:
     text = json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
@@ -106,12 +109,13 @@ class _ShardJob:
   path: str
   start: int            # documents [start, stop)
   stop: int
-  token_dtype: str
-  segment_dtype: str
+  dtype: str            # of token and segment ids on disk
 
 
 def _document_tokens(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
-  """The shard's documents as `[bos] + ids + [eos]`, READ_DOCUMENTS at a time."""
+  """The shard's documents as token ids (causal: `[bos] + ids + [eos]`), READ_DOCUMENTS at a
+  time."""
+  causal = job.spec.kind == "causal"
   bos = np.array([job.tokenizer.bos_id], np.int32)
   eos = np.array([job.tokenizer.eos_id], np.int32)
   for first in range(job.start, job.stop, READ_DOCUMENTS):
@@ -121,7 +125,14 @@ def _document_tokens(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
     counts["documents"] += len(texts)
     counts["text_bytes"] += sum(len(t.encode("utf-8")) for t in texts)
     for ids in job.tokenizer.encode_batch(texts):
-      yield np.concatenate([bos, ids, eos])
+      yield np.concatenate([bos, ids, eos]) if causal else ids
+
+
+def _blocks(job: _ShardJob, docs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+  """[n, 2, L] blocks of the shard's rows (token ids, segment ids)."""
+  return packing.pack_blocks(docs, job.spec.seq_len, framed=job.spec.kind == "mlm",
+                             cls_id=job.tokenizer.cls_id, sep_id=job.tokenizer.sep_id,
+                             dtype=np.dtype(job.dtype))
 
 
 def _digest(path: str) -> tuple[int, int]:
@@ -135,17 +146,18 @@ def _digest(path: str) -> tuple[int, int]:
 def build_shard(job: _ShardJob) -> dict:
   """Packs documents [start, stop) into `job.path`; returns the shard's manifest entry."""
   counts = {"documents": 0, "text_bytes": 0}
-  rows = 0
+  rows, start = 0, time.perf_counter()
   writer = array_record_module.ArrayRecordWriter(job.path, WRITER_OPTIONS)
   try:
-    for row in packing.iter_rows(_document_tokens(job, counts), job.spec.seq_len):
-      writer.write(row.tokens.astype(job.token_dtype).tobytes()
-                   + row.segments.astype(job.segment_dtype).tobytes())
-      rows += 1
+    for block in _blocks(job, _document_tokens(job, counts)):
+      for row in block:
+        writer.write(row.tobytes())
+      rows += len(block)
   finally:
     writer.close()
   size, crc = _digest(job.path)
   return {"file": os.path.basename(job.path), "rows": rows, "size": size, "crc32": crc,
+          "seconds": round(time.perf_counter() - start, 3),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **counts}
 
 
@@ -200,10 +212,9 @@ def build(spec: RowSpec, source, tokenizer, directory: str, *, split_bytes: int,
   os.makedirs(parent, exist_ok=True)
   partial = tempfile.mkdtemp(prefix=f"{os.path.basename(directory)}.partial-{os.getpid()}-",
                              dir=parent)
-  token_dtype = _dtype(tokenizer.vocab_size - 1)
-  segment_dtype = _dtype(spec.row_len)
+  dtype = _dtype(max(tokenizer.vocab_size - 1, spec.row_len))
   jobs = [_ShardJob(source, tokenizer, spec, os.path.join(partial, f"rows-{i:05d}.array_record"),
-                    a, b, token_dtype, segment_dtype) for i, (a, b) in enumerate(shards)]
+                    a, b, dtype) for i, (a, b) in enumerate(shards)]
   say(f"pretrax: building packed rows {os.path.basename(directory)} from {len(source):,} "
       f"documents (~{split_bytes / 1e6:,.0f} MB) in {len(shards)} shard(s) with {workers} "
       f"process(es), into {parent}")
@@ -225,19 +236,23 @@ def build(spec: RowSpec, source, tokenizer, directory: str, *, split_bytes: int,
     text_bytes = sum(e["text_bytes"] for e in entries)
     manifest = {
         "format": FORMAT, "spec": dataclasses.asdict(spec), "row_len": spec.row_len,
-        "token_dtype": token_dtype, "segment_dtype": segment_dtype,
+        "dtype": dtype,
         "rows": sum(e["rows"] for e in entries), "shards": entries,
         "build": {"seconds": round(seconds, 3), "workers": workers,
                   "text_mb": round(text_bytes / 1e6, 3),
                   "mb_per_s": round(text_bytes / 1e6 / max(seconds, 1e-9), 3),
+                  # what one process packs while it works (start-up of the pool excluded)
+                  "mb_per_s_per_process": round(
+                      text_bytes / 1e6 / max(sum(e["seconds"] for e in entries), 1e-9), 3),
                   "peak_rss_mb_per_worker": round(max(e.pop("peak_rss_mb") for e in entries), 1)},
     }
     if manifest["rows"] == 0:
-      raise RowStoreError(f"{spec.corpus['dataset']}[{spec.split}] has no tokens to pack: its "
-                          "documents are all empty")
+      raise RowStoreError(f"{spec.corpus['dataset']}[{spec.split}] has no tokens to pack: it has "
+                          f"{len(source)} documents, none with text")
     files.atomic_write_json(os.path.join(partial, MANIFEST), manifest)
     _fsync_tree(partial)
     os.rename(partial, directory)
+    _write_verified(directory, manifest)  # the CRC32s were just computed from these files
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
@@ -279,7 +294,7 @@ def problem(directory: str, spec: RowSpec) -> str | None:
       verified = json.load(f)
   except (OSError, ValueError):
     verified = {}
-  stamps = {}
+  hashed = False
   for shard in manifest["shards"]:
     path = os.path.join(directory, shard["file"])
     try:
@@ -288,13 +303,23 @@ def problem(directory: str, spec: RowSpec) -> str | None:
       return f"{path} is missing"
     if stat.st_size != shard["size"]:
       return f"{path} has {stat.st_size} bytes, {shard['size']} when built (truncated or changed)"
-    stamps[shard["file"]] = [stat.st_size, stat.st_mtime_ns]
-    if verified.get(shard["file"]) != stamps[shard["file"]] and _digest(path)[1] != shard["crc32"]:
-      return f"{path}: contents differ from when it was built (CRC32 mismatch)"
-  if stamps != verified:
-    with contextlib.suppress(OSError):  # a read-only copy is re-checked next time
-      files.atomic_write_json(os.path.join(directory, VERIFIED), stamps)
+    if verified.get(shard["file"]) != [stat.st_size, stat.st_mtime_ns]:
+      hashed = True
+      if _digest(path)[1] != shard["crc32"]:
+        return f"{path}: contents differ from when it was built (CRC32 mismatch)"
+  if hashed:
+    _write_verified(directory, manifest)
   return None
+
+
+def _write_verified(directory: str, manifest: dict) -> None:
+  """Records the size and mtime of each shard as checked, so the next open skips its CRC32."""
+  stamps = {}
+  for shard in manifest["shards"]:
+    stat = os.stat(os.path.join(directory, shard["file"]))
+    stamps[shard["file"]] = [stat.st_size, stat.st_mtime_ns]
+  with contextlib.suppress(OSError):  # a read-only copy is re-checked next time
+    files.atomic_write_json(os.path.join(directory, VERIFIED), stamps)
 
 
 @contextlib.contextmanager
@@ -347,8 +372,7 @@ class RowStore:
     self.row_len = int(self.manifest["row_len"])
     self.seq_len = int(self.manifest["spec"]["seq_len"])
     self.kind = self.manifest["spec"]["kind"]
-    self._token_dtype = np.dtype(self.manifest["token_dtype"])
-    self._segment_dtype = np.dtype(self.manifest["segment_dtype"])
+    self._dtype = np.dtype(self.manifest["dtype"])
     counts = [s["rows"] for s in self.manifest["shards"]]
     self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self._readers = {}
@@ -370,14 +394,10 @@ class RowStore:
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"{self.directory}: row index out of range [0, {len(self)})")
-    tokens = np.empty((len(indices), self.row_len), np.int32)
-    segments = np.empty((len(indices), self.row_len), np.int32)
+    rows = np.empty((len(indices), 2, self.row_len), np.int32)
     shards = np.searchsorted(self._starts, indices, side="right") - 1
-    split = self.row_len * self._token_dtype.itemsize
     for shard in np.unique(shards):
       at = np.flatnonzero(shards == shard)
       records = self._reader(int(shard)).read((indices[at] - self._starts[shard]).tolist())
-      for i, record in zip(at, records):
-        tokens[i] = np.frombuffer(record, self._token_dtype, self.row_len)
-        segments[i] = np.frombuffer(record, self._segment_dtype, self.row_len, offset=split)
-    return tokens, segments
+      rows[at] = np.frombuffer(b"".join(records), self._dtype).reshape(len(at), 2, self.row_len)
+    return rows[:, 0], rows[:, 1]

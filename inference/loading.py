@@ -60,6 +60,10 @@ def _usable_step(checkpointer: checkpointing.Checkpointer, workdir: str, step: i
                  keep: int) -> int:
   """`step` (default: the newest) if its checkpoint verifies; corrupt ones are reported."""
   steps = checkpointer.all_steps()
+  if not steps and step is not None and keep:  # a run saving its next one has just deleted it
+    raise FileNotFoundError(f"{workdir} has no checkpoint for step {step}, nor any other complete "
+                            f"one at the moment; the run keeps only the newest {keep} "
+                            f"(config.checkpoint.keep={keep})")
   if not steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint under {checkpointer.directory}")
   if step is not None and step not in steps:

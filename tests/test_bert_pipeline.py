@@ -6,13 +6,15 @@ Statistical tolerances are 5 standard deviations of the quantity under the inten
 import dataclasses
 import itertools
 import json
+import os
+import tempfile
 
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from pretrax.data import bert_pipeline
+from pretrax.data import bert_pipeline, global_batches, row_store
 from pretrax.data import tokenizers
 from pretrax.data.config import DataConfig
 from pretrax.data.tokenizers import CLS_ID, SEP_ID
@@ -46,9 +48,31 @@ def _take(it, n):
   return list(itertools.islice(it, n))
 
 
+_ROWS = tempfile.TemporaryDirectory(prefix="pretrax-mlm-rows-")
+
+
+def _mlm_batches(docs, tok, config, *, batch_size, seed, shuffle, repeat, process_index=0,
+                 process_count=1, pad_final_batch=False):
+  """mlm: `docs` packed into rows (one shard) and read as global batches, this process's part."""
+  del pad_final_batch  # a one-pass read always pads its last batch
+  spec = row_store.RowSpec(kind="mlm", seq_len=config.seq_len, corpus={"dataset": "docs"},
+                           split="train", tokenizer=tok.describe(), shard_mb=1)
+  directory = tempfile.mkdtemp(dir=_ROWS.name)
+  os.rmdir(directory)
+  row_store.build(spec, docs, tok, directory, split_bytes=1, workers=1, say=lambda m: None)
+  global_size = batch_size * process_count
+  return global_batches.GlobalBatches(
+      row_store.RowStore(directory), bert_pipeline.MaskedRows(tok, config, seed),
+      global_batch_size=global_size, seed=seed, shuffle=shuffle, repeat=repeat,
+      rows=global_batches.process_slice(global_size, process_index, process_count))
+
+
 def _batches(docs, tok, config, n=None, **kwargs):
   kwargs = {"batch_size": 8, "seed": 0, "shuffle": True, "repeat": True} | kwargs
-  it = iter(bert_pipeline.bert_batches(docs, tok, config, **kwargs))
+  if config.objective == "mlm":
+    it = _mlm_batches(docs, tok, config, **kwargs)
+  else:
+    it = iter(bert_pipeline.bert_batches(docs, tok, config, **kwargs))
   return list(it) if n is None else _take(it, n)
 
 
@@ -203,15 +227,29 @@ def test_mlm_packs_documents_in_order_and_fills_rows(docs, tok):
   assert max(len(r) for r in runs) == T - 2
 
 
-def test_processes_read_disjoint_shards(docs, tok):
-  few = docs[:60]
+def test_processes_read_their_share_of_global_mlm_batches(docs, tok, assert_batches_equal):
+  """Masks are keyed on the row's place in the global stream: two processes' shares of each
+  batch are the one-process batch."""
+  whole = _batches(docs[:60], tok, _config("mlm"), n=6)
+  parts = [_batches(docs[:60], tok, _config("mlm"), n=6, batch_size=4, process_index=index,
+                    process_count=2) for index in range(2)]
+  assert_batches_equal([{k: np.concatenate([a[k], b[k]]) for k in a}
+                        for a, b in zip(*parts)], whole)
+
+
+def test_pair_processes_read_disjoint_shards(docs, tok):
+  few = docs[:40]
   kwargs = {"shuffle": False, "repeat": False, "pad_final_batch": True, "process_count": 2}
+  texts = []
   for index in range(2):
-    rows = _rows(_batches(few, tok, _config("mlm"), process_index=index, **kwargs))
-    rows = {k: v[rows["segment_ids"][:, 0] > 0] for k, v in rows.items()}
-    runs = _segments(rows, _restore(rows))
-    want = np.concatenate([tok.encode(d) for d in few[index::2]])
-    np.testing.assert_array_equal(np.concatenate(runs), want)
+    rows = _rows(_batches(few, tok, _config("mlm+sop"), process_index=index, **kwargs))
+    real = rows["segment_ids"][:, 0] > 0
+    pairs = _check_pairs({k: v[real] for k, v in rows.items()})
+    texts.append([tok.decode(a) for a, _ in pairs])
+  for index in range(2):
+    mine, theirs = "\x00".join(few[index::2]), "\x00".join(few[1 - index::2])
+    assert all(t in mine for t in texts[index])
+    assert sum(len(t) > 40 and t not in theirs for t in texts[index]) >= 5
 
 
 def test_pad_final_batch_for_pairs(docs, tok, assert_batches_equal):
@@ -286,7 +324,7 @@ def test_deterministic_given_seed_and_seeds_differ(docs, tok, assert_batches_equ
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", bert_pipeline.OBJECTIVES)
+@pytest.mark.parametrize("objective", bert_pipeline.PAIR_OBJECTIVES)
 def test_resume_from_any_state_including_across_epochs(docs, tok, objective, assert_batches_equal):
   few = [d for d in docs if 200 <= len(d) <= 400][:5]  # ~5 rows each
   kwargs = {"batch_size": 8, "seed": 5, "shuffle": True, "repeat": True}
@@ -299,8 +337,7 @@ def test_resume_from_any_state_including_across_epochs(docs, tok, objective, ass
     full.append(next(it))
   # The stream crosses two epoch boundaries, and rows end inside documents.
   assert states[-1]["parent"]["next_index"] > 2 * len(few)
-  key = "doc_offset" if objective == "mlm" else "sentence"
-  assert sum(s[key] > 0 for s in states) >= 3
+  assert sum(s["sentence"] > 0 for s in states) >= 3
   # One iterator restored to each state in turn (the Orbax test restores a fresh one). Each
   # restore refills Grain's 500-document prefetch buffer: ~0.3 s on 2 cores.
   resumed = iter(ds)
@@ -309,6 +346,14 @@ def test_resume_from_any_state_including_across_epochs(docs, tok, objective, ass
     resumed.set_state(states[k])
     assert_batches_equal(_take(resumed, min(3, len(full) - k)), full[k:k + 3])
   resumed.close()  # stops its prefetch threads
+
+
+def test_mlm_resumes_from_a_position_with_the_same_masks(docs, tok, assert_batches_equal):
+  full = _batches(docs[:30], tok, _config("mlm"), n=9, seed=5)
+  resumed = _mlm_batches(docs[:30], tok, _config("mlm"), batch_size=8, seed=5, shuffle=True,
+                         repeat=True)
+  resumed.set_position({"next_row": 4 * 8, "dataset": resumed.store.name})
+  assert_batches_equal(_take(resumed, 5), full[4:])
 
 
 def test_orbax_checkpoint_round_trip(docs, tok, tmp_path, assert_batches_equal):
@@ -385,10 +430,14 @@ def test_truncate_pair_matches_berts_loop():
 def test_errors(docs, tok):
   kwargs = {"batch_size": 2, "seed": 0, "shuffle": True, "repeat": True}
   with pytest.raises(ValueError, match="no documents in"):
-    bert_pipeline.bert_batches([], tok, _config("mlm"), **kwargs)
+    bert_pipeline.bert_batches([], tok, _config("mlm+nsp"), **kwargs)
   with pytest.raises(ValueError, match="no documents in .* process 1 of 2"):
-    bert_pipeline.bert_batches(docs[:1], tok, _config("mlm"), process_index=1, process_count=2,
-                               **kwargs)
+    bert_pipeline.bert_batches(docs[:1], tok, _config("mlm+nsp"), process_index=1,
+                               process_count=2, **kwargs)
+  with pytest.raises(ValueError, match="packed ahead of training"):
+    bert_pipeline.bert_batches(docs, tok, _config("mlm"), **kwargs)
+  with pytest.raises(ValueError, match="data.mask_rate"):
+    bert_pipeline.MaskedRows(tok, _config("mlm", mask_rate=0.0), seed=0)
   with pytest.raises(ValueError, match="data.seq_len=7 is too small"):
     bert_pipeline.bert_batches(docs, tok, DataConfig(objective="mlm+nsp", seq_len=7,
                                                      max_predictions_per_seq=2), **kwargs)

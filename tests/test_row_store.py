@@ -216,11 +216,11 @@ row_store.ensure_built(_spec(), {root!r}, lambda: docs, tokenizers.ByteTokenizer
 
 def _traced_peak(docs) -> int:
   job = row_store._ShardJob(docs, tokenizers.ByteTokenizer(), _spec(seq_len=256), "", 0,
-                            len(docs), "<u2", "<u2")
+                            len(docs), "<u2")
   tracemalloc.start()
   try:
-    for _ in packing.iter_rows(row_store._document_tokens(job, {"documents": 0,
-                                                                "text_bytes": 0}), 256):
+    for _ in row_store._blocks(job, row_store._document_tokens(job, {"documents": 0,
+                                                                     "text_bytes": 0})):
       pass
     return tracemalloc.get_traced_memory()[1]
   finally:
@@ -266,3 +266,19 @@ def test_compressed_and_parquet_corpora_give_the_rows_of_plain_files(tmp_path, s
   assert store.name.split("-")[-1] != ""
   for a, b in zip(*rows):
     np.testing.assert_array_equal(a, b)
+
+
+def test_causal_batches_and_an_empty_corpus(tmp_path):
+  store = _build(tmp_path, _documents(50))
+  batch = next(global_batches.GlobalBatches(
+      store, batches._causal_examples, global_batch_size=4, rows=slice(0, 4), seed=0,
+      shuffle=True, repeat=True))
+  assert set(batch) == set(packing.FEATURES)
+  for key, value in batch.items():
+    assert value.shape == (4, SEQ_LEN), key
+    assert value.dtype == (np.float32 if key == "loss_weights" else np.int32), key
+  with pytest.raises(ValueError, match="no tokens to pack: it has 0 documents"):
+    _build(tmp_path, [], name="empty")
+  with pytest.raises(ValueError, match="it has 2 documents, none with text"):
+    _build(tmp_path, ["", ""], name="blank", kind="mlm")
+  assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]

@@ -503,6 +503,22 @@ def test_tfds_mock_lm1b():
     assert sources.eval_split(DataConfig(source="tfds:lm1b", eval_split="test")) == "test"
 
 
+def test_tfds_datasets_go_through_the_packed_rows_build(tmp_path):
+  import numpy as np
+  from pretrax.data import batches, packing, tokenizers
+  config = DataConfig(source="tfds:train_test_only", data_dir=str(tmp_path), seq_len=8)
+  tok = tokenizers.ByteTokenizer()
+  store = batches.packed_rows(config, tok, "train[1:]")
+  assert "train_test_only" in store.name and "-train_1-" in store.name
+  tokens, segments = store.read(np.arange(len(store)))
+  want = packing.pack_documents(
+      [np.concatenate([[tok.bos_id], tok.encode(f"train document {i}"), [tok.eos_id]])
+       for i in (1, 2)], 8)
+  got = packing.causal_examples(tokens, segments)
+  for key in packing.FEATURES:
+    np.testing.assert_array_equal(got[key], want[key])
+
+
 def test_tfds_splits_and_features(tmp_path):
   config = DataConfig(source="tfds:train_test_only", data_dir=str(tmp_path))
   assert sources.eval_split(config) == "test"  # no validation split: falls back to test

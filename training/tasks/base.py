@@ -95,7 +95,9 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def train_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    """An endless, checkpointable (grain.DatasetIterator) iterator of training batches."""
+    """An endless, checkpointable iterator of training batches: one with `position()` and
+    `set_position(dict)` (the same global position on every process, data/global_batches.py),
+    or a grain.DatasetIterator (a state per process)."""
 
   def data_fingerprint(self) -> dict:
     """What the saved data position means something for: the data settings (not where corpora

@@ -1,6 +1,6 @@
 """Causal language modelling (GPT): predict every next token of packed documents.
 
-Batches (data/pipeline.py): inputs, targets, segment_ids, positions [B, T] int32 and
+Batches (data/batches.py, packed rows): inputs, targets, segment_ids, positions [B, T] int32 and
 loss_weights [B, T] float32 (0 on padding and across document boundaries). One loss term, "".
 Validation adds bits per byte: the loss in bits over the UTF-8 bytes the targets stand for, so
 runs with different tokenizers compare.
