@@ -197,7 +197,8 @@ def _data_build(args, preset, overrides) -> None:
   from pretrax.data import batches, sources, tokenizers
   from pretrax.training import config as config_lib, run_dir
   if not preset:
-    raise config_lib.ConfigError("pretrax data build needs --config=PRESET, e.g. --config=gpt:small")
+    raise config_lib.ConfigError("pretrax data build needs --config=PRESET, e.g. "
+                                 "--config=gpt:small")
   config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
   if args.workdir:
     tokenizer = run_dir.prepare_tokenizer(config, args.workdir)

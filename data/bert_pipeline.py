@@ -37,9 +37,10 @@ config.objective picks the rows (T = config.seq_len):
 Masking (data/masking.py; whole words if config.whole_word_masking) of a pair is drawn from
 `np.random.default_rng([seed, TAG, process_index, i, j])`, where i is the position of the pair's
 document in this process's document stream (epoch * shard size + rank in the epoch's order) and
-j the sentence where the pair starts in it. The same generator draws the pair's random choices. So the masks are fresh in every epoch, and a
-restored iterator (its state holds where the row starts) draws exactly the same ones; worker
-processes, which each build rows from their slice of the stream, never share a generator.
+j the sentence where the pair starts in it. The same generator draws the pair's random choices.
+So the masks are fresh in every epoch, and a restored iterator (its state holds where the row
+starts) draws exactly the same ones; worker processes, which each build rows from their slice of
+the stream, never share a generator.
 
 The pairs' `iter(ds).get_state()/set_state()` resume exactly; save with Orbax via
 `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.

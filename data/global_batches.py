@@ -22,7 +22,7 @@ import numpy as np
 from pretrax.data.errors import InputError
 from pretrax.data.row_store import RowStore
 
-_SHUFFLE_ROUNDS = 4  # Luby-Rackoff: 4 Feistel rounds of a random function make a strong permutation
+_SHUFFLE_ROUNDS = 4  # Luby-Rackoff: 4 rounds of a random function make a strong permutation
 _EPOCH_SEED_TAG = 0x5EED
 
 
@@ -98,7 +98,7 @@ class GlobalBatches:
 
   Args:
     store: the rows.
-    make_examples: turns rows into the objective's features (e.g. packing.causal_examples).
+    make_examples: turns rows into the objective's features (data/batches.py picks one).
     global_batch_size: B, rows per global batch.
     rows: the slice of each global batch this process reads (`process_slice`).
     seed, shuffle: the row order (see module doc).

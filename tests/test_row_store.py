@@ -189,7 +189,7 @@ import sys
 from pretrax.data import row_store, tokenizers
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 from test_row_store import _documents, _spec
-docs = _documents(100_000, longest=400)
+docs = _documents(30_000, longest=400)
 row_store.ensure_built(_spec(), {root!r}, lambda: docs, tokenizers.ByteTokenizer(),
                        split_bytes=lambda: 4 << 20, workers=1)
 """
@@ -282,3 +282,27 @@ def test_causal_batches_and_an_empty_corpus(tmp_path):
   with pytest.raises(ValueError, match="it has 2 documents, none with text"):
     _build(tmp_path, ["", ""], name="blank", kind="mlm")
   assert not [f for f in os.listdir(tmp_path) if ".partial-" in f]
+
+
+def test_data_build_command_builds_once_and_reports(tmp_path, capsys):
+  from pretrax.cli import main as cli
+  corpus = os.path.join(tmp_path, "corpus.jsonl")
+  with open(corpus, "w") as f:
+    for d in _documents(300, seed=9):
+      f.write(json.dumps({"text": d}) + "\n")
+  args = ["data", "build", "--config=bert:tiny", f"--config.data.source=text:{corpus}",
+          f"--config.data.data_dir={tmp_path}/data", "--config.data.objective=mlm",
+          "--config.data.seq_len=32"]
+  assert cli.main(args) == 0
+  out, err = capsys.readouterr()
+  lines = [json.loads(line) for line in out.strip().splitlines()]
+  assert [line["split"] for line in lines] == ["train", "validation"]
+  assert all(line["rows"] > 0 and line["row_len"] == 32 for line in lines)
+  assert "-mlm32-" in lines[0]["directory"] and "documents" in err and "MB/s" in err
+  assert cli.main(args) == 0  # built already: checked and reused
+  out, err = capsys.readouterr()
+  assert "building" not in err
+  assert [json.loads(line)["directory"] for line in out.strip().splitlines()] == [
+      line["directory"] for line in lines]
+  assert cli.main(args[:2] + ["--config=bert:tiny", "--config.data.tokenizer=train"]) == 2
+  assert "--workdir" in capsys.readouterr().err
