@@ -156,7 +156,7 @@ def peak_flops(override: float) -> tuple[float, str]:
 
 
 def gpt_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> dict:
-  """Random causal-LM batch, keys and dtypes of data.pipeline.lm_batches: one document a row."""
+  """Random causal-LM batch, keys and dtypes of the causal training batches: one document a row."""
   import numpy as np
   b, t = batch_size, seq_len
   ids = rng.integers(0, token_vocab, size=(b, t + 1), dtype=np.int32)
@@ -167,7 +167,7 @@ def gpt_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> d
 
 
 def bert_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> dict:
-  """Random masked-LM batch, keys and dtypes of data.bert_pipeline.bert_batches: one sentence
+  """Random masked-LM batch, keys and dtypes of the masked-LM training batches: one sentence
   pair a row (types 0 then 1), max_predictions_per_seq distinct masked positions."""
   import numpy as np
   b, t, p = batch_size, seq_len, config.data.max_predictions_per_seq

@@ -17,7 +17,7 @@ from pretrax.data import bert_pipeline, global_batches, packing, row_store, sour
 from pretrax.data.config import DataConfig
 from pretrax.data.errors import InputError
 
-ROWS_DIR = "pretrax_rows"  # packed rows live in DATA_DIR/pretrax_rows/
+ROWS_DIR = "pretrax_rows"  # packed rows live in DATA_DIR/pretrax_rows/ unless data.rows_dir says
 ROW_OBJECTIVES = ("causal", "mlm")  # objectives whose rows are built ahead (the rest on the fly)
 
 
@@ -31,7 +31,7 @@ def packed_rows(config: DataConfig, tokenizer, split: str) -> row_store.RowStore
                            corpus=sources.describe_corpus(config, split), split=split,
                            tokenizer=tokenizer.describe(), shard_mb=config.build_shard_mb)
   return row_store.ensure_built(
-      spec, os.path.join(sources.data_dir(config), ROWS_DIR),
+      spec, config.rows_dir or os.path.join(sources.data_dir(config), ROWS_DIR),
       lambda: sources.open_source(config, split), tokenizer,
       split_bytes=lambda: sources.split_bytes(config, split), workers=config.build_workers)
 

@@ -327,7 +327,7 @@ def _check_config(config: DataConfig, tokenizer: Any):
 def bert_batches(source, tokenizer, config: DataConfig, *, batch_size: int, seed: int,
                  shuffle: bool, repeat: bool, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, pad_final_batch: bool = False) -> grain.IterDataset:
-  """Masked-LM batches (config.objective mlm | mlm+nsp | mlm+sop) from document texts.
+  """Sentence-pair batches (config.objective mlm+nsp | mlm+sop) from document texts.
 
   Args:
     source: `len()` and `[i] -> str` (a list of strings works); must be picklable if

@@ -339,7 +339,7 @@ def ensure_built(spec: RowSpec, root: str, open_source: Callable[[], Any], token
   """The rows of `spec` under `root`, built first if they are absent, incomplete or damaged."""
   if "://" in root:
     raise RowStoreError(f"packed rows are built on a local or mounted file system, not {root!r}; "
-                        "set config.data.data_dir to a local directory")
+                        "set config.data.rows_dir to a local directory")
   directory = os.path.join(root, spec.name())
   if os.path.isdir(directory) and problem(directory, spec) is None:
     return RowStore(directory)

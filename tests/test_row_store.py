@@ -228,11 +228,11 @@ def _traced_peak(docs) -> int:
 
 
 def test_memory_of_a_build_does_not_grow_with_the_corpus():
-  small = _documents(200, longest=20_000)   # ~2 MB of text
-  large = small * 10                         # ~20 MB, 80 MB as int32 tokens
+  small = _documents(100, longest=20_000)   # ~1 MB of text; 64 documents are read at a time
+  large = small * 6                          # ~6 MB, 24 MB as int32 tokens
   small_peak, large_peak = _traced_peak(small), _traced_peak(large)
-  print(f"traced peak: {small_peak / 1e6:.1f} MB for 2 MB of text, {large_peak / 1e6:.1f} MB "
-        "for 20 MB")
+  print(f"traced peak: {small_peak / 1e6:.1f} MB for 1 MB of text, {large_peak / 1e6:.1f} MB "
+        "for 6 MB")
   assert large_peak < 1.2 * small_peak + (1 << 20)
   assert large_peak < 8 << 20
 

@@ -105,7 +105,8 @@ class Task(abc.ABC):
     resumed on a different one is refused unless it restarts its data (trainer). Tasks add the
     identity of their corpus."""
     data = {k: v for k, v in config_lib.to_dict(self.config.data).items()
-            if k not in ("data_dir", "tokenizer", "eval", "eval_split", "build_workers")}
+            if k not in ("data_dir", "rows_dir", "tokenizer", "eval", "eval_split",
+                         "build_workers")}
     return {**{f"data.{k}": v for k, v in data.items()},
             "train.batch_size": self.config.train.batch_size,
             "train.seed": self.config.train.seed,
