@@ -36,7 +36,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zlib
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -135,14 +134,6 @@ def _blocks(job: _ShardJob, docs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
                              dtype=np.dtype(job.dtype))
 
 
-def _digest(path: str) -> tuple[int, int]:
-  crc = 0
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 22):
-      crc = zlib.crc32(chunk, crc)
-  return os.path.getsize(path), crc
-
-
 def build_shard(job: _ShardJob) -> dict:
   """Packs documents [start, stop) into `job.path`; returns the shard's manifest entry."""
   counts = {"documents": 0, "text_bytes": 0}
@@ -155,7 +146,7 @@ def build_shard(job: _ShardJob) -> dict:
       rows += len(block)
   finally:
     writer.close()
-  size, crc = _digest(job.path)
+  size, crc = files.size_and_crc32(job.path)
   return {"file": os.path.basename(job.path), "rows": rows, "size": size, "crc32": crc,
           "seconds": round(time.perf_counter() - start, 3),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **counts}
@@ -305,7 +296,7 @@ def problem(directory: str, spec: RowSpec) -> str | None:
       return f"{path} has {stat.st_size} bytes, {shard['size']} when built (truncated or changed)"
     if verified.get(shard["file"]) != [stat.st_size, stat.st_mtime_ns]:
       hashed = True
-      if _digest(path)[1] != shard["crc32"]:
+      if files.size_and_crc32(path)[1] != shard["crc32"]:
         return f"{path}: contents differ from when it was built (CRC32 mismatch)"
   if hashed:
     _write_verified(directory, manifest)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-import zlib
 from typing import Any
 
 import grain
@@ -51,14 +50,6 @@ def _first_line(error: Exception, limit: int = 300) -> str:
   return line if len(line) <= limit else line[:limit] + " ..."
 
 
-def _digest(path: str) -> tuple[int, int]:
-  crc = 0
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 22):
-      crc = zlib.crc32(chunk, crc)
-  return os.path.getsize(path), crc
-
-
 def _files(step_dir: str) -> list[str]:
   out = []
   for root, _, names in os.walk(step_dir):
@@ -68,7 +59,8 @@ def _files(step_dir: str) -> list[str]:
 
 def write_manifest(step_dir: str) -> None:
   """Records size and CRC32 of every file of a complete checkpoint (atomically)."""
-  manifest = {name: _digest(os.path.join(step_dir, name)) for name in _files(step_dir)}
+  manifest = {name: files.size_and_crc32(os.path.join(step_dir, name))
+              for name in _files(step_dir)}
   files.atomic_write_json(os.path.join(step_dir, MANIFEST), manifest)
 
 
@@ -90,7 +82,7 @@ def verify_manifest(step_dir: str) -> str | None:
     file = os.path.join(step_dir, name)
     if not os.path.exists(file):
       return f"{file}: missing"
-    actual_size, actual_crc = _digest(file)
+    actual_size, actual_crc = files.size_and_crc32(file)
     if actual_size != size:
       return f"{file}: {actual_size} bytes, {size} when written (truncated or extended)"
     if actual_crc != crc:
