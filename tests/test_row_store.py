@@ -189,7 +189,7 @@ import sys
 from pretrax.data import row_store, tokenizers
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 from test_row_store import _documents, _spec
-docs = _documents(30_000, longest=400)
+docs = _documents(60_000, longest=400)
 row_store.ensure_built(_spec(), {root!r}, lambda: docs, tokenizers.ByteTokenizer(),
                        split_bytes=lambda: 4 << 20, workers=1)
 """
