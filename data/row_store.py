@@ -1,7 +1,7 @@
 """Packed rows, built once: a corpus split tokenized and packed into fixed-length rows on disk.
 
 Training reads rows by index (data/global_batches.py) instead of tokenizing and packing in every
-process. A build lives in ROOT/NAME/ (ROOT = DATA_DIR/pretrax_rows):
+process. A build lives in ROOT/NAME/ (ROOT = config.data.rows_dir, else DATA_DIR/pretrax_rows):
 
   rows-SSSSS.array_record  one record per row: its L token ids, then its L segment ids (0 =
                            padding), little-endian, of the dtype in the manifest. Positions are
@@ -164,8 +164,8 @@ def plan_shards(num_documents: int, split_bytes: int, shard_mb: int) -> list[tup
 class _Progress:
   """One line every few seconds: shards, documents, MB, MB/s, ETA (stderr)."""
 
-  def __init__(self, name: str, shards: int, total_bytes: int, say: Callable[[str], None]):
-    self.name, self.shards, self.total, self.say = name, shards, total_bytes, say
+  def __init__(self, name: str, shards: int, say: Callable[[str], None]):
+    self.name, self.shards, self.say = name, shards, say
     self.start = self.last = time.perf_counter()
     self.done = self.documents = self.bytes = 0
 
@@ -209,7 +209,7 @@ def build(spec: RowSpec, source, tokenizer, directory: str, *, split_bytes: int,
   say(f"pretrax: building packed rows {os.path.basename(directory)} from {len(source):,} "
       f"documents (~{split_bytes / 1e6:,.0f} MB) in {len(shards)} shard(s) with {workers} "
       f"process(es), into {parent}")
-  progress = _Progress(os.path.basename(directory), len(jobs), split_bytes, say)
+  progress = _Progress(os.path.basename(directory), len(jobs), say)
   entries = []
   try:
     if workers == 1:
