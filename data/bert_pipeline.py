@@ -1,8 +1,8 @@
 """BERT-style pretraining batches: masked packed rows, and sentence pairs built on the fly.
 
 config.objective picks the rows (T = config.seq_len):
-  mlm      RoBERTa style, packed once ahead of training (data/row_store.py, packing.
-           iter_framed_rows): each document becomes `[CLS] tokens [SEP]`, several per row,
+  mlm      RoBERTa style, packed once ahead of training (data/row_store.py, framed rows of
+           data/packing.py): each document becomes `[CLS] tokens [SEP]`, several per row,
            segment ids 1, 2, ... (0 = padding) and positions restarting at 0; a document that does
            not fit continues in the next row in a piece of its own. `MaskedRows` masks the rows
            as data/global_batches.py reads them, keyed on the row's place in the global stream.

@@ -97,7 +97,7 @@ def pack_blocks(docs: Iterable[np.ndarray], seq_len: int, *, framed: bool = Fals
 
 def segment_positions(segments_bl: np.ndarray) -> np.ndarray:
   """[B, L] segment ids (0 = padding) -> [B, L] int32 positions: 0 at each segment's first slot,
-  counting up within it, 0 on padding (what `_Row` writes)."""
+  counting up within it, 0 on padding."""
   segments_bl = np.asarray(segments_bl)
   slots = np.broadcast_to(np.arange(segments_bl.shape[-1]), segments_bl.shape)
   starts = np.ones(segments_bl.shape, bool)
@@ -107,7 +107,8 @@ def segment_positions(segments_bl: np.ndarray) -> np.ndarray:
 
 
 def causal_examples(tokens_bl: np.ndarray, segments_bl: np.ndarray) -> dict[str, np.ndarray]:
-  """Packed rows of L = seq_len + 1 slots -> dict of [B, seq_len] examples, as `_Row.example`."""
+  """Causal rows of L = seq_len + 1 slots -> dict of [B, seq_len] examples (see module doc):
+  inputs, targets, segment_ids, positions int32; loss_weights float32."""
   t, s = np.asarray(tokens_bl, np.int32), np.asarray(segments_bl, np.int32)
   return {
       "inputs": t[:, :-1],

@@ -101,6 +101,7 @@ def check_process_rows(batch_sharding: NamedSharding, global_batch_size: int) ->
   if held != set(range(first, first + share)):
     raise ConfigError(
         f"on this mesh process {jax.process_index()} of {jax.process_count()} holds batch rows "
-        f"{min(held)}..{max(held)} ({len(held)} rows), not its own share {first}..{first + share - 1}; "
+        f"{min(held)}..{max(held)} ({len(held)} rows), not its own share "
+        f"{first}..{first + share - 1}; "
         "lay the data and fsdp mesh axes over the processes (config.mesh) so that each process "
         "holds a contiguous share of the batch")

@@ -173,9 +173,9 @@ def train(config: Config, workdir: str, *, stop_after: int | None = None, device
   very same run. `devices` (default: all) are the devices the mesh is built from.
   `print_sharding` prints every parameter's placement and the per-device memory, then returns.
   `restart_data` restores model and optimizer state but starts the data stream over (on changed
-  data, or BERT's per-process data on another number of processes). `restart` sets a previous run in
-  `workdir` aside (WORKDIR/previous_runs/) and starts a new one; without it a workdir that has
-  trained is resumed or refused, never started over.
+  data, or BERT's per-process data on another number of processes). `restart` sets a previous
+  run in `workdir` aside (WORKDIR/previous_runs/) and starts a new one; without it a workdir that
+  has trained is resumed or refused, never started over.
   """
   called = time.perf_counter()
   tasks_lib.task_class(config).check_config(config)  # before the workdir is touched
