@@ -34,7 +34,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pretrax.data import packing, pipeline, sources
+from pretrax.data import global_batches, packing, sources
 from pretrax.data.errors import InputError
 
 # (text, text_b) field names tried in order on a TFDS dataset's features; None: single text.
@@ -258,8 +258,7 @@ def batch_indices(step: int, num_examples: int, batch_size: int, seed: int,
 def process_rows(arrays: dict[str, np.ndarray], indices: np.ndarray, process_index: int,
                  process_count: int) -> dict[str, np.ndarray]:
   """This process's share (a contiguous slice) of the global batch of example `indices`."""
-  per_process = len(indices) // process_count
-  mine = indices[process_index * per_process:(process_index + 1) * per_process]
+  mine = indices[global_batches.process_slice(len(indices), process_index, process_count)]
   return {k: v[mine] for k, v in arrays.items()}
 
 
@@ -273,7 +272,7 @@ class ExampleBatches(grain.DatasetIterator):
   def __init__(self, arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int,
                shuffle: bool, process_index: int = 0, process_count: int = 1):
     super().__init__()
-    pipeline.per_process_batch_size(global_batch_size, process_count)  # checks the split
+    global_batches.process_slice(global_batch_size, process_index, process_count)  # checks it
     self._arrays, self._batch_size, self._seed, self._shuffle = (arrays, global_batch_size,
                                                                  seed, shuffle)
     self._process = (process_index, process_count)

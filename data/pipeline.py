@@ -31,15 +31,6 @@ def check_stream_args(batch_size: int, process_index: int, process_count: int,
     raise InputError(f"num_workers must be >= 0 (data.num_workers), got {num_workers}")
 
 
-def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
-  """Rows of each global batch that one process reads; an error unless the processes share it
-  evenly."""
-  if global_batch_size % process_count:
-    raise InputError(f"config.train.batch_size={global_batch_size} is not divisible by the "
-                     f"{process_count} processes")
-  return global_batch_size // process_count
-
-
 def shuffle_seed(seed: int) -> int:
   # Grain's shuffle uses seed + epoch for each epoch; hashing the user seed keeps seed=0 epoch 1
   # from being the same order as seed=1 epoch 0.

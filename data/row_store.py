@@ -117,9 +117,9 @@ def _document_tokens(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
   causal = job.spec.kind == "causal"
   bos = np.array([job.tokenizer.bos_id], np.int32)
   eos = np.array([job.tokenizer.eos_id], np.int32)
+  getitems = getattr(job.source, "__getitems__", None)
   for first in range(job.start, job.stop, READ_DOCUMENTS):
     indices = range(first, min(first + READ_DOCUMENTS, job.stop))
-    getitems = getattr(job.source, "__getitems__", None)
     texts = getitems(indices) if getitems else [job.source[i] for i in indices]
     counts["documents"] += len(texts)
     counts["text_bytes"] += sum(len(t.encode("utf-8")) for t in texts)

@@ -165,12 +165,7 @@ def open_source(config: DataConfig, split: str) -> TextSource:
   if kind == "tfds":
     records = _open_tfds(config.source, argument, feature, split, config.data_dir or None)
   else:
-    if kind == "default":
-      builder = pydoc_corpus.pydoc_builder(data_dir(config))
-    else:
-      builder = local_text.local_text_builder(argument, config.validation_fraction,
-                                              data_dir(config), config.txt_documents)
-    builder = corpora.build(builder)
+    builder = _prepared_builder(config)
     _check_split(config.source, split, builder.info.splits.keys())
     records = builder.as_data_source(split=split)
   return TextSource(records, feature, name=f"{config.source}[{split}]")
