@@ -12,6 +12,8 @@ and reported as the median of `--repeats` runs:
                 byte and SentencePiece (vocabulary 8,000, trained on tinyshakespeare), with each
                 number of `--workers` processes: wall time (the pool's start-up, ~3 s of
                 imports, included), and what each process packs while it works
+  sentence rows BERT's rows of sentence chunks (mlm+nsp/sop: every sentence tokenized on its
+                own), SentencePiece, one process
   read          training-side reads: global batches of gpt.py:small's shape (32 x 256) from the
                 SentencePiece rows, shuffled, in one process (benchmarks/throughput.py's
                 pipeline row sets the same reads against the training step)
@@ -103,20 +105,22 @@ def main() -> int:
   del texts
 
   tokenizer_of = {"byte": tokenizers.ByteTokenizer(), "spm": spm}
-  for name, tokenizer in tokenizer_of.items():
-    for workers in (int(w) for w in args.workers.split(",")):
-      cfg = config(name if name == "byte" else spm.model_path, fresh, workers)
+  stages = [("rows", name, int(w)) for name in tokenizer_of for w in args.workers.split(",")]
+  stages.append(("sentence rows", "spm", 1))  # BERT's mlm+nsp/sop rows
+  for stage, name, workers in stages:
+    cfg = config(name if name == "byte" else spm.model_path, fresh, workers)
+    if stage == "sentence rows":
+      cfg = data_config.DataConfig(**{**cfg.__dict__, "objective": "mlm+nsp"})
+    working = []
 
-      working = []
+    def rows():
+      shutil.rmtree(os.path.join(fresh, batches.ROWS_DIR), ignore_errors=True)
+      working.append(batches.packed_rows(cfg, tokenizer_of[name], "train").manifest["build"]
+                     ["mb_per_s_per_process"])
 
-      def rows():
-        shutil.rmtree(os.path.join(fresh, batches.ROWS_DIR), ignore_errors=True)
-        working.append(batches.packed_rows(cfg, tokenizer, "train").manifest["build"]
-                       ["mb_per_s_per_process"])
-
-      seconds = statistics.median(timed(rows) for _ in range(args.repeats))
-      table.append(("rows", name, workers, seconds, split_mb / seconds,
-                    split_mb / seconds / workers, statistics.median(working)))
+    seconds = statistics.median(timed(rows) for _ in range(args.repeats))
+    table.append((stage, name, workers, seconds, split_mb / seconds,
+                  split_mb / seconds / workers, statistics.median(working)))
 
   small = data_config.DataConfig(**{**config("byte", fresh).__dict__, "seq_len": 256})
   store = batches.packed_rows(small, spm, "train")

@@ -23,8 +23,8 @@ For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise
             --nanogpt: nanoGPT's CPU baby-GPT shapes (4 layers, 4 heads, 128 wide, context 64,
             batch 12) on configs/gpt.py:tiny, with --loop.
   pipeline  the trainer's training batches (data.batches.pretraining_batches: packed rows
-            read as global batches for GPT and mlm, sentence pairs built on the fly for BERT's
-            mlm+nsp/sop) of a real corpus with the byte tokenizer (--text, default
+            read as global batches; BERT's masks and sentence pairs drawn as they are read)
+            of a real corpus with the byte tokenizer (--text, default
             ../shared/data/tinyshakespeare.txt, else the built-in default corpus), rows built
             before timing; a "step" is one batch of the preset's shape.
 Columns:
@@ -398,7 +398,7 @@ def corpus_source(text: str | None) -> tuple[str, str]:
 
 def run_pipeline(config, tokenizer, source: str, args) -> Timing:
   """Times `next()` on the trainer's training batches of `source`, with the preset's batch,
-  seq_len, objective and num_workers."""
+  seq_len and objective."""
   from pretrax.data import batches
   from pretrax.training import config as config_lib
   config = config_lib.apply_overrides(config, {"data.source": source})

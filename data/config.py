@@ -16,7 +16,6 @@ class DataConfig:
   validation_fraction: float = 0.1  # share of a local corpus's bytes held out as validation (its last documents)
   txt_documents: str = "stream"  # a .txt file in text:PATHS: stream (continuous text) | paragraphs (at blank lines) | a separator such as <|endoftext|>
   shuffle: bool = True         # shuffle training documents (seeded by config.train.seed; reshuffled each epoch)
-  num_workers: int = 0         # Grain worker processes for BERT sentence pairs (mlm+nsp/sop); 0: in the training process
   rows_dir: str = ""           # where packed rows are built; "": DATA_DIR/pretrax_rows (a local or mounted path)
   build_workers: int = 0       # processes that build packed rows (pretrax data build); 0: one per core
   build_shard_mb: int = 64     # documents per packed-rows shard, in MB of the corpus (the rows depend on it)

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from pretrax.data.errors import InputError
-from pretrax.data.row_store import RowStore
+from pretrax.data.row_store import Rows, RowStore
 
 _SHUFFLE_ROUNDS = 4  # Luby-Rackoff: 4 rounds of a random function make a strong permutation
 _EPOCH_SEED_TAG = 0x5EED
@@ -89,8 +89,9 @@ def process_slice(global_batch_size: int, process_index: int, process_count: int
   return slice(process_index * share, (process_index + 1) * share)
 
 
-# (tokens [n, L], segment ids [n, L], stream positions [n]) -> dict of [n, ...] arrays
-MakeExamples = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+# (rows, their stream positions [n]) -> dict of [n, ...] arrays. Positions past the end of a
+# one-pass read are all-zero rows (document -1).
+MakeExamples = Callable[[Rows, np.ndarray], dict[str, np.ndarray]]
 
 
 class GlobalBatches:
@@ -154,11 +155,14 @@ class GlobalBatches:
     n = len(self.store)
     real = positions < n if not self.repeat else np.ones(len(positions), bool)
     tokens = np.zeros((len(positions), self.store.row_len), np.int32)
-    segments = np.zeros_like(tokens)
+    rows = Rows(tokens, np.zeros_like(tokens),
+                np.full(len(positions), -1, np.int64) if self.store.has_documents else None)
     if real.any():
-      rows = stream_rows(positions[real], n, self.seed, self.shuffle)
-      tokens[real], segments[real] = self.store.read(rows)
-    return self.make_examples(tokens, segments, positions)
+      read = self.store.read(stream_rows(positions[real], n, self.seed, self.shuffle))
+      rows.tokens[real], rows.segments[real] = read.tokens, read.segments
+      if rows.documents is not None:
+        rows.documents[real] = read.documents
+    return self.make_examples(rows, positions)
 
   def __iter__(self):
     return self

@@ -25,10 +25,8 @@ free slots are left as padding. Empty documents add nothing.
 `pack_documents` packs a list into causal examples.
 """
 
-import copy
 from typing import Any, Iterable, Iterator
 
-import grain
 import numpy as np
 
 from pretrax.data.errors import InputError
@@ -125,63 +123,6 @@ def pack_documents(docs: Iterable[np.ndarray], seq_len: int) -> dict[str, np.nda
   blocks = list(pack_blocks(docs, seq_len))
   rows = np.concatenate(blocks) if blocks else np.zeros((0, 2, seq_len + 1), np.int32)
   return causal_examples(rows[:, 0], rows[:, 1])
-
-
-class DocumentCursorIterator(grain.DatasetIterator):
-  """An iterator that consumes its parent's documents piece by piece, with a small state.
-
-  Between `next` calls the only thing carried over is the document being consumed (if any) and a
-  cursor into it, so the state is `{"parent": parent state just before that document was fetched,
-  CURSOR: where it continues}`, or `{"parent": current parent state, CURSOR: -1}` when no document
-  is pending. Restoring re-fetches the document from the parent. Subclasses name the cursor
-  (`CURSOR`, a state key), may convert fetched documents (`_prepare`) and call `_pending`,
-  `_next_document` and `_move_cursor` from `__next__`.
-  """
-
-  CURSOR = "doc_offset"
-
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
-    self._doc = None        # the pending document; None if none or not re-fetched yet
-    self._cursor = -1       # where the pending document continues; -1: no pending document
-    self._doc_state = None  # parent state just before the pending document was fetched
-
-  def _prepare(self, doc: Any) -> Any:
-    return doc
-
-  def _pending(self) -> Any:
-    """The pending document (re-fetched after a restore), or None."""
-    if self._cursor >= 0 and self._doc is None:
-      self._doc = self._prepare(next(self._parent))
-    return self._doc
-
-  def _next_document(self, accept=lambda doc: True) -> Any:
-    """Fetches the parent's next document that `accept`s and makes it pending at cursor 0;
-    the parent's StopIteration propagates."""
-    while True:
-      state = copy.deepcopy(self._parent.get_state())
-      doc = self._prepare(next(self._parent))
-      if accept(doc):
-        self._doc, self._cursor, self._doc_state = doc, 0, state
-        return doc
-
-  def _move_cursor(self, cursor: int | None) -> None:
-    """Moves the pending document's cursor; None: the document is used up."""
-    if cursor is None:
-      self._doc, self._cursor, self._doc_state = None, -1, None
-    else:
-      self._cursor = cursor
-
-  def get_state(self) -> dict[str, Any]:
-    if self._cursor >= 0:
-      return {"parent": copy.deepcopy(self._doc_state), self.CURSOR: self._cursor}
-    return {"parent": self._parent.get_state(), self.CURSOR: -1}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["parent"])
-    self._doc = None
-    self._cursor = int(state[self.CURSOR])
-    self._doc_state = copy.deepcopy(state["parent"]) if self._cursor >= 0 else None
 
 
 def pair_cuts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:

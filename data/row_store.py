@@ -5,7 +5,9 @@ process. A build lives in ROOT/NAME/ (ROOT = config.data.rows_dir, else DATA_DIR
 
   rows-SSSSS.array_record  one record per row: its L token ids, then its L segment ids (0 =
                            padding), little-endian, of the dtype in the manifest. Positions are
-                           not stored: they restart at 0 in each segment (packing.segment_positions)
+                           not stored: they restart at 0 in each segment (packing.segment_positions).
+                           Rows of sentences (kind "pairs") end with their document's index in
+                           the split (uint64), and their segment ids number the sentences
   manifest.json            written last: what the rows are (`RowSpec`), each shard's rows,
                            documents, text bytes, file size and CRC32, and the build's figures
 
@@ -36,18 +38,18 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 from array_record.python import array_record_module
 
-from pretrax.data import files, packing
+from pretrax.data import files, packing, sentences
 from pretrax.data.errors import InputError
 
 log = logging.getLogger("pretrax")
 
 FORMAT = 1            # bump when the record layout or the packing changes
-KINDS = ("causal", "mlm")  # how documents become rows (see `RowSpec.kind`)
+KINDS = ("causal", "mlm", "pairs")  # how documents become rows (see `RowSpec.kind`)
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"  # size and mtime of each file whose CRC32 was checked
 READ_DOCUMENTS = 64   # documents read, tokenized and packed at a time: what bounds a worker's memory
@@ -69,6 +71,9 @@ class RowSpec:
     one token); inputs are slots [:-1], targets slots [1:].
     mlm -- documents become `[CLS] ids [SEP]` segments packed into rows of L = seq_len slots
     (packing's framed rows); masks are drawn when the rows are read.
+    pairs -- documents become chunks of whole sentences, one per row of L = seq_len - 3 slots
+    (data/sentences.py), each row with its document's index; BERT's sentence pairs and masks are
+    drawn when the rows are read.
   """
   kind: str
   seq_len: int
@@ -79,7 +84,12 @@ class RowSpec:
 
   @property
   def row_len(self) -> int:
-    return self.seq_len + 1 if self.kind == "causal" else self.seq_len
+    return {"causal": self.seq_len + 1, "pairs": self.seq_len - 3}.get(self.kind, self.seq_len)
+
+  @property
+  def has_documents(self) -> bool:
+    """Whether each row records its document's index."""
+    return self.kind == "pairs"
 
   def key(self) -> str:
     text = json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
@@ -94,6 +104,12 @@ class RowSpec:
 
 def _dtype(largest: int) -> str:
   return "<u2" if largest < 1 << 16 else "<u4"
+
+
+def _record_dtype(dtype: str, row_len: int, has_documents: bool) -> np.dtype:
+  """One record: the [2, L] row, then the document index if the kind records it."""
+  fields = [("row", dtype, (2, row_len))]
+  return np.dtype(fields + [("document", "<u8")] if has_documents else fields)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,27 +127,42 @@ class _ShardJob:
   dtype: str            # of token and segment ids on disk
 
 
-def _document_tokens(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
-  """The shard's documents as token ids (causal: `[bos] + ids + [eos]`), READ_DOCUMENTS at a
-  time."""
-  causal = job.spec.kind == "causal"
-  bos = np.array([job.tokenizer.bos_id], np.int32)
-  eos = np.array([job.tokenizer.eos_id], np.int32)
+def _document_texts(job: _ShardJob, counts: dict) -> Iterator[tuple[int, list[str]]]:
+  """(index of the first, texts) of the shard's documents, READ_DOCUMENTS at a time."""
   getitems = getattr(job.source, "__getitems__", None)
   for first in range(job.start, job.stop, READ_DOCUMENTS):
     indices = range(first, min(first + READ_DOCUMENTS, job.stop))
     texts = getitems(indices) if getitems else [job.source[i] for i in indices]
     counts["documents"] += len(texts)
     counts["text_bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+    yield first, texts
+
+
+def _document_tokens(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
+  """The shard's documents as token ids (causal: `[bos] + ids + [eos]`)."""
+  causal = job.spec.kind == "causal"
+  bos = np.array([job.tokenizer.bos_id], np.int32)
+  eos = np.array([job.tokenizer.eos_id], np.int32)
+  for _, texts in _document_texts(job, counts):
     for ids in job.tokenizer.encode_batch(texts):
       yield np.concatenate([bos, ids, eos]) if causal else ids
 
 
-def _blocks(job: _ShardJob, docs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-  """[n, 2, L] blocks of the shard's rows (token ids, segment ids)."""
-  return packing.pack_blocks(docs, job.spec.seq_len, framed=job.spec.kind == "mlm",
-                             cls_id=job.tokenizer.cls_id, sep_id=job.tokenizer.sep_id,
-                             dtype=np.dtype(job.dtype))
+def _records(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
+  """Blocks of the shard's records: arrays whose items' bytes are the records."""
+  dtype = np.dtype(job.dtype)
+  if job.spec.kind == "pairs":
+    record = _record_dtype(job.dtype, job.spec.row_len, has_documents=True)
+    documents = ((first + i, doc) for first, texts in _document_texts(job, counts)
+                 for i, doc in enumerate(sentences.document_sentences(texts, job.tokenizer)))
+    for rows, docs in sentences.chunk_rows(documents, job.spec.row_len, dtype=dtype):
+      block = np.empty(len(rows), record)
+      block["row"], block["document"] = rows, docs
+      yield block
+    return
+  yield from packing.pack_blocks(_document_tokens(job, counts), job.spec.seq_len,
+                                 framed=job.spec.kind == "mlm", cls_id=job.tokenizer.cls_id,
+                                 sep_id=job.tokenizer.sep_id, dtype=dtype)
 
 
 def build_shard(job: _ShardJob) -> dict:
@@ -140,9 +171,9 @@ def build_shard(job: _ShardJob) -> dict:
   rows, start = 0, time.perf_counter()
   writer = array_record_module.ArrayRecordWriter(job.path, WRITER_OPTIONS)
   try:
-    for block in _blocks(job, _document_tokens(job, counts)):
-      for row in block:
-        writer.write(row.tobytes())
+    for block in _records(job, counts):
+      for record in block:
+        writer.write(record.tobytes())
       rows += len(block)
   finally:
     writer.close()
@@ -197,6 +228,8 @@ def build(spec: RowSpec, source, tokenizer, directory: str, *, split_bytes: int,
   (which must not exist) with `workers` processes (0: one per core); returns the manifest."""
   if spec.kind not in KINDS:
     raise RowStoreError(f"no packed-rows build for row kind {spec.kind!r} (one of {KINDS})")
+  if spec.row_len < 1:
+    raise RowStoreError(f"data.seq_len={spec.seq_len} leaves no room for {spec.kind} rows")
   shards = plan_shards(len(source), split_bytes, spec.shard_mb)
   workers = min(workers or default_workers(), len(shards))
   parent = os.path.dirname(directory)
@@ -350,6 +383,14 @@ def ensure_built(spec: RowSpec, root: str, open_source: Callable[[], Any], token
   return RowStore(directory)
 
 
+class Rows(NamedTuple):
+  """Rows read from a store: tokens and segment ids [n, L] int32; documents [n] int64 (the
+  index of each row's document in the split) for kinds that record it, else None."""
+  tokens: np.ndarray
+  segments: np.ndarray
+  documents: np.ndarray | None
+
+
 class RowStore:
   """Random access to a built dataset's rows: `len(store)`, `store.read(indices)`.
 
@@ -363,7 +404,8 @@ class RowStore:
     self.row_len = int(self.manifest["row_len"])
     self.seq_len = int(self.manifest["spec"]["seq_len"])
     self.kind = self.manifest["spec"]["kind"]
-    self._dtype = np.dtype(self.manifest["dtype"])
+    self.has_documents = RowSpec(**self.manifest["spec"]).has_documents
+    self._record = _record_dtype(self.manifest["dtype"], self.row_len, self.has_documents)
     counts = [s["rows"] for s in self.manifest["shards"]]
     self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     self._readers = {}
@@ -380,15 +422,19 @@ class RowStore:
       self._readers[shard] = array_record_module.ArrayRecordReader(path, READER_OPTIONS)
     return self._readers[shard]
 
-  def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
-    """[n] row indices -> (tokens [n, L] int32, segment ids [n, L] int32), in that order."""
+  def read(self, indices) -> Rows:
+    """[n] row indices -> their `Rows`, in that order."""
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"{self.directory}: row index out of range [0, {len(self)})")
     rows = np.empty((len(indices), 2, self.row_len), np.int32)
+    documents = np.empty(len(indices), np.int64) if self.has_documents else None
     shards = np.searchsorted(self._starts, indices, side="right") - 1
     for shard in np.unique(shards):
       at = np.flatnonzero(shards == shard)
       records = self._reader(int(shard)).read((indices[at] - self._starts[shard]).tolist())
-      rows[at] = np.frombuffer(b"".join(records), self._dtype).reshape(len(at), 2, self.row_len)
-    return rows[:, 0], rows[:, 1]
+      records = np.frombuffer(b"".join(records), self._record)
+      rows[at] = records["row"]
+      if documents is not None:
+        documents[at] = records["document"]
+    return Rows(rows[:, 0], rows[:, 1], documents)

@@ -1,20 +1,18 @@
-"""bert_batches on real text: layouts, pair contents, label balance, packing, exact resume.
+"""BERT's batches from packed rows on real text: layouts, pair contents, label balance, packing,
+exact resume, processes' shares.
 
 Statistical tolerances are 5 standard deviations of the quantity under the intended distribution.
 """
 
 import dataclasses
 import itertools
-import json
 import os
 import tempfile
 
-import grain
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from pretrax.data import bert_pipeline, global_batches, row_store
+from pretrax.data import bert_pipeline, global_batches, row_store, sentences
 from pretrax.data import tokenizers
 from pretrax.data.config import DataConfig
 from pretrax.data.tokenizers import CLS_ID, SEP_ID
@@ -48,32 +46,40 @@ def _take(it, n):
   return list(itertools.islice(it, n))
 
 
-_ROWS = tempfile.TemporaryDirectory(prefix="pretrax-mlm-rows-")
+_ROWS = tempfile.TemporaryDirectory(prefix="pretrax-bert-rows-")
 
 
-def _mlm_batches(docs, tok, config, *, batch_size, seed, shuffle, repeat, process_index=0,
-                 process_count=1, pad_final_batch=False):
-  """mlm: `docs` packed into rows (one shard) and read as global batches, this process's part."""
-  del pad_final_batch  # a one-pass read always pads its last batch
-  spec = row_store.RowSpec(kind="mlm", seq_len=config.seq_len, corpus={"dataset": "docs"},
-                           split="train", tokenizer=tok.describe(), shard_mb=1)
+def _store(docs, tok, config) -> row_store.RowStore:
+  """`docs` built into the objective's rows (one shard)."""
+  spec = row_store.RowSpec(kind=bert_pipeline.ROW_KINDS[config.objective], seq_len=config.seq_len,
+                           corpus={"dataset": "docs"}, split="train", tokenizer=tok.describe(),
+                           shard_mb=1)
   directory = tempfile.mkdtemp(dir=_ROWS.name)
   os.rmdir(directory)
   row_store.build(spec, docs, tok, directory, split_bytes=1, workers=1, say=lambda m: None)
+  return row_store.RowStore(directory)
+
+
+def _reader(docs, tok, config, *, batch_size=8, seed=0, shuffle=True, repeat=True,
+            process_index=0, process_count=1) -> global_batches.GlobalBatches:
+  """This process's part of the global batches of `docs`' rows."""
+  store = _store(docs, tok, config)
+  if config.objective == "mlm":
+    make_examples = bert_pipeline.MaskedRows(tok, config, seed)
+  else:
+    make_examples = bert_pipeline.SentencePairs(store, tok, config, seed)
   global_size = batch_size * process_count
   return global_batches.GlobalBatches(
-      row_store.RowStore(directory), bert_pipeline.MaskedRows(tok, config, seed),
-      global_batch_size=global_size, seed=seed, shuffle=shuffle, repeat=repeat,
-      rows=global_batches.process_slice(global_size, process_index, process_count))
+      store, make_examples, global_batch_size=global_size, seed=seed, shuffle=shuffle,
+      repeat=repeat, rows=global_batches.process_slice(global_size, process_index, process_count))
 
 
 def _batches(docs, tok, config, n=None, **kwargs):
-  kwargs = {"batch_size": 8, "seed": 0, "shuffle": True, "repeat": True} | kwargs
-  if config.objective == "mlm":
-    it = _mlm_batches(docs, tok, config, **kwargs)
-  else:
-    it = iter(bert_pipeline.bert_batches(docs, tok, config, **kwargs))
-  return list(it) if n is None else _take(it, n)
+  it = _reader(docs, tok, config, **kwargs)
+  try:
+    return list(it) if n is None else _take(it, n)
+  finally:
+    it.close()
 
 
 def _rows(batches) -> dict[str, np.ndarray]:
@@ -156,20 +162,20 @@ def test_nsp_pairs_labels_and_continuations(docs, tok):
   # Label 1 with probability 1/2 (plus one-token chunks, which are always random: none here).
   assert abs(labels.mean() - 0.5) <= 5 * np.sqrt(0.25 / len(labels)), labels.mean()
   corpus = "\x00".join(docs)
-  exact = adjacent_random = 0
+  adjacent_random = 0
   for (a, b), label in zip(pairs, labels):
     a_text, b_text = tok.decode(a), tok.decode(b)
-    if label == 0:
-      if len(a) + len(b) < T - 3:  # not truncated: B starts right where A ends
-        assert a_text + b_text in corpus, (a_text, b_text)
-        exact += 1
-      else:  # truncation may drop A's end and B's front: B still follows A in the document
-        assert _in_order(a_text, b_text, docs), (a_text, b_text)
-    else:
+    if label == 0:  # a chunk is never truncated: B starts right where A ends
+      assert a_text + b_text in corpus, (a_text, b_text)
+    else:  # a random B is contiguous text of one document
       assert b_text in corpus
       adjacent_random += a_text + b_text in corpus
-  assert exact > 100
   assert adjacent_random < 0.02 * labels.sum()  # a random B is (almost) never the continuation
+  # A random B is as long as the true one would be (it goes on into the next rows of its
+  # document): the pair's length tells nothing of its label.
+  lengths = rows["segment_ids"].sum(axis=1)
+  true, random = lengths[labels == 0], lengths[labels == 1]
+  assert abs(true.mean() - random.mean()) < 0.05 * true.mean(), (true.mean(), random.mean())
 
 
 @pytest.mark.slow
@@ -181,10 +187,46 @@ def test_sop_pairs_are_swapped_when_labelled_1(docs, tok):
   corpus = "\x00".join(docs)
   for (a, b), label in zip(pairs, labels):
     first, second = (tok.decode(a), tok.decode(b))[::1 if label == 0 else -1]
-    if len(a) + len(b) < T - 3:
-      assert first + second in corpus, (label, first, second)
-    else:
-      assert _in_order(first, second, docs), (label, first, second)
+    assert first + second in corpus, (label, first, second)
+
+
+def test_sentence_rows_hold_whole_sentences_of_one_document(docs, tok):
+  few = docs[:80] + ["x" * 150 + ". Short one. " + "y" * 30]  # a sentence longer than a row
+  store = _store(few, tok, _config("mlm+nsp"))
+  rows = store.read(np.arange(len(store)))
+  capacity = T - 3
+  assert rows.tokens.shape == (len(store), capacity)
+  by_document = {}
+  for tokens, ids, document in zip(rows.tokens, rows.segments, rows.documents):
+    n = int((ids > 0).sum())
+    assert n >= 1 and (ids[:n] > 0).all() and not ids[n:].any() and not tokens[n:].any()
+    assert ids[0] == 1 and set(np.diff(ids[:n])) <= {0, 1}  # sentences 1, 2, ... in order
+    by_document.setdefault(int(document), []).append((tokens[:n], ids[:n]))
+  assert sorted(by_document) == list(range(len(few)))  # every document, in stored order
+  for d, chunks in by_document.items():
+    np.testing.assert_array_equal(np.concatenate([t for t, _ in chunks]), tok.encode(few[d]))
+    for (tokens, ids), following in zip(chunks, chunks[1:]):
+      # A row ends where the next sentence would not fit (or a long sentence is cut).
+      first_next = following[0][following[1] == 1]
+      assert len(tokens) + len(first_next) > capacity or len(tokens) == capacity
+  long_rows = by_document[len(few) - 1]
+  # "x" * 150 + ". " is cut into pieces of 61, 61 and 30 tokens; "Short one. " joins the last
+  assert [len(t) for t, _ in long_rows] == [capacity, capacity, 152 - 2 * capacity + 11, 30]
+  assert tok.decode(long_rows[0][0]) == "x" * capacity
+
+
+def test_a_random_b_goes_on_into_the_next_rows_of_its_document(docs, tok):
+  long_docs = [d for d in docs if len(d) > 4 * T][:10]
+  config = _config("mlm+nsp")
+  store = _store(long_docs, tok, config)
+  pairs = bert_pipeline.SentencePairs(store, tok, config, seed=0)
+  corpus = "\x00".join(long_docs)
+  for seed in range(20):
+    b = pairs._random_b(document=-1, target=3 * T, rng=np.random.default_rng(seed))
+    text = tok.decode(b)
+    assert text in corpus  # contiguous text of one document
+    doc = next(d for d in long_docs if text in d)
+    assert len(b) >= 3 * T or doc.endswith(text)  # up to the target, or to the document's end
 
 
 def _segments(rows, original):
@@ -210,7 +252,7 @@ def _segments(rows, original):
 
 def test_mlm_packs_documents_in_order_and_fills_rows(docs, tok):
   few = docs[:120]
-  batches = _batches(few, tok, _config("mlm"), shuffle=False, repeat=False, pad_final_batch=True)
+  batches = _batches(few, tok, _config("mlm"), shuffle=False, repeat=False)
   rows = _rows(batches)
   real = rows["segment_ids"][:, 0] > 0
   rows = {k: v[real] for k, v in rows.items()}
@@ -227,41 +269,33 @@ def test_mlm_packs_documents_in_order_and_fills_rows(docs, tok):
   assert max(len(r) for r in runs) == T - 2
 
 
-def test_processes_read_their_share_of_global_mlm_batches(docs, tok, assert_batches_equal):
-  """Masks are keyed on the row's place in the global stream: two processes' shares of each
-  batch are the one-process batch."""
-  whole = _batches(docs[:60], tok, _config("mlm"), n=6)
-  parts = [_batches(docs[:60], tok, _config("mlm"), n=6, batch_size=4, process_index=index,
+@pytest.mark.parametrize("objective", bert_pipeline.OBJECTIVES)
+def test_processes_read_their_share_of_global_batches(docs, tok, objective, assert_batches_equal):
+  """Every random choice is keyed on the row's place in the global stream: two processes'
+  shares of each batch are the one-process batch."""
+  whole = _batches(docs[:60], tok, _config(objective), n=6)
+  parts = [_batches(docs[:60], tok, _config(objective), n=6, batch_size=4, process_index=index,
                     process_count=2) for index in range(2)]
   assert_batches_equal([{k: np.concatenate([a[k], b[k]]) for k in a}
                         for a, b in zip(*parts)], whole)
 
 
-def test_pair_processes_read_disjoint_shards(docs, tok):
-  few = docs[:40]
-  kwargs = {"shuffle": False, "repeat": False, "pad_final_batch": True, "process_count": 2}
-  texts = []
-  for index in range(2):
-    rows = _rows(_batches(few, tok, _config("mlm+sop"), process_index=index, **kwargs))
-    real = rows["segment_ids"][:, 0] > 0
-    pairs = _check_pairs({k: v[real] for k, v in rows.items()})
-    texts.append([tok.decode(a) for a, _ in pairs])
-  for index in range(2):
-    mine, theirs = "\x00".join(few[index::2]), "\x00".join(few[1 - index::2])
-    assert all(t in mine for t in texts[index])
-    assert sum(len(t) > 40 and t not in theirs for t in texts[index]) >= 5
-
-
-def test_pad_final_batch_for_pairs(docs, tok, assert_batches_equal):
-  batches = _batches(docs[:30], tok, _config("mlm+nsp"), batch_size=7, shuffle=False,
-                     repeat=False, pad_final_batch=True)
-  dropped = _batches(docs[:30], tok, _config("mlm+nsp"), batch_size=7, shuffle=False, repeat=False)
-  assert_batches_equal(batches[:len(dropped)], dropped)
-  last = batches[-1]
-  real = last["segment_ids"][:, 0] > 0
-  assert len(batches) == len(dropped) + 1 and 0 < real.sum() < 7
-  for k, v in last.items():
+def test_one_pass_reads_every_row_once_and_pads_the_last_batch(docs, tok):
+  config = _config("mlm+sop")
+  store = _store(docs[:30], tok, config)
+  batches = _batches(docs[:30], tok, config, batch_size=7, shuffle=False, repeat=False)
+  assert len(batches) == -(-len(store) // 7)
+  rows = _rows(batches)
+  real = rows["segment_ids"][:, 0] > 0
+  assert real.sum() == len(store) and real[:len(store)].all()
+  for k, v in rows.items():
     assert not v[~real].any(), k
+  pairs = _check_pairs({k: v[real] for k, v in rows.items()})
+  stored = store.read(np.arange(len(store)))
+  for (a, b), label, tokens, ids in zip(pairs, rows["nsp_label"][real], stored.tokens,
+                                        stored.segments):
+    np.testing.assert_array_equal(np.concatenate([a, b] if label == 0 else [b, a]),
+                                  tokens[ids > 0])  # row r's pair is row r's chunk
 
 
 def test_whole_word_masking_in_the_pipeline(docs, text, tmp_path, words_of):
@@ -272,7 +306,8 @@ def test_whole_word_masking_in_the_pipeline(docs, text, tmp_path, words_of):
     rows = _rows(_batches(docs, spm, config, n=20))
     original = _restore(rows)
     split = 0
-    assert rows["masked_weights"].sum(axis=1).mean() > 5
+    real_tokens = (~np.isin(original, SPECIALS)).sum(axis=1)
+    assert rows["masked_weights"].sum() > 0.1 * real_tokens.sum()  # about 15% are chosen
     for r, row in enumerate(original):
       w = rows["masked_weights"][r]
       chosen = set(rows["masked_positions"][r][w > 0].tolist())
@@ -323,85 +358,29 @@ def test_deterministic_given_seed_and_seeds_differ(docs, tok, assert_batches_equ
     assert not np.array_equal(a[0]["input_ids"], b[0]["input_ids"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("objective", bert_pipeline.PAIR_OBJECTIVES)
-def test_resume_from_any_state_including_across_epochs(docs, tok, objective, assert_batches_equal):
-  few = [d for d in docs if 200 <= len(d) <= 400][:5]  # ~5 rows each
-  kwargs = {"batch_size": 8, "seed": 5, "shuffle": True, "repeat": True}
-  config = _config(objective)
-  ds = bert_pipeline.bert_batches(few, tok, config, **kwargs)
-  it = iter(ds)
-  full, states = [], []
-  while len(states) < 3 or states[-1]["parent"]["next_index"] <= 2 * len(few) + 2:
-    states.append(json.loads(json.dumps(it.get_state())))
-    full.append(next(it))
-  # The stream crosses two epoch boundaries, and rows end inside documents.
-  assert states[-1]["parent"]["next_index"] > 2 * len(few)
-  assert sum(s["sentence"] > 0 for s in states) >= 3
-  # One iterator restored to each state in turn (the Orbax test restores a fresh one). Each
-  # restore refills Grain's 500-document prefetch buffer: ~0.3 s on 2 cores.
-  resumed = iter(ds)
-  for k in range(len(states)):
-    assert len(json.dumps(states[k])) < 300, states[k]
-    resumed.set_state(states[k])
-    assert_batches_equal(_take(resumed, min(3, len(full) - k)), full[k:k + 3])
-  resumed.close()  # stops its prefetch threads
-
-
-def test_mlm_resumes_from_a_position_with_the_same_masks(docs, tok, assert_batches_equal):
-  full = _batches(docs[:30], tok, _config("mlm"), n=9, seed=5)
-  resumed = _mlm_batches(docs[:30], tok, _config("mlm"), batch_size=8, seed=5, shuffle=True,
-                         repeat=True)
-  resumed.set_position({"next_row": 4 * 8, "dataset": resumed.store.name})
-  assert_batches_equal(_take(resumed, 5), full[4:])
-
-
-def test_orbax_checkpoint_round_trip(docs, tok, tmp_path, assert_batches_equal):
-  config = _config("mlm+nsp")
-  kwargs = {"batch_size": 4, "seed": 1, "shuffle": True, "repeat": True}
-  it = bert_pipeline.make_iterator(docs, tok, config, **kwargs)
-  _take(it, 7)
-  manager = ocp.CheckpointManager(tmp_path / "ckpt")
-  manager.save(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
-  manager.wait_until_finished()
-  want = _take(it, 5)
-
-  fresh = bert_pipeline.make_iterator(docs, tok, config, **kwargs)
-  manager = ocp.CheckpointManager(tmp_path / "ckpt")
-  restore = ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
-  restored = manager.restore(manager.latest_step(), args=restore)
-  assert restored.data is fresh
-  assert_batches_equal(_take(fresh, 5), want)
-
-
-@pytest.mark.slow
-def test_one_worker_process_gives_the_same_batches(docs, tok, assert_batches_equal):
-  config = _config("mlm+nsp")
-  kwargs = {"batch_size": 4, "seed": 2, "shuffle": True, "repeat": True}
-  want = _batches(docs, tok, config, n=8, **kwargs)
-  it = iter(bert_pipeline.bert_batches(docs, tok, config, num_workers=1, **kwargs))
+@pytest.mark.parametrize("objective", bert_pipeline.OBJECTIVES)
+def test_resume_from_a_position_across_epochs(docs, tok, objective, assert_batches_equal):
+  few = docs[:12]
+  store_rows = len(_store(few, tok, _config(objective)))
+  full = _batches(few, tok, _config(objective), n=2 * store_rows // 8 + 3, seed=5)
+  resumed = _reader(few, tok, _config(objective), seed=5)
   try:
-    assert_batches_equal(_take(it, 4), want[:4])
-    state = json.loads(json.dumps(it.get_state()))
-  finally:
-    it.close()
-  resumed = iter(bert_pipeline.bert_batches(docs, tok, config, num_workers=1, **kwargs))
-  try:
-    resumed.set_state(state)
-    assert_batches_equal(_take(resumed, 4), want[4:])
+    for start in (1, store_rows // 8, store_rows // 8 + 1):  # the last crosses an epoch boundary
+      resumed.set_position({"next_row": start * 8, "dataset": resumed.store.name})
+      assert_batches_equal(_take(resumed, 3), full[start:start + 3])
   finally:
     resumed.close()
 
 
 def test_split_sentences(shakespeare_text):
   text = "Hello there. How are you?\nFine!  Thanks.\n\n'Tis so.' Yes"
-  assert bert_pipeline.split_sentences(text) == [
+  assert sentences.split_sentences(text) == [
       "Hello there. ", "How are you?\n", "Fine!  ", "Thanks.\n\n", "'Tis so.' ", "Yes"]
-  assert bert_pipeline.split_sentences("") == []
-  assert bert_pipeline.split_sentences("\n\nA") == ["\n\nA"]  # leading whitespace joins
+  assert sentences.split_sentences("") == []
+  assert sentences.split_sentences("\n\nA") == ["\n\nA"]  # leading whitespace joins
   head = shakespeare_text[:50_000]
-  sentences = bert_pipeline.split_sentences(head)
-  assert "".join(sentences) == head and all(s.strip() for s in sentences)
+  pieces = sentences.split_sentences(head)
+  assert "".join(pieces) == head and all(p.strip() for p in pieces)
 
 
 def test_truncate_pair_matches_berts_loop():
@@ -428,23 +407,21 @@ def test_truncate_pair_matches_berts_loop():
 
 
 def test_errors(docs, tok):
-  kwargs = {"batch_size": 2, "seed": 0, "shuffle": True, "repeat": True}
-  with pytest.raises(ValueError, match="no documents in"):
-    bert_pipeline.bert_batches([], tok, _config("mlm+nsp"), **kwargs)
-  with pytest.raises(ValueError, match="no documents in .* process 1 of 2"):
-    bert_pipeline.bert_batches(docs[:1], tok, _config("mlm+nsp"), process_index=1,
-                               process_count=2, **kwargs)
-  with pytest.raises(ValueError, match="packed ahead of training"):
-    bert_pipeline.bert_batches(docs, tok, _config("mlm"), **kwargs)
+  store = _store(docs[:5], tok, _config("mlm+nsp"))
   with pytest.raises(ValueError, match="data.mask_rate"):
     bert_pipeline.MaskedRows(tok, _config("mlm", mask_rate=0.0), seed=0)
-  with pytest.raises(ValueError, match="data.seq_len=7 is too small"):
-    bert_pipeline.bert_batches(docs, tok, DataConfig(objective="mlm+nsp", seq_len=7,
-                                                     max_predictions_per_seq=2), **kwargs)
-  with pytest.raises(ValueError, match="data.max_predictions_per_seq=65"):
-    bert_pipeline.bert_batches(docs, tok, _config("mlm", max_predictions_per_seq=65), **kwargs)
-  with pytest.raises(ValueError, match="data.objective='causal'"):
-    bert_pipeline.bert_batches(docs, tok, dataclasses.replace(_config("mlm"), objective="causal"),
-                               **kwargs)
   with pytest.raises(ValueError, match="data.mask_rate"):
-    bert_pipeline.bert_batches(docs, tok, _config("mlm", mask_rate=0.0), **kwargs)
+    bert_pipeline.SentencePairs(store, tok, _config("mlm+nsp", mask_rate=0.0), seed=0)
+  with pytest.raises(ValueError, match="data.seq_len=7 is too small"):
+    bert_pipeline.check_config(DataConfig(objective="mlm+nsp", seq_len=7,
+                                          max_predictions_per_seq=2), tok)
+  with pytest.raises(ValueError, match="data.max_predictions_per_seq=65"):
+    bert_pipeline.check_config(_config("mlm", max_predictions_per_seq=65), tok)
+  with pytest.raises(ValueError, match="data.objective='causal'"):
+    bert_pipeline.check_config(dataclasses.replace(_config("mlm"), objective="causal"), tok)
+  with pytest.raises(ValueError, match="seed must be >= 0"):
+    bert_pipeline.SentencePairs(store, tok, _config("mlm+sop"), seed=-1)
+  with pytest.raises(ValueError, match="not the sentences of data.seq_len=32"):
+    bert_pipeline.SentencePairs(store, tok, _config("mlm+sop", seq_len=32), seed=0)
+  with pytest.raises(ValueError, match="reads rows of sentences"):
+    bert_pipeline.MaskedRows(tok, _config("mlm+sop"), seed=0)

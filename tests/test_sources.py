@@ -510,7 +510,7 @@ def test_tfds_datasets_go_through_the_packed_rows_build(tmp_path):
   tok = tokenizers.ByteTokenizer()
   store = batches.packed_rows(config, tok, "train[1:]")
   assert "train_test_only" in store.name and "-train_1-" in store.name
-  tokens, segments = store.read(np.arange(len(store)))
+  tokens, segments, _ = store.read(np.arange(len(store)))
   want = packing.pack_documents(
       [np.concatenate([[tok.bos_id], tok.encode(f"train document {i}"), [tok.eos_id]])
        for i in (1, 2)], 8)

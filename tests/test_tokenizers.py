@@ -280,3 +280,16 @@ def test_long_lines_are_split_not_dropped(shakespeare, tmp_path):
     assert "".join(chunks) == text and len(chunks) > 1
     assert all(0 < len(c.encode("utf-8")) <= 4192 for c in chunks)
   assert list(tokenizers._split_line("short", 4192)) == ["short"]
+
+
+@pytest.mark.parametrize("kind", ["byte", *tokenizers.MODEL_TYPES])
+def test_batch_encodings_equal_one_text_at_a_time(trained, kind):
+  tok = tokenizers.ByteTokenizer() if kind == "byte" else trained[kind]
+  texts = [MULTILINGUAL, "", AWKWARD, " x", "to be"]
+  want = [tok.encode(t) for t in texts]
+  for got, expected in zip(tok.encode_batch(texts), want, strict=True):
+    np.testing.assert_array_equal(got, expected)
+  ids, lengths = tok.encode_joined(texts)
+  assert ids.dtype == np.int32 and lengths.tolist() == [len(w) for w in want]
+  np.testing.assert_array_equal(ids, np.concatenate(want))
+  assert tok.encode_batch([]) == [] and tok.encode_joined([])[1].tolist() == []

@@ -378,7 +378,6 @@ def validate(config: Config) -> None:
     if getattr(t, name) <= 0:
       raise ConfigError(f"config.train.{name} must be positive, got {getattr(t, name)}")
   _check_at_least(t, "config.train", ("eval_every", "peak_flops"))  # 0: off / automatic
-  _check_at_least(d, "config.data", ("num_workers",))
   if d.tokenizer_vocab_size <= 0:
     raise ConfigError(f"config.data.tokenizer_vocab_size must be positive, got "
                       f"{d.tokenizer_vocab_size}")

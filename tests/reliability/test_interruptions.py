@@ -37,10 +37,17 @@ def test_signal_checkpoints_the_current_step_and_resume_is_exact(request, tmp_pa
   assert_equal_runs(reference, workdir)
 
 
+def _committed_steps(workdir) -> list[int]:
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
 def _damage_newest_checkpoint(workdir) -> int:
   """Overwrites 4 KB in the middle of the largest file of the newest committed checkpoint."""
   directory = os.path.join(workdir, "checkpoints")
-  step = max(int(n) for n in os.listdir(directory) if n.isdigit())
+  step = _committed_steps(workdir)[-1]
   files = [os.path.join(root, n) for root, _, names in os.walk(os.path.join(directory, str(step)))
            for n in names if n != "pretrax_manifest.json"]
   victim = max(files, key=os.path.getsize)
@@ -67,6 +74,11 @@ def test_five_sigkills_at_random_moments_lose_nothing(any_runner, tmp_path, asse
   for kill in range(5):
     proc = runner.start(workdir, *steps)
     runner.wait_for_progress(workdir, proc, 3)
+    # Two committed checkpoints, so one is left to resume from when the newest is damaged (on a
+    # loaded machine the async writes can lag the steps).
+    deadline = time.time() + 60
+    while len(_committed_steps(workdir)) < 2 and time.time() < deadline:
+      time.sleep(0.02)
     time.sleep(rng.uniform(0.0, 0.5))
     proc.kill()
     out, _ = proc.communicate(timeout=60)

@@ -1,8 +1,8 @@
 """BERT pretraining: masked-token prediction (mlm), plus next-sentence (mlm+nsp) or
 sentence-order prediction (mlm+sop) on [CLS] A [SEP] B [SEP] pairs.
 
-Batches (data/batches.py: packed mlm rows masked as they are read, or sentence pairs, both from
-data/bert_pipeline.py): input_ids, segment_ids, token_type_ids, positions [B, T];
+Batches (data/batches.py: packed mlm rows masked as they are read, or sentence pairs drawn from
+rows of sentences, both by data/bert_pipeline.py): input_ids, segment_ids, token_type_ids, positions [B, T];
 masked_positions, masked_ids, masked_weights [B, P]; nsp_label [B]. Terms "mlm_" and, with pairs,
 "nsp_" (used for both NSP and SOP), each weighted 1: the loss is their sum, as in BERT.
 """
