@@ -34,6 +34,7 @@ def _table(stdout: str) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_throughput_smoke_with_torch_reference(tmp_path, repo_dir):
   missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
   if missing:

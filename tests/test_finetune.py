@@ -108,6 +108,7 @@ def _finetune(config, init, workdir, **kwargs):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_bert_learns_the_task_and_its_workdir_is_self_contained(task, bert_init, tmp_path,
                                                                  capsys, read_metrics):
   workdir = str(tmp_path / "bert_ft")
@@ -146,6 +147,7 @@ def test_bert_learns_the_task_and_its_workdir_is_self_contained(task, bert_init,
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_gpt_learns_the_task_with_the_auxiliary_lm_loss(task, gpt_init, tmp_path):
   workdir = str(tmp_path / "gpt_ft")
   config = _config(task["train_int"], task["eval_int"], **{"train.steps": "150",

@@ -187,6 +187,7 @@ def test_two_process_checkpoint_continues_exactly_in_one_process(runs):
   assert "data_restarted_at" not in resumed[STOP]
 
 
+@pytest.mark.long
 def test_fine_tuning_with_two_processes_equals_one(runs):
   """`pretrax finetune` runs on the same trainer: launched as two processes on a (2, 2, 2) mesh
   it takes the steps one process takes on the same mesh."""

@@ -40,7 +40,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_gpt_config, read_me
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["gpt", "bert"])
+@pytest.mark.parametrize("family", [pytest.param("gpt", marks=pytest.mark.long), "bert"])
 def test_sharded_meshes_match_one_device(tmp_path, family, tiny_gpt_config, tiny_bert_config,
                                          read_metrics):
   """Data, FSDP and tensor parallel over 8 fake devices give the single-device losses."""
@@ -200,7 +200,7 @@ def test_compile_cache_directory_is_the_config_then_the_environment_then_the_def
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["mlm+nsp", "mlm"])
+@pytest.mark.parametrize("objective", ["mlm+nsp", pytest.param("mlm", marks=pytest.mark.long)])
 def test_bert_pretraining_learns_and_resumes_exactly(tmp_path, objective, tiny_bert_config,
                                                      read_metrics):
   config = tiny_bert_config(tmp_path, **{"data.objective": objective, "model.dropout": "0.1",

@@ -106,7 +106,8 @@ def finetune_runner(tmp_path, shakespeare_text, pretrained_gpt):
   return FinetuneRunner(tmp_path, shakespeare_text, pretrained_gpt)
 
 
-@pytest.fixture(params=["pretrain", pytest.param("finetune", marks=pytest.mark.slow)])
+@pytest.fixture(params=["pretrain", pytest.param("finetune",
+                                                marks=[pytest.mark.slow, pytest.mark.long])])
 def any_runner(request):
   """The same promise checked for a pretraining run and for a fine-tuning run: both run on the
   one trainer."""

@@ -17,7 +17,7 @@ def _largest_file(step_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("job,damage", [("pretrain", "truncate"), ("pretrain", "alter"),
-                                        ("finetune", "alter")])
+                                        pytest.param("finetune", "alter", marks=pytest.mark.long)])
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(request, tmp_path, job, damage,
                                                                   read_metrics):
   runner = request.getfixturevalue("runner" if job == "pretrain" else "finetune_runner")
