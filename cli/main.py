@@ -111,13 +111,19 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--text", required=True, help="UTF-8 text file scored as one document")
   p.add_argument("--step", type=int, default=None)
 
-  p = sub.add_parser("sample", help="print a continuation of a prompt", formatter_class=raw,
-                     epilog="examples:\n"
+  p = sub.add_parser("sample", help="print a continuation of a prompt, or of each prompt of a file",
+                     formatter_class=raw, epilog="examples:\n"
                      "  pretrax sample --workdir=workdirs/gpt_tiny --prompt=\"The module\"\n"
                      "  pretrax sample --workdir=workdirs/gpt_tiny --prompt=\"The module\" "
-                     "--temperature=0   # greedy")
+                     "--temperature=0   # greedy\n"
+                     "  pretrax sample --workdir=workdirs/gpt_tiny --prompts=prompts.jsonl "
+                     "--num_samples=3 > samples.jsonl")
   p.add_argument("--workdir", required=True)
   p.add_argument("--prompt", default="")
+  p.add_argument("--prompts", default=None,
+                 help='JSONL file, one {"prompt": "..."} per line: continued in one batch, one '
+                      'JSON line out per prompt and sample ({"prompt", "sample", "generation"})')
+  p.add_argument("--num_samples", type=int, default=1, help="continuations of each prompt")
   p.add_argument("--max_new_tokens", type=int, default=200)
   p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
   p.add_argument("--top_k", type=int, default=0, help="0 = off")
@@ -282,9 +288,18 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps(evaluate.score_text(args.workdir, text, args.step)))
     elif args.command == "sample":
       from pretrax.inference import generate
-      print(args.prompt + generate.sample(
-          args.workdir, args.prompt, args.max_new_tokens, temperature=args.temperature,
-          top_k=args.top_k, top_p=args.top_p, seed=args.seed, step=args.step))
+      options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                     seed=args.seed, step=args.step, num_samples=args.num_samples)
+      if args.prompts:
+        if args.prompt:
+          raise InputError("give --prompt or --prompts, not both")
+        for row in generate.sample_prompts(args.workdir, generate.read_prompts(args.prompts),
+                                           args.max_new_tokens, **options):
+          print(json.dumps(row, ensure_ascii=False), flush=True)
+      else:
+        rows = generate.sample_prompts(args.workdir, [args.prompt], args.max_new_tokens,
+                                       **options)
+        print("\n\n".join(args.prompt + row["generation"] for row in rows))
       print("pretrax: next: --temperature, --top_k, --top_p and --seed change the sampling; "
             "--step samples an earlier checkpoint", file=sys.stderr)
     elif args.command == "export":

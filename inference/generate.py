@@ -1,64 +1,32 @@
-"""`pretrax sample`: autoregressive continuation with temperature, top-k and top-p sampling."""
+"""`pretrax sample`: continuations of one prompt or of a file of prompts, with a KV cache
+(inference/decoding.py), greedy or with temperature, top-k and top-p sampling.
 
+A prompt becomes `[bos] + ids`. The model decodes `context` positions (`decoding.context_length`).
+A prompt of context tokens or more keeps its last context // 2 (said on stderr). Past the context,
+decoding goes on in windows: the last context // 2 tokens of each row are read again as a new
+prompt (positions restart at 0) and the next tokens are drawn with the cache over them, as
+nanoGPT crops to its block size (it does so for every token; a window here lasts about
+context // 2 tokens).
+"""
+
+import json
 import math
+import sys
+import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+import numpy as np
 
 from pretrax.data.errors import InputError
-from pretrax.inference import loading
+from pretrax.inference import decoding, loading
 
-
-def filter_logits(logits_v: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-  """[V] logits -> [V] logits with everything outside the top-k / nucleus set to -inf.
-
-  temperature <= 0 means greedy (only the argmax survives).
-  """
-  logits_v = logits_v.astype(jnp.float32)
-  if temperature <= 0:
-    return jnp.where(logits_v == logits_v.max(), 0.0, -jnp.inf)
-  logits_v = logits_v / temperature
-  if top_k > 0:
-    kth = jnp.sort(logits_v)[-min(top_k, logits_v.shape[0])]
-    logits_v = jnp.where(logits_v < kth, -jnp.inf, logits_v)
-  if 0.0 < top_p < 1.0:
-    order = jnp.argsort(-logits_v)
-    probs = jax.nn.softmax(logits_v[order])
-    # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-    keep_sorted = (jnp.cumsum(probs) - probs) < top_p
-    keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-    logits_v = jnp.where(keep, logits_v, -jnp.inf)
-  return logits_v
-
-
-def tokenizer_logits(logits_v: jax.Array, vocab_size: int, pad_id: int) -> jax.Array:
-  """[V] logits -> -inf at the padded rows (ids >= the tokenizer's `vocab_size`) and at padding,
-  which a sampler must never draw."""
-  ids_v = jnp.arange(logits_v.shape[0])
-  return jnp.where((ids_v < vocab_size) & (ids_v != pad_id), logits_v, -jnp.inf)
-
-
-def _next_token_fn(graphdef, temperature: float, top_k: int, top_p: float, vocab_size: int,
-                   pad_id: int):
-  """Jitted (params, tokens [1, L], length, key) -> next token id after tokens[0, :length].
-
-  Only ids of the tokenizer are drawn (`tokenizer_logits`)."""
-
-  @jax.jit
-  def next_token(params, tokens_1l, length, key):
-    model = nnx.merge(graphdef, params)
-    segment_ids_1l = (jnp.arange(tokens_1l.shape[1]) < length).astype(jnp.int32)[None]
-    logits_v = model(tokens_1l, segment_ids_1l)[0, length - 1]
-    logits_v = tokenizer_logits(logits_v, vocab_size, pad_id)
-    return jax.random.categorical(key, filter_logits(logits_v, temperature, top_k, top_p))
-
-  return next_token
+# The sampling functions every decoder shares.
+filter_logits = decoding.filter_logits
+tokenizer_logits = decoding.tokenizer_logits
 
 
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int,
-                        top_p: float) -> None:
+                        top_p: float, num_samples: int = 1) -> None:
   """Raises InputError naming the flag for a value no sampler means (nan passes `<` tests)."""
   if max_new_tokens < 1:
     raise InputError(f"--max_new_tokens={max_new_tokens}: must be at least 1")
@@ -68,32 +36,101 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int,
     raise InputError(f"--top_k={top_k}: must be >= 0 (0 = off)")
   if not 0 < top_p <= 1:
     raise InputError(f"--top_p={top_p}: must be in (0, 1] (1 = off)")
+  if num_samples < 1:
+    raise InputError(f"--num_samples={num_samples}: must be at least 1")
+
+
+def read_prompts(path: str) -> list[str]:
+  """The `prompt` of each line of a JSONL file (blank lines skipped); errors name FILE:LINE."""
+  prompts = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      for number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+          raise InputError(f'{path}:{number}: expected {{"prompt": "..."}} with a string prompt')
+        prompts.append(record["prompt"])
+  except FileNotFoundError:
+    raise InputError(f"--prompts={path}: no such file") from None
+  except UnicodeDecodeError as e:
+    raise InputError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+  if not prompts:
+    raise InputError(f"{path}: no prompts (expected one JSON object with a \"prompt\" per line)")
+  return prompts
+
+
+def sample_prompts(workdir: str, prompts: list[str], max_new_tokens: int, *,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                   num_samples: int = 1, step: int | None = None, stop_at_eos: bool = True,
+                   report=None) -> list[dict]:
+  """Continues each prompt `num_samples` times in one batch; returns one dict per prompt and
+  sample, in order: {"prompt", "sample", "generation"} (the generation without the prompt).
+
+  `report(line)` (default: stderr) gets one line with the generated tokens per second.
+  """
+  check_sampling_args(max_new_tokens, temperature, top_k, top_p, num_samples)
+  run = loading.load_run(workdir, step)
+  loading.require_language_model(run, "sample", workdir)
+  tok = run.tokenizer
+  context = decoding.context_length(run.config)
+  keep = max(1, context // 2)
+  ids, cut = [], 0
+  for prompt in prompts:
+    prompt_ids = np.concatenate([[tok.bos_id], tok.encode(prompt)]).astype(np.int32)
+    cut += len(prompt_ids) >= context
+    ids.append(prompt_ids if len(prompt_ids) < context else prompt_ids[-keep:])
+  report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+  if cut:
+    report(f"pretrax: {cut} prompt(s) of {context} tokens or more keep their last {keep} (the "
+           f"model decodes {context} positions)")
+  sampling = decoding.Sampling(temperature=float(temperature), top_k=int(top_k),
+                               top_p=float(top_p), vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                               eos_id=tok.eos_id if stop_at_eos else -1)
+  decoder = decoding.Decoder(nnx.merge(run.graphdef, run.params))
+  batch = [row for row in ids for _ in range(num_samples)]
+  start = time.perf_counter()
+  generated = continue_rows(decoder, batch, max_new_tokens, sampling, context, seed)
+  seconds = time.perf_counter() - start
+  count = sum(len(t) for t in generated)
+  report(f"pretrax: {count:,} tokens generated for {len(batch)} row(s) in {seconds:.2f} s "
+         f"({count / seconds:,.0f} tokens/s, compilation included)")
+  return [{"prompt": prompts[i // num_samples], "sample": i % num_samples,
+           "generation": tok.decode(tokens)} for i, tokens in enumerate(generated)]
+
+
+def continue_rows(decoder: decoding.Decoder, rows: list[np.ndarray], max_new_tokens: int,
+                  sampling: decoding.Sampling, context: int, seed: int) -> list[np.ndarray]:
+  """Up to `max_new_tokens` new tokens for each row (prompts shorter than `context`), in windows
+  of the context (see the module doc). Every row is decoded in every window, so a row's tokens
+  never depend on the others'; a row that drew EOS keeps what it had."""
+  keep = max(1, context // 2)
+  out = [np.zeros(0, np.int32) for _ in rows]
+  done = [False] * len(rows)
+  window = 0
+  while not all(done) and min(len(o) for o, d in zip(out, done) if not d) < max_new_tokens:
+    prompts = [row if window == 0 else np.concatenate([row, o])[-keep:]
+               for row, o in zip(rows, out)]
+    made = min(len(o) for o, d in zip(out, done) if not d)
+    new = min(max_new_tokens - made, context - max(len(p) for p in prompts))
+    window_seed = int(np.random.SeedSequence([seed, window]).generate_state(1)[0])
+    decoded = decoder(prompts, new, sampling, seed=window_seed if window else seed)
+    for r, tokens in enumerate(decoded.tokens):
+      if not done[r]:
+        out[r] = np.concatenate([out[r], tokens])
+        done[r] = len(tokens) < new  # stopped at EOS
+    window += 1
+  return out
 
 
 def sample(workdir: str, prompt: str, max_new_tokens: int, *, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, seed: int = 0, step: int | None = None,
-           stop_at_eos: bool = True) -> str:
+           stop_at_eos: bool = True, report=None) -> str:
   """Returns the continuation of `prompt` (without the prompt)."""
-  check_sampling_args(max_new_tokens, temperature, top_k, top_p)
-  run = loading.load_run(workdir, step)
-  loading.require_language_model(run, "sample", workdir)
-  tok = run.tokenizer
-  context = run.config.model.max_seq_len if run.config.model.position == "learned" \
-      else run.config.data.seq_len
-  ids = [tok.bos_id] + tok.encode(prompt).tolist()
-  buffer_len = min(context, len(ids) + max_new_tokens)
-  next_token = _next_token_fn(run.graphdef, float(temperature), int(top_k), float(top_p),
-                              tok.vocab_size, tok.pad_id)
-  key = jax.random.key(seed)
-  new = []
-  for i in range(max_new_tokens):
-    window = ids[-buffer_len:]
-    tokens = np.zeros((1, buffer_len), np.int32)
-    tokens[0, :len(window)] = window
-    token = int(next_token(run.params, jnp.asarray(tokens), len(window),
-                           jax.random.fold_in(key, i)))
-    if stop_at_eos and token == tok.eos_id:
-      break
-    ids.append(token)
-    new.append(token)
-  return tok.decode(np.asarray(new, np.int32))
+  return sample_prompts(workdir, [prompt], max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, step=step, stop_at_eos=stop_at_eos,
+                        report=report)[0]["generation"]

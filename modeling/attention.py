@@ -112,9 +112,8 @@ class MultiHeadAttention(nnx.Module):
     self.b_v_hk = bias(config, (h, k), ("heads", "kv"), rngs=rngs)
     self.b_o_d = bias(config, (d,), ("embed",), rngs=rngs)
 
-  def __call__(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-    """[B, T, D] -> [B, T, D]; passing `rngs` (with a "dropout" stream) turns dropout on."""
+  def _qkv(self, x_btd: jax.Array, positions_bt: jax.Array):
+    """[B, T, D] -> queries, keys, values [B, T, H, K] (rotated if config.position is rope)."""
     cfg = self.config
     dtype = compute_dtype(cfg)
 
@@ -123,14 +122,44 @@ class MultiHeadAttention(nnx.Module):
       return sharding.constrain(y_bthk, ("batch", "length", "heads", "kv"))
 
     q_bthk = heads(self.w_q_dhk, self.b_q_hk)
-    k_bshk = heads(self.w_k_dhk, self.b_k_hk)
-    v_bshk = heads(self.w_v_dhk, self.b_v_hk)
+    k_bthk = heads(self.w_k_dhk, self.b_k_hk)
+    v_bthk = heads(self.w_v_dhk, self.b_v_hk)
     if cfg.position == "rope":
       q_bthk = apply_rope(q_bthk, positions_bt, cfg.rope_theta)
-      k_bshk = apply_rope(k_bshk, positions_bt, cfg.rope_theta)
+      k_bthk = apply_rope(k_bthk, positions_bt, cfg.rope_theta)
+    return q_bthk, k_bthk, v_bthk
+
+  def _output(self, out_bthk: jax.Array) -> jax.Array:
+    out_btd = project("bthk,hkd->btd", out_bthk, self.w_o_hkd, self.b_o_d,
+                      compute_dtype(self.config))
+    return sharding.constrain(out_btd, ("batch", "length", "embed"))
+
+  def __call__(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """[B, T, D] -> [B, T, D]; passing `rngs` (with a "dropout" stream) turns dropout on."""
+    cfg = self.config
+    q_bthk, k_bshk, v_bshk = self._qkv(x_btd, positions_bt)
     dropout_key = rngs.dropout() if rngs is not None and cfg.attention_dropout > 0 else None
     out_bthk = ATTENTION_IMPLS[cfg.attention_impl](
         q_bthk, k_bshk, v_bshk, mask_b1ts, causal=cfg.causal, block=cfg.attention_block,
         dropout_rate=cfg.attention_dropout, dropout_key=dropout_key)
-    out_btd = project("bthk,hkd->btd", out_bthk, self.w_o_hkd, self.b_o_d, dtype)
-    return sharding.constrain(out_btd, ("batch", "length", "embed"))
+    return self._output(out_bthk)
+
+  def cached(self, x_btd: jax.Array, positions_bt: jax.Array, k_cache_bshk: jax.Array,
+             v_cache_bshk: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Causal self-attention of T new tokens over a cache of S slots (decoding).
+
+    Row b's new tokens sit at the consecutive positions positions_bt[b] (slot = position): their
+    keys and values are written there, and each attends to the slots up to its own position,
+    which hold that row's earlier tokens. Returns ([B, T, D], the updated key and value caches).
+    The einsum reference computes it (the mask holds causality).
+    """
+    q_bthk, k_bthk, v_bthk = self._qkv(x_btd, positions_bt)
+    write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice(cache, new, (at, 0, 0)))
+    k_cache_bshk = write(k_cache_bshk, k_bthk.astype(k_cache_bshk.dtype), positions_bt[:, 0])
+    v_cache_bshk = write(v_cache_bshk, v_bthk.astype(v_cache_bshk.dtype), positions_bt[:, 0])
+    slots_s = jnp.arange(k_cache_bshk.shape[1])
+    mask_b1ts = (slots_s[None, None, :] <= positions_bt[:, :, None])[:, None]
+    out_bthk = einsum_attention(q_bthk, k_cache_bshk, v_cache_bshk, mask_b1ts, causal=True,
+                                block=0)
+    return self._output(out_bthk), k_cache_bshk, v_cache_bshk

@@ -26,15 +26,31 @@ class TransformerBlock(nnx.Module):
 
   def __call__(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
                rngs: nnx.Rngs | None = None) -> jax.Array:
+    return self._apply(x_btd, lambda y: self.attn(y, mask_b1ts, positions_bt, rngs), rngs)
+
+  def cached(self, x_btd: jax.Array, positions_bt: jax.Array,
+             cache: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Decoding: the block over T new tokens with this layer's (keys, values) cache
+    (`MultiHeadAttention.cached`); returns ([B, T, D], the updated cache)."""
+    updated = []
+
+    def attend(y_btd):
+      out_btd, k_cache, v_cache = self.attn.cached(y_btd, positions_bt, *cache)
+      updated.append((k_cache, v_cache))
+      return out_btd
+
+    return self._apply(x_btd, attend, None), updated[0]
+
+  def _apply(self, x_btd: jax.Array, attend, rngs: nnx.Rngs | None) -> jax.Array:
     deterministic = rngs is None
 
     def branch(y):
       return self.dropout(y, deterministic=deterministic, rngs=rngs)
 
     if self.config.norm_position == "pre":
-      x_btd = x_btd + branch(self.attn(self.attn_norm(x_btd), mask_b1ts, positions_bt, rngs))
+      x_btd = x_btd + branch(attend(self.attn_norm(x_btd)))
       x_btd = x_btd + branch(self.mlp(self.mlp_norm(x_btd)))
     else:
-      x_btd = self.attn_norm(x_btd + branch(self.attn(x_btd, mask_b1ts, positions_bt, rngs)))
+      x_btd = self.attn_norm(x_btd + branch(attend(x_btd)))
       x_btd = self.mlp_norm(x_btd + branch(self.mlp(x_btd)))
     return sharding.constrain(x_btd, ("batch", "length", "embed"))

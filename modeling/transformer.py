@@ -77,6 +77,19 @@ class Transformer(nnx.Module):
       segment_ids_bt = jnp.ones((b, t), jnp.int32)
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    x_btd = self.embed(inputs_bt, positions_bt, token_type_ids_bt, rngs)
+    mask_b1ts = attention_mask(segment_ids_bt, causal=cfg.causal)
+    x_btd = self.run_blocks(x_btd, mask_b1ts, positions_bt, rngs)
+    if cfg.norm_position == "pre":
+      x_btd = self.final_norm(x_btd)
+    return x_btd
+
+  def embed(self, inputs_bt: jax.Array, positions_bt: jax.Array,
+            token_type_ids_bt: jax.Array | None = None,
+            rngs: nnx.Rngs | None = None) -> jax.Array:
+    """[B, T] ids at `positions_bt` -> [B, T, D] block inputs (embeddings summed, normed if
+    configured, in the compute dtype)."""
+    cfg = self.config
     x_btd = jnp.take(self.token_embed_vd[...], inputs_bt, axis=0)
     if cfg.position == "learned":
       x_btd = x_btd + jnp.take(self.position_embed_pd[...], positions_bt, axis=0)
@@ -87,12 +100,36 @@ class Transformer(nnx.Module):
       x_btd = self.embed_norm(x_btd)
     x_btd = x_btd.astype(compute_dtype(cfg))
     x_btd = self.embed_dropout(x_btd, deterministic=rngs is None, rngs=rngs)
-    x_btd = sharding.constrain(x_btd, ("batch", "length", "embed"))
-    mask_b1ts = attention_mask(segment_ids_bt, causal=cfg.causal)
-    x_btd = self.run_blocks(x_btd, mask_b1ts, positions_bt, rngs)
-    if cfg.norm_position == "pre":
+    return sharding.constrain(x_btd, ("batch", "length", "embed"))
+
+  def init_cache(self, batch: int, slots: int) -> list[tuple[jax.Array, jax.Array]]:
+    """An empty key/value cache of `slots` positions per row: per layer ([B, S, H, K] keys,
+    values), in the compute dtype, sharded like the attention's keys."""
+    cfg = self.config
+    shape = (batch, slots, cfg.num_heads, cfg.attn_head_dim)
+
+    def zeros():
+      return sharding.constrain(jnp.zeros(shape, compute_dtype(cfg)),
+                                ("batch", "length", "heads", "kv"))
+
+    return [(zeros(), zeros()) for _ in range(cfg.num_layers)]
+
+  def cached_hidden_states(self, inputs_bt: jax.Array, positions_bt: jax.Array,
+                           cache: list[tuple[jax.Array, jax.Array]]
+                           ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """Decoding (causal models): T new tokens per row at consecutive positions, attending to
+    the cache (`init_cache`) -> ([B, T, D] final hidden states, the updated cache). Row b's
+    slots up to positions_bt[b, 0] must hold its earlier tokens."""
+    if not self.config.causal:
+      raise ValueError("cached decoding needs a causal model (config.model.causal)")
+    x_btd = self.embed(inputs_bt, positions_bt)
+    updated = []
+    for block, layer_cache in zip(self.blocks, cache, strict=True):
+      x_btd, layer_cache = block.cached(x_btd, positions_bt, layer_cache)
+      updated.append(layer_cache)
+    if self.config.norm_position == "pre":
       x_btd = self.final_norm(x_btd)
-    return x_btd
+    return x_btd, updated
 
   def run_blocks(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
