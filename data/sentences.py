@@ -17,9 +17,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-# A sentence end (. ! ? and closing quotes/brackets, then spaces) or a line end (what
-# str.splitlines splits at).
-_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*[ \t]+|\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# A sentence end inside a line: . ! ? and closing quotes/brackets, then spaces.
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*[ \t]+")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -29,20 +28,22 @@ def split_sentences(text: str) -> list[str]:
   quotes/brackets, then spaces). Whitespace-only pieces join the sentence before them (or, at the
   start, the first one).
   """
-  sentences, start = [], 0
-  for match in _SENTENCE_END.finditer(text):
-    piece = text[start:match.end()]
-    start = match.end()
-    if sentences and (piece.isspace() or sentences[-1].isspace()):
-      sentences[-1] += piece
+  sentences = []
+  for line in text.splitlines(keepends=True):
+    if _SENTENCE_END.search(line) is None:
+      pieces = (line,)
     else:
-      sentences.append(piece)
-  if start < len(text):
-    piece = text[start:]
-    if sentences and (piece.isspace() or sentences[-1].isspace()):
-      sentences[-1] += piece
-    else:
-      sentences.append(piece)
+      pieces, start = [], 0
+      for match in _SENTENCE_END.finditer(line):
+        pieces.append(line[start:match.end()])
+        start = match.end()
+      if start < len(line):
+        pieces.append(line[start:])
+    for piece in pieces:
+      if sentences and (piece.isspace() or sentences[-1].isspace()):
+        sentences[-1] += piece
+      else:
+        sentences.append(piece)
   return sentences
 
 
