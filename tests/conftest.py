@@ -5,9 +5,9 @@ the `pretrax` command (cli/startup.py). Tests import only `pretrax.*`; what they
 the fixtures here (pytest finds them by name), never from importing another test file.
 
 Markers: `slow` for tests of more than about 15 s on 2 cores (`pytest -m "not slow"` is the quick
-check); `long` for end-to-end runs of more than about 30 s whose promise a faster test in the CI
-suite also checks for another task or family (`-m "not long"` is the CI suite; the full suite runs
-them all).
+check); `long` for end-to-end runs of more than about 20 s whose promise a faster test in the CI
+suite also checks for another task, family or signal (`-m "not long"` is the CI suite; the full
+suite runs them all).
 """
 
 import json
@@ -36,7 +36,7 @@ SHAKESPEARE = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tinys
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: more than about 15 s on 2 cores; deselect with "
                                      "-m 'not slow' for a quick check")
-  config.addinivalue_line("markers", "long: an end-to-end run of more than about 30 s whose "
+  config.addinivalue_line("markers", "long: an end-to-end run of more than about 20 s whose "
                                      "promise a faster CI test also checks; -m 'not long' is the "
                                      "CI suite")
   # One compilation cache for the session (the pytest process and its xdist workers, which

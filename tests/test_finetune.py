@@ -192,6 +192,7 @@ def test_resumed_sharded_run_equals_uninterrupted_run_on_pairs(bert_init, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_gradient_accumulation_equals_one_big_batch(bert_init, tmp_path, read_metrics):
   """Fine-tuning steps on the trainer's gradient accumulation: 4 micro-batches of 4 examples
   give the update of one batch of 16 (dropout off, so both see the same model)."""

@@ -69,7 +69,8 @@ def _loss_and_grads(config: ModelConfig, loss_fn, batch, dropout: bool):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [pytest.param("gpt", marks=pytest.mark.long), "bert"])
+@pytest.mark.long
+@pytest.mark.parametrize("family", ["gpt", "bert"])
 def test_remat_and_scan_give_the_plain_loss_and_gradients(family):
   base = ModelConfig(family=family, vocab_size=128, max_seq_len=16, num_layers=2, num_heads=2,
                      d_model=16, dropout=0.1 if family == "gpt" else 0.0,

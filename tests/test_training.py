@@ -16,6 +16,7 @@ from pretrax.training import compile_cache, trainer
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_gpt_config, read_metrics,
                                               assert_equal_runs):
   # Dropout on: the dropout RNG must resume too.
