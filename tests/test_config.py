@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import json
 import os
 
 import jax
@@ -97,6 +98,16 @@ def test_json_round_trip(tmp_path):
   config = config_lib.load_preset("gpt:small")
   config_lib.save_json(config, str(tmp_path / "config.json"))
   assert config_lib.load_json(str(tmp_path / "config.json")) == config
+
+
+def test_a_config_json_of_an_earlier_version_loads_without_removed_fields(tmp_path):
+  config = config_lib.load_preset("bert:tiny")
+  values = config_lib.to_dict(config)
+  values["data"]["num_workers"] = 2  # written before BERT's pairs were built ahead
+  (tmp_path / "config.json").write_text(json.dumps(values))
+  assert config_lib.load_json(str(tmp_path / "config.json")) == config
+  with pytest.raises(ConfigError, match="unknown config key 'data.num_workers'"):
+    config_lib.apply_overrides(config, {"data.num_workers": "2"})  # never as an override
 
 
 def test_unknown_variant_and_missing_file():

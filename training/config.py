@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -332,9 +333,22 @@ def save_json(config: Config, path: str) -> None:
   files.atomic_write_json(path, to_dict(config))
 
 
+# Fields that a config.json of an earlier version may hold and that no longer exist: dropped
+# when such a file is read, so its run still loads (eval, export; a resume sees a data change).
+REMOVED_FIELDS = {
+    ("data", "num_workers"): "BERT's sentence pairs are built ahead, without Grain workers",
+}
+
+
 def load_json(path: str) -> Config:
   with open(path) as f:
-    return from_dict(json.load(f))
+    values = json.load(f)
+  for (section, name), why in REMOVED_FIELDS.items():
+    if isinstance(values.get(section), dict) and name in values[section]:
+      del values[section][name]
+      logging.getLogger("pretrax").info("%s: ignoring %s.%s, a field that no longer exists (%s)",
+                                        path, section, name, why)
+  return from_dict(values)
 
 
 # --------------------------------------------------------------------------------------------
