@@ -1,15 +1,17 @@
 """Multi-head self-attention, the one function that decides who may attend to whom, and the table
 of attention implementations.
 
-Every implementation computes softmax(q·k / sqrt(K) where mask) · v with one signature,
+Every implementation computes softmax(q·k / sqrt(K) + bias where mask) · v with one signature,
 
-  fn(q_bthk, k_bshk, v_bshk, mask_b1ts, *, causal, block, dropout_rate, dropout_key) -> out_bthk
+  fn(q_bthk, k_bshk, v_bshk, mask_b1ts, *, causal, block, dropout_rate, dropout_key,
+     bias_bhts=None) -> out_bthk
 
 and one padding convention: a query that sees no key (a padding token) outputs exactly 0.
 `causal` promises that the mask allows no key after its query (an implementation may skip the
 work above the diagonal; the mask still decides); `block` is the query block size of those that
 work in blocks; `dropout_key` (None: no dropout) and `dropout_rate` drop attention probabilities,
-which only einsum supports. `config.attention_impl` picks the entry of `ATTENTION_IMPLS`:
+which only einsum supports; `bias_bhts` (T5's relative positions) is added to the scaled scores,
+which blockwise does not support. `config.attention_impl` picks the entry of `ATTENTION_IMPLS`:
   einsum       the reference: explicit einsums, float32 logits and softmax. Attention dropout.
   dot_product  `jax.nn.dot_product_attention` with the same boolean mask; JAX picks the backend.
   blockwise    `blockwise_attention.blockwise_attention`: query blocks, causal block skipping and
@@ -30,14 +32,18 @@ from pretrax.modeling.layers import apply_rope
 from pretrax.modeling.projection import bias, compute_dtype, project, weight
 
 
-def attention_mask(segment_ids_bt: jax.Array, causal: bool) -> jax.Array:
-  """[B, T] int segment ids (0 = padding) -> [B, 1, T, T] bool, True where attention is allowed.
+def attention_mask(segment_ids_bt: jax.Array, causal: bool,
+                   key_segment_ids_bs: jax.Array | None = None) -> jax.Array:
+  """[B, T] int segment ids (0 = padding) -> [B, 1, T, S] bool, True where attention is allowed.
 
   Query t may see key s when both belong to the same (non-padding) segment and, if causal, s <= t.
-  Packed documents therefore never see each other.
+  Packed documents therefore never see each other. Keys are the queries themselves (S = T) unless
+  `key_segment_ids_bs` is given: cross-attention, where decoder tokens see the encoder tokens of
+  their own packed example.
   """
-  same = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
-  mask = same & (segment_ids_bt > 0)[:, None, :]
+  keys_bs = segment_ids_bt if key_segment_ids_bs is None else key_segment_ids_bs
+  same = segment_ids_bt[:, :, None] == keys_bs[:, None, :]
+  mask = same & (keys_bs > 0)[:, None, :]
   if causal:
     mask &= jnp.tril(jnp.ones(mask.shape[-2:], bool))
   return mask[:, None]
@@ -51,7 +57,8 @@ def _zero_queries_without_keys(out_bthk: jax.Array, mask_b1ts: jax.Array) -> jax
 
 def einsum_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
                      mask_b1ts: jax.Array, *, causal: bool, block: int, dropout_rate: float = 0.0,
-                     dropout_key: jax.Array | None = None) -> jax.Array:
+                     dropout_key: jax.Array | None = None,
+                     bias_bhts: jax.Array | None = None) -> jax.Array:
   """The reference: [B, T, H, K] queries, [B, S, H, K] keys and values -> [B, T, H, K].
 
   `causal` and `block` are unused: the full [B, H, T, S] scores are computed and masked.
@@ -60,6 +67,8 @@ def einsum_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
   scale = 1.0 / math.sqrt(q_bthk.shape[-1])
   logits_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk,
                            preferred_element_type=jnp.float32) * scale
+  if bias_bhts is not None:
+    logits_bhts = logits_bhts + bias_bhts.astype(jnp.float32)
   # A finite minimum keeps rows with no visible key (padding queries) NaN-free.
   logits_bhts = jnp.where(mask_b1ts, logits_bhts, jnp.finfo(jnp.float32).min)
   probs_bhts = jax.nn.softmax(logits_bhts, axis=-1).astype(q_bthk.dtype)
@@ -75,7 +84,8 @@ def einsum_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
 def dot_product_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
                           mask_b1ts: jax.Array, *, causal: bool, block: int,
                           dropout_rate: float = 0.0,
-                          dropout_key: jax.Array | None = None) -> jax.Array:
+                          dropout_key: jax.Array | None = None,
+                          bias_bhts: jax.Array | None = None) -> jax.Array:
   """`jax.nn.dot_product_attention` with the boolean mask, [B, T, H, K] -> [B, T, H, K].
 
   `causal` and `block` are unused: the mask already holds causality.
@@ -84,7 +94,7 @@ def dot_product_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Arra
   if dropout_key is not None and dropout_rate > 0:
     raise ValueError("attention_impl='dot_product' has no attention dropout; set "
                      "config.model.attention_dropout=0 or config.model.attention_impl=einsum")
-  out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, mask=mask_b1ts,
+  out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, bias=bias_bhts, mask=mask_b1ts,
                                           scale=1.0 / math.sqrt(q_bthk.shape[-1]))
   return _zero_queries_without_keys(out_bthk, mask_b1ts)
 
@@ -96,11 +106,18 @@ ATTENTION_IMPLS = {"einsum": einsum_attention,
 
 
 class MultiHeadAttention(nnx.Module):
-  """Self-attention over [B, T, D]: q/k/v projections [D, H, K], rotary positions if configured,
-  the `config.attention_impl` implementation, output projection [H, K, D]."""
+  """Attention of [B, T, D] queries over themselves (self-attention) or over a [B, S, D] memory
+  (cross-attention, the decoder's view of the encoder): q/k/v projections [D, H, K], rotary
+  positions if configured (self-attention only), the `config.attention_impl` implementation,
+  output projection [H, K, D].
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  `causal` (default config.causal) promises the implementation that the masks it gets allow no
+  later key.
+  """
+
+  def __init__(self, config: ModelConfig, *, causal: bool | None = None, rngs: nnx.Rngs):
     self.config = config
+    self.causal = config.causal if causal is None else causal
     d, h, k = config.d_model, config.num_heads, config.attn_head_dim
     out_std = config.init_std / math.sqrt(2 * config.num_layers)
     self.w_q_dhk = weight(config, (d, h, k), ("embed", "heads", "kv"), rngs=rngs)
@@ -112,22 +129,26 @@ class MultiHeadAttention(nnx.Module):
     self.b_v_hk = bias(config, (h, k), ("heads", "kv"), rngs=rngs)
     self.b_o_d = bias(config, (d,), ("embed",), rngs=rngs)
 
-  def _qkv(self, x_btd: jax.Array, positions_bt: jax.Array):
-    """[B, T, D] -> queries, keys, values [B, T, H, K] (rotated if config.position is rope)."""
+  def _qkv(self, x_btd: jax.Array, positions_bt: jax.Array, memory_bsd: jax.Array | None = None):
+    """[B, T, D] -> queries [B, T, H, K]; keys and values [B, S, H, K] of the memory, or of x
+    itself without one (then rotated with the queries if config.position is rope)."""
     cfg = self.config
     dtype = compute_dtype(cfg)
 
-    def heads(w_dhk, b_hk):
-      y_bthk = project("btd,dhk->bthk", x_btd, w_dhk, b_hk, dtype)
-      return sharding.constrain(y_bthk, ("batch", "length", "heads", "kv"))
+    def heads(y_bsd, w_dhk, b_hk):
+      y_bshk = project("bsd,dhk->bshk", y_bsd, w_dhk, b_hk, dtype)
+      return sharding.constrain(y_bshk, ("batch", "length", "heads", "kv"))
 
-    q_bthk = heads(self.w_q_dhk, self.b_q_hk)
-    k_bthk = heads(self.w_k_dhk, self.b_k_hk)
-    v_bthk = heads(self.w_v_dhk, self.b_v_hk)
-    if cfg.position == "rope":
+    source_bsd = x_btd if memory_bsd is None else memory_bsd
+    q_bthk = heads(x_btd, self.w_q_dhk, self.b_q_hk)
+    k_bshk = heads(source_bsd, self.w_k_dhk, self.b_k_hk)
+    v_bshk = heads(source_bsd, self.w_v_dhk, self.b_v_hk)
+    if cfg.position == "rope" and memory_bsd is None:
       q_bthk = apply_rope(q_bthk, positions_bt, cfg.rope_theta)
-      k_bthk = apply_rope(k_bthk, positions_bt, cfg.rope_theta)
-    return q_bthk, k_bthk, v_bthk
+      k_bshk = apply_rope(k_bshk, positions_bt, cfg.rope_theta)
+    if not cfg.attention_scale:  # cancels the implementations' 1/sqrt(K)
+      q_bthk = q_bthk * jnp.asarray(math.sqrt(cfg.attn_head_dim), q_bthk.dtype)
+    return q_bthk, k_bshk, v_bshk
 
   def _output(self, out_bthk: jax.Array) -> jax.Array:
     out_btd = project("bthk,hkd->btd", out_bthk, self.w_o_hkd, self.b_o_d,
@@ -135,14 +156,16 @@ class MultiHeadAttention(nnx.Module):
     return sharding.constrain(out_btd, ("batch", "length", "embed"))
 
   def __call__(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-    """[B, T, D] -> [B, T, D]; passing `rngs` (with a "dropout" stream) turns dropout on."""
+               rngs: nnx.Rngs | None = None, *, memory_bsd: jax.Array | None = None,
+               bias_bhts: jax.Array | None = None) -> jax.Array:
+    """[B, T, D] -> [B, T, D], attending over `memory_bsd` when given (cross-attention), with
+    `bias_bhts` added to the scores; passing `rngs` (with a "dropout" stream) turns dropout on."""
     cfg = self.config
-    q_bthk, k_bshk, v_bshk = self._qkv(x_btd, positions_bt)
+    q_bthk, k_bshk, v_bshk = self._qkv(x_btd, positions_bt, memory_bsd)
     dropout_key = rngs.dropout() if rngs is not None and cfg.attention_dropout > 0 else None
     out_bthk = ATTENTION_IMPLS[cfg.attention_impl](
-        q_bthk, k_bshk, v_bshk, mask_b1ts, causal=cfg.causal, block=cfg.attention_block,
-        dropout_rate=cfg.attention_dropout, dropout_key=dropout_key)
+        q_bthk, k_bshk, v_bshk, mask_b1ts, causal=self.causal, block=cfg.attention_block,
+        dropout_rate=cfg.attention_dropout, dropout_key=dropout_key, bias_bhts=bias_bhts)
     return self._output(out_bthk)
 
   def cached(self, x_btd: jax.Array, positions_bt: jax.Array, k_cache_bshk: jax.Array,

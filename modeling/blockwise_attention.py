@@ -111,15 +111,20 @@ _blockwise.defvjp(_blockwise_forward, _blockwise_backward)
 def blockwise_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
                         mask_b1ts: jax.Array, *, causal: bool, block: int,
                         dropout_rate: float = 0.0,
-                        dropout_key: jax.Array | None = None) -> jax.Array:
+                        dropout_key: jax.Array | None = None,
+                        bias_bhts: jax.Array | None = None) -> jax.Array:
   """softmax(q·k / sqrt(K) where `mask_b1ts`) · v, [B, T, H, K] -> [B, T, H, K], `block`
   queries at a time.
 
   `causal` promises that the mask allows no key after its query, so the key blocks above the
   diagonal are skipped; the mask still decides within the computed blocks. Scores, softmax and
   log-sum-exp are float32 whatever the input dtype. A query that sees no key outputs 0.
-  There is no attention dropout: a `dropout_key` with a positive `dropout_rate` is an error.
+  There is no attention dropout: a `dropout_key` with a positive `dropout_rate` is an error, and
+  no score bias: `bias_bhts` must be None.
   """
+  if bias_bhts is not None:
+    raise ValueError("attention_impl='blockwise' takes no score bias (config.model.position="
+                     "'relative'); use config.model.attention_impl=einsum or dot_product")
   if dropout_key is not None and dropout_rate > 0:
     raise ValueError("attention_impl='blockwise' has no attention dropout; set "
                      "config.model.attention_dropout=0 or config.model.attention_impl=einsum")

@@ -5,8 +5,8 @@ import dataclasses
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "swiglu", "geglu")
-POSITIONS = ("learned", "rope")
-FAMILIES = ("gpt", "bert")
+POSITIONS = ("learned", "rope", "sinusoidal", "relative")
+FAMILIES = ("gpt", "bert", "encoder_decoder")
 ATTENTION_IMPLS = ("einsum", "dot_product", "blockwise")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16")
@@ -19,10 +19,11 @@ class ModelConfig:
   Each switch lives here and nowhere else: an ablation is one override, e.g.
   `--config.model.norm=rmsnorm`.
   """
-  family: str = "gpt"          # gpt: causal decoder, tied LM head | bert: bidirectional encoder, MLM + NSP heads
+  family: str = "gpt"          # gpt: causal decoder, tied LM head | bert: bidirectional encoder, MLM + NSP heads | encoder_decoder: Transformer, BART, T5
   vocab_size: int = 0          # 0: the tokenizer's vocabulary rounded up to a multiple of 128
   max_seq_len: int = 1024      # rows of the learned position table (and the longest input)
-  num_layers: int = 12
+  num_layers: int = 12         # blocks (encoder_decoder: the encoder's)
+  decoder_layers: int = 0      # encoder_decoder: the decoder's blocks; 0: num_layers
   num_heads: int = 12
   d_model: int = 768
   d_ff: int = 0                # MLP hidden width; 0: 4 * d_model
@@ -31,8 +32,15 @@ class ModelConfig:
   norm_position: str = "pre"   # pre (GPT-2: norm inside the residual branch) | post (original Transformer)
   norm_eps: float = 1e-5
   activation: str = "gelu_tanh"  # gelu_tanh (GPT-2) | gelu (erf) | relu | swiglu | geglu (gated MLPs)
-  position: str = "learned"    # learned (GPT-2 table) | rope (rotary, no table)
+  position: str = "learned"    # learned (GPT-2 table) | rope (rotary) | sinusoidal (Transformer) | relative (T5's bucketed bias, one table per stack)
   rope_theta: float = 10_000.0
+  relative_buckets: int = 32   # relative: buckets of the bias table (half per direction in the encoder)
+  relative_max_distance: int = 128  # relative: distances from here on share the last bucket
+  embed_scale: bool = False    # token embeddings times sqrt(d_model) (Transformer)
+  attention_scale: bool = True  # scores divided by sqrt(head_dim); False: T5 (folded into its init)
+  tie_embeddings: bool = True  # encoder_decoder: the LM head is the token embedding; False: a head of its own (T5 v1.1)
+  tied_logit_scale: bool = False  # tied head: hidden states times d_model**-0.5 before it (T5 v1.0)
+  final_logits_bias: bool = False  # a [V] bias added to the logits (BART)
   use_bias: bool = True        # biases on dense layers and norms (GPT-2 has them)
   type_vocab_size: int = 0     # token-type (sentence A/B) embeddings; 0: none (GPT), 2: BERT
   embed_norm: bool = False     # a norm right after the summed embeddings (BERT)
@@ -48,6 +56,10 @@ class ModelConfig:
   @property
   def causal(self) -> bool:
     return self.family == "gpt"
+
+  @property
+  def num_decoder_layers(self) -> int:
+    return self.decoder_layers or self.num_layers
 
   @property
   def mlp_dim(self) -> int:
@@ -66,10 +78,11 @@ class ModelConfig:
       value = getattr(self, name)
       if value not in allowed:
         raise ValueError(f"config.model.{name}={value!r} is not one of {', '.join(allowed)}")
-    for name in ("num_layers", "num_heads", "d_model", "max_seq_len"):
+    for name in ("num_layers", "num_heads", "d_model", "max_seq_len", "relative_buckets",
+                 "relative_max_distance"):
       if getattr(self, name) <= 0:
         raise ValueError(f"config.model.{name} must be positive, got {getattr(self, name)}")
-    for name in ("vocab_size", "d_ff", "head_dim", "type_vocab_size"):
+    for name in ("vocab_size", "d_ff", "head_dim", "type_vocab_size", "decoder_layers"):
       if getattr(self, name) < 0:
         raise ValueError(f"config.model.{name} must be >= 0, got {getattr(self, name)}")
     if not self.head_dim and self.d_model % self.num_heads:
@@ -83,6 +96,22 @@ class ModelConfig:
                        f"dropout (config.model.attention_dropout={self.attention_dropout}): only "
                        "the einsum path has it; set config.model.attention_dropout=0 or "
                        "config.model.attention_impl=einsum")
+    if self.position == "relative" and self.attention_impl == "blockwise":
+      raise ValueError("config.model.position='relative' adds a bias to the attention scores, "
+                       "which config.model.attention_impl='blockwise' does not take; use einsum "
+                       "or dot_product")
+    if self.family != "encoder_decoder":
+      for name, default in (("decoder_layers", 0), ("tie_embeddings", True),
+                            ("tied_logit_scale", False), ("final_logits_bias", False)):
+        if getattr(self, name) != default:
+          raise ValueError(f"config.model.{name}={getattr(self, name)!r} is a switch of "
+                           f"config.model.family='encoder_decoder', not of {self.family!r}")
+      if self.position == "relative":
+        raise ValueError("config.model.position='relative' is implemented for "
+                         "config.model.family='encoder_decoder' only")
+    if self.tied_logit_scale and not self.tie_embeddings:
+      raise ValueError("config.model.tied_logit_scale scales the tied LM head, but "
+                       "config.model.tie_embeddings=False")
     if self.attention_block <= 0:
       raise ValueError(f"config.model.attention_block must be positive, got {self.attention_block}")
     for name in ("dropout", "attention_dropout"):

@@ -3,18 +3,10 @@
 What differs between the two lives in the config (causality, token types, embedding norm, norm
 placement, activation) and in the heads their subclasses add.
 
-How the blocks run is decided here and nowhere else (`Transformer.run_blocks`):
-  config.remat        none: keep every activation for the backward pass | full: keep only each
-                      block's input and recompute the rest | dots: also keep the outputs of the
-                      weight matmuls (q/k/v/o, MLP in/out) and recompute the attention scores and
-                      elementwise ops (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
-  config.scan_layers  one `lax.scan` over the layers instead of an unrolled Python loop: one
-                      compiled block. The parameter layout stays `blocks[i]...` (checkpoints, HF
-                      export and sharding rules are unchanged); the per-layer weights are stacked
-                      into [L, ...] at call time, which costs one extra copy of the block weights.
-Every combination computes the same function; dropout draws layer i's masks from
-fold_in(key, i) in all of them, so they also agree with dropout on.
+How the blocks run (config.remat, config.scan_layers) is decided by `blocks.run_blocks`.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -22,20 +14,16 @@ from flax import nnx
 
 from pretrax.modeling import sharding
 from pretrax.modeling.attention import attention_mask
-from pretrax.modeling.blocks import TransformerBlock
+from pretrax.modeling.blocks import TransformerBlock, run_blocks
 from pretrax.modeling.config import ModelConfig
 from pretrax.modeling.layers import Norm
+from pretrax.modeling.positions import sinusoidal_positions
 from pretrax.modeling.projection import compute_dtype
-
-# config.remat -> what the backward pass keeps from the forward pass of a block.
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class Transformer(nnx.Module):
-  """Token (+ position, + token-type) embeddings -> blocks -> final norm (pre-LN only).
+  """Token (times sqrt(d) if config.embed_scale; + position, + token-type) embeddings -> blocks
+  -> final norm (pre-LN only).
 
   Build it with `models.build`, which validates the config once for the whole model.
   """
@@ -91,8 +79,12 @@ class Transformer(nnx.Module):
     configured, in the compute dtype)."""
     cfg = self.config
     x_btd = jnp.take(self.token_embed_vd[...], inputs_bt, axis=0)
+    if cfg.embed_scale:
+      x_btd = x_btd * math.sqrt(cfg.d_model)
     if cfg.position == "learned":
       x_btd = x_btd + jnp.take(self.position_embed_pd[...], positions_bt, axis=0)
+    elif cfg.position == "sinusoidal":
+      x_btd = x_btd + sinusoidal_positions(positions_bt, cfg.d_model)
     if cfg.type_vocab_size:
       types_bt = jnp.zeros_like(inputs_bt) if token_type_ids_bt is None else token_type_ids_bt
       x_btd = x_btd + jnp.take(self.type_embed_yd[...], types_bt, axis=0)
@@ -133,44 +125,9 @@ class Transformer(nnx.Module):
 
   def run_blocks(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
-    """[B, T, D] -> [B, T, D] through every block, with config.remat and config.scan_layers."""
-    cfg = self.config
-    layers_key = None if rngs is None else rngs.dropout()  # layer i draws from fold_in(key, i)
-    graphdef, state = nnx.split(self.blocks[0])
-    treedef = jax.tree.structure(state)
-
-    def layer(leaves, x_btd, index):
-      block = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-      layer_rngs = (None if layers_key is None
-                    else nnx.Rngs(dropout=jax.random.fold_in(layers_key, index)))
-      return block(x_btd, mask_b1ts, positions_bt, layer_rngs)
-
-    if cfg.remat != "none":
-      # Inside a scan, CSE cannot merge the recomputation into the forward pass anyway.
-      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat],
-                             prevent_cse=not cfg.scan_layers)
-    per_layer = []
-    for block in self.blocks:
-      variables = jax.tree.leaves(nnx.state(block), is_leaf=lambda x: isinstance(x, nnx.Variable))
-      if jax.tree.structure(nnx.state(block)) != treedef:
-        raise ValueError("the transformer blocks differ in structure; they must be identical")
-      per_layer.append([v.get_value() for v in variables])
-    if not cfg.scan_layers:
-      for index, leaves in enumerate(per_layer):
-        x_btd = layer(leaves, x_btd, jnp.int32(index))
-      return x_btd
-    # [L, ...] weights, each sharded like its per-layer parameter (replicated along L): without
-    # the constraint the compiler may gather a stacked FSDP weight in full.
-    names = [v.get_metadata().get("out_sharding") or (None,) * len(v.shape) for v in variables]
-    stacked = [sharding.constrain(jnp.stack(ws), (None, *n))
-               for ws, n in zip(zip(*per_layer), names)]
-
-    def body(x_btd, leaves_and_index):
-      leaves, index = leaves_and_index
-      return layer(leaves, x_btd, index), None
-
-    x_btd, _ = jax.lax.scan(body, x_btd, (stacked, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
-    return x_btd
+    """[B, T, D] -> [B, T, D] through every block (`blocks.run_blocks`)."""
+    return run_blocks(self.blocks, self.config, x_btd, rngs, mask_b1ts=mask_b1ts,
+                      positions_bt=positions_bt)
 
   def tied_logits(self, hidden_xd: jax.Array) -> jax.Array:
     """[..., D] -> [..., V] float32 logits through the (tied) token embedding."""

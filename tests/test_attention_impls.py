@@ -111,7 +111,8 @@ def test_the_layer_calls_the_configured_implementation(monkeypatch):
                       lambda q, k, v, m, **knobs: calls.append(knobs) or jnp.zeros_like(q))
   mask_b1ts = attention_mask(jnp.asarray(SEGMENT_IDS_BT), causal=True)
   layer(jnp.ones((2, 16, 32)), mask_b1ts, jnp.zeros((2, 16), jnp.int32))
-  assert calls == [{"causal": True, "block": 3, "dropout_rate": 0.0, "dropout_key": None}]
+  assert calls == [{"causal": True, "block": 3, "dropout_rate": 0.0, "dropout_key": None,
+                    "bias_bhts": None}]
 
 
 # ---- The parameter tree, pinned by hand: path -> (shape, logical axes). ----
