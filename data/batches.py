@@ -7,17 +7,21 @@ that is one integer, checkpointed with the model. What is drawn from a row as it
   mlm               its masks (bert_pipeline.MaskedRows)
   mlm+nsp, mlm+sop  a sentence pair and its masks, from a row of sentences
                     (bert_pipeline.SentencePairs; both objectives read the same rows)
+  denoise           BART's noise of a row of sentences (seq2seq_pipeline.DenoisedRows)
+  span_corruption   T5's noise of a raw row (seq2seq_pipeline.SpanCorruptedRows)
 The rows come from a split of config.data.source (data/sources.py).
 """
 
 import os
 
-from pretrax.data import bert_pipeline, global_batches, packing, row_store, sources
+from pretrax.data import (bert_pipeline, global_batches, packing, row_store, seq2seq_pipeline,
+                          sources)
 from pretrax.data.config import DataConfig
 from pretrax.data.errors import InputError
 
 ROWS_DIR = "pretrax_rows"  # packed rows live in DATA_DIR/pretrax_rows/ unless data.rows_dir says
-ROW_KINDS = {"causal": "causal", **bert_pipeline.ROW_KINDS}  # objective -> row kind
+ROW_KINDS = {"causal": "causal", **bert_pipeline.ROW_KINDS,
+             **seq2seq_pipeline.ROW_KINDS}  # objective -> row kind
 
 
 def packed_rows(config: DataConfig, tokenizer, split: str) -> row_store.RowStore:
@@ -25,7 +29,8 @@ def packed_rows(config: DataConfig, tokenizer, split: str) -> row_store.RowStore
   if config.objective not in ROW_KINDS:
     raise InputError(f"data.objective={config.objective!r} has no pretraining rows; choose one "
                      f"of {' | '.join(ROW_KINDS)}")
-  spec = row_store.RowSpec(kind=ROW_KINDS[config.objective], seq_len=config.seq_len,
+  seq_len = seq2seq_pipeline.row_seq_len(config)
+  spec = row_store.RowSpec(kind=ROW_KINDS[config.objective], seq_len=seq_len,
                            corpus=sources.describe_corpus(config, split), split=split,
                            tokenizer=tokenizer.describe(), shard_mb=config.build_shard_mb)
   return row_store.ensure_built(
@@ -48,16 +53,20 @@ def pretraining_batches(config: DataConfig, tokenizer, split: str, *, global_bat
   `num_batches` if given.
   """
   rows = global_batches.process_slice(global_batch_size, process_index, process_count)
+  # The settings are checked before a build, not after.
   if config.objective == "causal":
     packing.check_seq_len(config.seq_len)
-  elif config.objective in bert_pipeline.OBJECTIVES:
-    bert_pipeline.check_config(config, tokenizer)  # before a build, not after
-  store = packed_rows(config, tokenizer, split)
-  if config.objective == "causal":
     make_examples = _causal_examples
   elif config.objective == "mlm":
     make_examples = bert_pipeline.MaskedRows(tokenizer, config, seed)
-  else:
+  elif config.objective in bert_pipeline.PAIR_OBJECTIVES:
+    bert_pipeline.check_config(config, tokenizer)
+  elif config.objective == "denoise":
+    make_examples = seq2seq_pipeline.DenoisedRows(tokenizer, config, seed)
+  elif config.objective == "span_corruption":
+    make_examples = seq2seq_pipeline.SpanCorruptedRows(tokenizer, config, seed)
+  store = packed_rows(config, tokenizer, split)
+  if config.objective in bert_pipeline.PAIR_OBJECTIVES:
     make_examples = bert_pipeline.SentencePairs(store, tokenizer, config, seed)
   return global_batches.GlobalBatches(
       store, make_examples, global_batch_size=global_batch_size, rows=rows, seed=seed,

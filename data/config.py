@@ -22,12 +22,21 @@ class DataConfig:
   # What the batches teach. causal: next-token targets (GPT). mlm: masked tokens in packed rows
   # (RoBERTa style). mlm+nsp: masked tokens in [CLS] A [SEP] B [SEP] pairs, B the true next
   # span or a random one (original BERT). mlm+sop: the same pairs, B after A or swapped (ALBERT).
+  # Encoder-decoders: denoise: BART's text infilling and sentence permutation, the original text
+  # as targets. span_corruption: T5's, noise spans replaced by sentinels, the spans as targets.
   objective: str = "causal"
   mask_rate: float = 0.15      # share of non-special tokens chosen for prediction
   mask_token_rate: float = 0.8   # of the chosen: replaced by [MASK]
   random_token_rate: float = 0.1  # of the chosen: replaced by a random token (the rest stay)
   max_predictions_per_seq: int = 20  # at most this many chosen per row (BERT: 20 at 128, 80 at 512)
   whole_word_masking: bool = False   # choose whole words (all their pieces) instead of pieces
+  denoise_mask_ratio: float = 0.3    # denoise: share of words masked, in spans
+  denoise_poisson_lambda: float = 3.0  # denoise: span lengths in words ~ Poisson(lambda); 0-length spans insert a mask
+  denoise_random_ratio: float = 0.1  # denoise: share of the span masks that are a random token instead
+  denoise_permute_sentences: bool = True  # denoise: shuffle the sentences of each row first
+  noise_density: float = 0.15        # span_corruption: share of tokens in noise spans
+  mean_noise_span_length: float = 3.0  # span_corruption: mean tokens per noise span
+  extra_ids: int = 100               # span_corruption: sentinel ids after the tokenizer's vocabulary, counting down from the last
   # Fine-tuning examples: a JSONL file ({"text", optional "text_b", "label"}) or tfds:NAME[:SPLIT].
   train: str = ""
   eval: str = ""

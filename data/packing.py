@@ -21,6 +21,10 @@ Framed rows (BERT's mlm). A row holds `seq_len` slots; each document (ids only) 
 piece framed by its own [CLS] ... [SEP] (a piece holds at most seq_len - 2 tokens); fewer than 3
 free slots are left as padding. Empty documents add nothing.
 
+Stream rows (T5's raw rows). A row holds `seq_len` slots filled with documents one after another
+(each already `ids + [eos]`), a document that does not fit continuing in the next row with no
+overlap; segment ids still count the documents (pieces) of a row.
+
 `pack_blocks` packs a stream into blocks of rows (what data/row_store.py writes);
 `pack_documents` packs a list into causal examples.
 """
@@ -49,17 +53,17 @@ def _as_tokens(doc: Any) -> np.ndarray:
 
 
 def pack_blocks(docs: Iterable[np.ndarray], seq_len: int, *, framed: bool = False,
-                cls_id: int = 0, sep_id: int = 0, dtype=np.int32,
+                stream: bool = False, cls_id: int = 0, sep_id: int = 0, dtype=np.int32,
                 block_rows: int = 64) -> Iterator[np.ndarray]:
   """Packs token arrays lazily into rows (see module doc): yields blocks [n, 2, L] of `dtype`,
   row i's token ids at [i, 0] and its segment ids (0 = padding) at [i, 1]; L = seq_len + 1
-  (causal) or seq_len (framed). Positions follow from the segment ids (`segment_positions`)."""
+  (causal) or seq_len (framed, stream). Positions follow from the segment ids (`segment_positions`)."""
   check_seq_len(seq_len)
   if framed and seq_len < 3:
     raise InputError(f"seq_len must be >= 3 for [CLS] token [SEP] rows (data.seq_len), got "
                      f"{seq_len}")
-  width = seq_len if framed else seq_len + 1
-  least = 3 if framed else 2  # fewer free slots than this: the row is finished
+  width = seq_len if framed or stream else seq_len + 1
+  least = 3 if framed else 1 if stream else 2  # fewer free slots than this: the row is finished
   block = np.zeros((block_rows, 2, width), dtype)
   r = fill = segment = 0
   for doc in docs:
@@ -83,8 +87,8 @@ def pack_blocks(docs: Iterable[np.ndarray], seq_len: int, *, framed: bool = Fals
         take = min(n - offset, width - fill)
         end = fill + take
         block[r, 0, fill:end] = doc[offset:offset + take]
-        # A continuation repeats the last token placed, so it is a target exactly once.
-        offset = n if offset + take == n else offset + take - 1
+        # A causal continuation repeats the last token placed, so it is a target exactly once.
+        offset += take if stream or offset + take == n else take - 1
       block[r, 1, fill:end] = segment
       fill = end
   if fill:

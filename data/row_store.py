@@ -6,7 +6,7 @@ process. A build lives in ROOT/NAME/ (ROOT = config.data.rows_dir, else DATA_DIR
   rows-SSSSS.array_record  one record per row: its L token ids, then its L segment ids (0 =
                            padding), little-endian, of the dtype in the manifest. Positions are
                            not stored: they restart at 0 in each segment (packing.segment_positions).
-                           Rows of sentences (kind "pairs") end with their document's index in
+                           Rows of sentences (kinds "pairs", "sentences") end with their document's index in
                            the split (uint64), and their segment ids number the sentences
   manifest.json            written last: what the rows are (`RowSpec`), each shard's rows,
                            documents, text bytes, file size and CRC32, and the build's figures
@@ -49,7 +49,7 @@ from pretrax.data.errors import InputError
 log = logging.getLogger("pretrax")
 
 FORMAT = 1            # bump when the record layout or the packing changes
-KINDS = ("causal", "mlm", "pairs")  # how documents become rows (see `RowSpec.kind`)
+KINDS = ("causal", "mlm", "pairs", "sentences", "stream")  # how documents become rows (see `RowSpec.kind`)
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"  # size and mtime of each file whose CRC32 was checked
 READ_DOCUMENTS = 64   # documents read, tokenized and packed at a time: what bounds a worker's memory
@@ -74,6 +74,11 @@ class RowSpec:
     pairs -- documents become chunks of whole sentences, one per row of L = seq_len - 3 slots
     (data/sentences.py), each row with its document's index; BERT's sentence pairs and masks are
     drawn when the rows are read.
+    sentences -- the rows of pairs, of L = seq_len - 2 slots (room for `[bos] ... [eos]`); BART's
+    noise is drawn when the rows are read.
+    stream -- documents become `ids + [eos]`, concatenated and cut into rows of L = seq_len slots
+    with no overlap (T5's raw rows; seq_len is the raw length, not the encoder's); span
+    corruption is drawn when the rows are read.
   """
   kind: str
   seq_len: int
@@ -84,12 +89,13 @@ class RowSpec:
 
   @property
   def row_len(self) -> int:
-    return {"causal": self.seq_len + 1, "pairs": self.seq_len - 3}.get(self.kind, self.seq_len)
+    return {"causal": self.seq_len + 1, "pairs": self.seq_len - 3,
+            "sentences": self.seq_len - 2}.get(self.kind, self.seq_len)
 
   @property
   def has_documents(self) -> bool:
     """Whether each row records its document's index."""
-    return self.kind == "pairs"
+    return self.kind in ("pairs", "sentences")
 
   def key(self) -> str:
     text = json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
@@ -139,19 +145,24 @@ def _document_texts(job: _ShardJob, counts: dict) -> Iterator[tuple[int, list[st
 
 
 def _document_tokens(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
-  """The shard's documents as token ids (causal: `[bos] + ids + [eos]`)."""
-  causal = job.spec.kind == "causal"
+  """The shard's documents as token ids (causal: `[bos] + ids + [eos]`; stream: `ids + [eos]`)."""
+  kind = job.spec.kind
   bos = np.array([job.tokenizer.bos_id], np.int32)
   eos = np.array([job.tokenizer.eos_id], np.int32)
   for _, texts in _document_texts(job, counts):
     for ids in job.tokenizer.encode_batch(texts):
-      yield np.concatenate([bos, ids, eos]) if causal else ids
+      if kind == "causal":
+        yield np.concatenate([bos, ids, eos])
+      elif kind == "stream":
+        yield np.concatenate([ids, eos])
+      else:
+        yield ids
 
 
 def _records(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
   """Blocks of the shard's records: arrays whose items' bytes are the records."""
   dtype = np.dtype(job.dtype)
-  if job.spec.kind == "pairs":
+  if job.spec.has_documents:
     record = _record_dtype(job.dtype, job.spec.row_len, has_documents=True)
     documents = ((first + i, doc) for first, texts in _document_texts(job, counts)
                  for i, doc in enumerate(sentences.document_sentences(texts, job.tokenizer)))
@@ -161,7 +172,8 @@ def _records(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
       yield block
     return
   yield from packing.pack_blocks(_document_tokens(job, counts), job.spec.seq_len,
-                                 framed=job.spec.kind == "mlm", cls_id=job.tokenizer.cls_id,
+                                 framed=job.spec.kind == "mlm", stream=job.spec.kind == "stream",
+                                 cls_id=job.tokenizer.cls_id,
                                  sep_id=job.tokenizer.sep_id, dtype=dtype)
 
 

@@ -121,6 +121,26 @@ def tiny_bert_config(tiny_gpt_config):
   return make
 
 
+@pytest.fixture(scope="session")
+def tiny_seq2seq_config(tiny_gpt_config):
+  """tiny_seq2seq_config(root, preset="t5:tiny", **overrides): the same corpus and sizes for a
+  1+1-layer encoder-decoder of the preset's family and objective."""
+  from pretrax.training import config as config_lib
+
+  def make(root, preset="t5:tiny", **overrides):
+    gpt = tiny_gpt_config(root)
+    base = {"data.source": gpt.data.source, "data.data_dir": gpt.data.data_dir,
+            "model.num_layers": "1", "model.d_model": "32", "model.num_heads": "2",
+            "model.head_dim": "16", "model.d_ff": "64", "model.max_seq_len": "32",
+            "data.seq_len": "32", "train.batch_size": "8", "train.steps": "8",
+            "train.log_every": "2", "train.eval_every": "4", "train.eval_steps": "2",
+            "checkpoint.every": "4", "optimizer.warmup_steps": "2",
+            "optimizer.learning_rate": "3e-3"}
+    return config_lib.apply_overrides(config_lib.load_preset(preset), base | overrides)
+
+  return make
+
+
 # Metrics that do not depend on timing: equal runs agree on them exactly.
 DETERMINISTIC = ("step", "loss", "accuracy", "lr", "grad_norm", "eval_loss", "eval_accuracy",
                  "eval_bits_per_byte")

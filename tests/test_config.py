@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from pretrax.cli import main as cli
-from pretrax.modeling.gpt import GPT
+from pretrax.modeling import models
 from pretrax.training import config as config_lib
 from pretrax.training.config import ConfigError
 
@@ -27,14 +27,14 @@ def test_every_preset_loads_validates_and_builds(spec):
   config = config_lib.load_preset(spec)
   config.model.vocab_size = config.model.vocab_size or 384
   config_lib.validate(config)
-  abstract = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: models.build_model(config.model))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract))) > 0
 
 
 def test_gpt2_124m_has_gpt2_small_parameter_count():
   config = config_lib.load_preset("gpt:gpt2_124m")
   config.model.vocab_size = 50_257  # GPT-2's own vocabulary: 124,439,808 parameters
-  abstract = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: models.build_model(config.model))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract))) == 124_439_808
 
 
@@ -122,7 +122,8 @@ def test_unknown_variant_and_missing_file():
 def test_presets_resolve_by_name_from_any_directory_and_equal_their_files(tmp_path, repo_dir,
                                                                           monkeypatch):
   monkeypatch.chdir(tmp_path)  # no configs/ folder here
-  assert config_lib.available_presets() == ["bert", "finetune", "gpt"]
+  assert config_lib.available_presets() == ["bart", "bert", "finetune", "gpt", "t5",
+                                            "transformer"]
   by_name = config_lib.load_preset("bert:base")
   by_file = config_lib.load_preset(os.path.join(repo_dir, "configs", "bert.py") + ":base")
   assert by_name == by_file and by_name.model.num_layers == 12

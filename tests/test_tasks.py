@@ -114,6 +114,7 @@ def test_a_task_refuses_a_model_family_it_does_not_train(counting, tmp_path):
     trainer.train(config_lib.apply_overrides(counting, {"data.objective": "mlm"}),
                   str(tmp_path / "run"))
   with pytest.raises(ConfigError, match="'nonsense' is not a task pretrax knows; choose one of "
-                                        "causal, mlm, mlm\\+nsp, mlm\\+sop, classify, counting"):
+                                        "causal, mlm, mlm\\+nsp, mlm\\+sop, denoise, "
+                                        "span_corruption, classify, counting"):
     trainer.train(config_lib.apply_overrides(counting, {"data.objective": "nonsense"}),
                   str(tmp_path / "run"))

@@ -68,6 +68,7 @@ class TrainConfig:
                                 # holding [B, T, V] float32 logits at once; 0: all positions at once
   compile_cache_dir: str = ""   # JAX persistent compilation cache ("": $PRETRAX_COMPILE_CACHE,
                                 # else ~/.cache/pretrax/xla; "off": none)
+  label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary (the Transformer: 0.1); eval losses stay unsmoothed
   nonfinite: str = "skip"       # a non-finite loss or gradient: skip (drop the update) | stop
   max_nonfinite_skips: int = 5  # with skip: abort after this many consecutive skipped steps
 
@@ -401,6 +402,8 @@ def validate(config: Config) -> None:
   if t.loss_chunk_size < 0 or (t.loss_chunk_size and d.seq_len % t.loss_chunk_size):
     raise ConfigError(f"config.train.loss_chunk_size={t.loss_chunk_size} must be 0 or divide "
                       f"config.data.seq_len={d.seq_len}")
+  if not 0.0 <= t.label_smoothing < 1.0:
+    raise ConfigError(f"config.train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
   if t.nonfinite not in ("skip", "stop") or t.max_nonfinite_skips <= 0:
     raise ConfigError(f"config.train.nonfinite={t.nonfinite!r} must be skip or stop, and "
                       f"config.train.max_nonfinite_skips={t.max_nonfinite_skips} positive")

@@ -10,13 +10,22 @@ import jax.numpy as jnp
 
 
 def cross_entropy_sums(logits_xv: jax.Array, targets_x: jax.Array,
-                       weights_x: jax.Array, prefix: str = "") -> dict[str, jax.Array]:
-  """Weighted sums of token loss (nats), correct argmax predictions and weights, all float32."""
+                       weights_x: jax.Array, prefix: str = "",
+                       label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+  """Weighted sums of token loss (nats), correct argmax predictions and weights, all float32.
+
+  With `label_smoothing` ε the loss is the cross-entropy against (1 - ε)·one-hot + ε/V: the
+  target's -log p weighted 1 - ε plus ε times the mean of -log p over the V ids.
+  """
   logits_xv = logits_xv.astype(jnp.float32)
   log_z_x = jax.nn.logsumexp(logits_xv, axis=-1)
   target_logit_x = jnp.take_along_axis(logits_xv, targets_x[..., None], axis=-1)[..., 0]
   correct_x = (jnp.argmax(logits_xv, axis=-1) == targets_x).astype(jnp.float32)
-  return {f"{prefix}loss_sum": jnp.sum((log_z_x - target_logit_x) * weights_x),
+  loss_x = log_z_x - target_logit_x
+  if label_smoothing:
+    loss_x = (1.0 - label_smoothing) * loss_x + label_smoothing * (
+        log_z_x - jnp.mean(logits_xv, axis=-1))
+  return {f"{prefix}loss_sum": jnp.sum(loss_x * weights_x),
           f"{prefix}correct_sum": jnp.sum(correct_x * weights_x),
           f"{prefix}weight_sum": jnp.sum(weights_x).astype(jnp.float32)}
 

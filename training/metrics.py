@@ -56,6 +56,30 @@ def flops_per_token(config: ModelConfig, n_params: int, seq_len: int, data=None)
   return 6.0 * (n_params - head) + attention + 6.0 * head * predictions / seq_len
 
 
+def encoder_decoder_flops_per_token(config: ModelConfig, encoder_len: int,
+                                    decoder_len: int) -> float:
+  """Training FLOPs per token of an encoder-decoder, a token being one encoder or one decoder
+  position (S + T per example; forward + backward = 3 × forward, 2 FLOPs per multiply-add):
+
+    6·S·(L_e·P_block + 2·L_e·a·S)             encoder: weight matmuls, scores and values
+    + 6·T·(L_d·(P_block + 2·d·a) + 2·L_d·a·(T + S) + d·V)
+                                              decoder: self-attention and MLP, cross-attention's
+                                              q and o, its scores over S keys, the LM head
+    + 6·S·L_d·2·d·a                           cross-attention's keys and values of the S inputs
+  all over S + T, with P_block = 4·d·a + (2 or 3 for gated MLPs)·d·f the weights of one block's
+  attention and MLP, a = heads × head_dim, f the MLP width. Embedding lookups, norms and biases
+  are left out.
+  """
+  d, a, f = config.d_model, config.num_heads * config.attn_head_dim, config.mlp_dim
+  mlp_mats = 3 if config.activation in ("swiglu", "geglu") else 2
+  block = 4 * d * a + mlp_mats * d * f
+  l_e, l_d, s, t = config.num_layers, config.num_decoder_layers, encoder_len, decoder_len
+  encoder = s * (l_e * block + 2 * l_e * a * s)
+  decoder = t * (l_d * (block + 2 * d * a) + 2 * l_d * a * (t + s) + d * config.vocab_size)
+  cross_kv = s * l_d * 2 * d * a
+  return 6.0 * (encoder + decoder + cross_kv) / (s + t)
+
+
 def table_peak_flops(device_kind: str) -> float | None:
   """PEAK_FLOPS of the longest key inside `device_kind` (case-insensitive), or None."""
   kind = device_kind.lower()

@@ -31,9 +31,10 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
 DECAY_RULES = (
     (r"w_.*", True),                          # Dense / attention / MLP kernels
     (r"token_embed_.*", True),                # the token embedding, tied to the LM head
-    (r"b_.*|bias_.*|mlm_bias_.*", False),     # biases of dense layers, norms, the MLM head
+    (r"lm_head_.*", True),                    # an untied LM head
+    (r"b_.*|bias_.*|mlm_bias_.*|final_logits_bias_.*", False),  # biases, also of heads
     (r"scale_.*", False),                     # norm scales
-    (r"position_embed_.*|type_embed_.*", False),
+    (r"position_embed_.*|type_embed_.*|table_.*", False),  # position tables, T5's bias buckets
 )
 
 

@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from pretrax.data import sources, tokenizers
+from pretrax.data import seq2seq_pipeline, sources, tokenizers
 from pretrax.training import config as config_lib, distributed
 from pretrax.training.config import Config, ConfigError
 
@@ -245,13 +245,16 @@ def prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
 
 
 def resolve_vocab(config: Config, tokenizer: tokenizers.Tokenizer) -> Config:
-  """Fills model.vocab_size from the tokenizer (rounded up to 128) and checks it is big enough."""
+  """Fills model.vocab_size from the tokenizer (and span_corruption's data.extra_ids sentinels),
+  rounded up to 128, and checks it is big enough."""
+  needed = seq2seq_pipeline.sentinel_vocab(config.data, tokenizer)
+  what = ("the tokenizer's vocabulary" if needed == tokenizer.vocab_size else
+          f"the tokenizer's vocabulary and data.extra_ids={config.data.extra_ids} sentinels")
   if config.model.vocab_size == 0:
-    config.model.vocab_size = -(-tokenizer.vocab_size // 128) * 128
-  elif config.model.vocab_size < tokenizer.vocab_size:
-    raise ConfigError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the "
-                      f"tokenizer's vocabulary ({tokenizer.vocab_size}); set it to 0 (automatic) "
-                      f"or at least {tokenizer.vocab_size}")
+    config.model.vocab_size = -(-needed // 128) * 128
+  elif config.model.vocab_size < needed:
+    raise ConfigError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
+                      f"{what} ({needed}); set it to 0 (automatic) or at least {needed}")
   return config
 
 

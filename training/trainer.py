@@ -251,7 +251,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
     peak = metrics_lib.mesh_peak_flops(mesh.devices.flat, tc.peak_flops)
     if jax.process_index() == 0:
       print(f"pretrax: {task.describe()}, {n_params / 1e6:.2f}M params, mesh "
-            f"{dict(mesh.shape)}, {tc.batch_size}x{config.data.seq_len} tokens/step, "
+            f"{dict(mesh.shape)}, {task.describe_step()}, "
             f"{mesh.size} {mesh.devices.flat[0].platform} device(s), workdir {workdir}",
             flush=True)
 

@@ -10,12 +10,15 @@ from pretrax.training.tasks.base import Task, task_name
 from pretrax.training.tasks.causal_lm import CausalLM
 from pretrax.training.tasks.classification import Classification
 from pretrax.training.tasks.masked_lm import MaskedLM
+from pretrax.training.tasks.seq2seq_lm import Seq2SeqLM
 
 TASKS: dict[str, type[Task]] = {
     "causal": CausalLM,
     "mlm": MaskedLM,
     "mlm+nsp": MaskedLM,
     "mlm+sop": MaskedLM,
+    "denoise": Seq2SeqLM,
+    "span_corruption": Seq2SeqLM,
     "classify": Classification,
 }
 

@@ -163,3 +163,7 @@ class Task(abc.ABC):
   def describe(self) -> str:
     """What is trained, for the start-up line."""
     return f"{self.config.model.family} ({self.config.data.objective})"
+
+  def describe_step(self) -> str:
+    """The tokens of a step, for the start-up line."""
+    return f"{self.config.train.batch_size}x{self.config.data.seq_len} tokens/step"
