@@ -1,15 +1,16 @@
 """Exporting a run (to Hugging Face, or as a params-only checkpoint) and importing HF models.
 
   pretrax export --workdir=RUN --format=hf --output=OUT [--step=N]
-      OUT/config.json, OUT/model.safetensors: `GPT2LMHeadModel` / `BertForPreTraining`
-      (`from_pretrained(OUT)`), plus the tokenizer (tokenizer.model for SentencePiece) and
-      pretrax_tokenizer.json / pretrax_config.json, which `pretrax import` reads back.
+      OUT/config.json, OUT/model.safetensors: `GPT2LMHeadModel` / `BertForPreTraining` /
+      `BartForConditionalGeneration` / `T5ForConditionalGeneration` (`from_pretrained(OUT)`),
+      plus the tokenizer (tokenizer.model for SentencePiece) and pretrax_tokenizer.json /
+      pretrax_config.json, which `pretrax import` reads back.
   pretrax export --workdir=RUN --format=params --output=OUT [--step=N]
       a run directory without optimizer or data state: OUT/config.json, OUT/tokenizer.*,
       OUT/checkpoints/STEP/state = {"params"}; `pretrax eval/score/sample --workdir=OUT` read it.
   pretrax import --format=hf --input=HF_DIR --workdir=RUN [--tokenizer=byte|PATH.model]
-      a local GPT-2 / BERT folder -> a run directory with checkpoint 0 (params + a fresh
-      optimizer state) that `pretrax train` continues.
+      a local GPT-2 / BERT / BART / T5 folder -> a run directory with checkpoint 0 (params + a
+      fresh optimizer state) that `pretrax train` continues.
 
 The parameter mapping itself lives in `interop/hf.py`.
 """
@@ -28,7 +29,7 @@ from pretrax.inference import loading
 from pretrax.data.errors import InputError
 from pretrax.data import tokenizers
 from pretrax.modeling.config import ModelConfig
-from pretrax.interop import hf
+from pretrax.interop import hf, hf_seq2seq
 from pretrax.training import checkpointing, config as config_lib, optimizer as optimizer_lib
 from pretrax.training import step as step_lib
 from pretrax.training.config import Config
@@ -78,7 +79,8 @@ def require_hf_extra(command: str) -> None:
 def export_hf(workdir: str, output: str, step: int | None = None) -> dict:
   """Writes checkpoint `step` (default: latest) of the run in `workdir` as a HF model folder.
 
-  Refuses (ValueError naming the config field) a model with no GPT-2 / BERT equivalent. The
+  Refuses (ValueError naming the config field) a model with no GPT-2 / BERT / BART / T5
+  equivalent (which of BART and T5 an encoder-decoder becomes: interop/hf_seq2seq.py). The
   embedding keeps the padded rows: the HF vocab_size is config.model.vocab_size.
   """
   require_hf_extra("export")
@@ -222,18 +224,16 @@ def _import_tokenizer(input_dir: str, spec: str | None,
   return tok, notes
 
 
-def _base_config(input_dir: str, family: str) -> tuple[Config, bool]:
-  """The source run's config when the folder came from `export_hf`, else the family preset."""
+def _base_config(input_dir: str, family: str, model_type: str) -> tuple[Config, bool]:
+  """The source run's config when the folder came from `export_hf`, else the preset of the
+  family (gpt, bert) or of the HF model type (bart, t5)."""
   path = os.path.join(input_dir, PRETRAX_CONFIG)
   if os.path.isfile(path):
     config = config_lib.load_json(path)
     if config.model.family == family:
       return config, True
-  if family == "gpt":
-    from pretrax.configs import gpt as presets
-  else:
-    from pretrax.configs import bert as presets
-  return presets.get_config(), False
+  preset = hf_seq2seq.ARCHITECTURES[model_type][3] if family == "encoder_decoder" else family
+  return config_lib.load_preset(preset), False
 
 
 def _same_computation(a: ModelConfig, b: ModelConfig) -> bool:
@@ -243,7 +243,7 @@ def _same_computation(a: ModelConfig, b: ModelConfig) -> bool:
 
 
 def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dict:
-  """Turns a local `transformers` GPT-2 / BERT folder into a pretrax run directory.
+  """Turns a local `transformers` GPT-2 / BERT / BART / T5 folder into a pretrax run directory.
 
   Writes WORKDIR/config.json (the model section mapped from the HF config, the rest from the
   family preset, or from the exporting run's config when the folder came from `export_hf`),
@@ -265,8 +265,11 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
       os.path.join(workdir, "checkpoints")):
     raise InputError(f"--workdir={workdir} already holds a run; import into a new directory")
 
-  config, from_pretrax = _base_config(input_dir, family)
-  model = hf.from_hf_config(hf_config, config.model, config_path)
+  config, from_pretrax = _base_config(input_dir, family, hf_config.get("model_type"))
+  # Read before mapping the config: only the weights tell a T5 with a head of its own from a
+  # tied one (transformers 5 writes tie_word_embeddings=true for both).
+  tensors = read_hf_tensors(input_dir)
+  model = hf.from_hf_config(hf_config, config.model, config_path, tensors)
   if from_pretrax and _same_computation(model, config.model):
     model = config.model  # keeps the run's own spelling of d_ff / head_dim
   config.model = model
@@ -277,7 +280,6 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
   config.data.seq_len = min(config.data.seq_len, model.max_seq_len)
   config_lib.validate(config)
 
-  tensors = read_hf_tensors(input_dir)
   dtypes = sorted({str(v.dtype) for v in tensors.values() if v.dtype != np.float32})
   if dtypes:
     notes.append(f"tensors stored as {', '.join(dtypes)} were converted to float32")
@@ -288,6 +290,8 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
     notes.append(f"embd_pdrop={hf_config.get('embd_pdrop')} and resid_pdrop="
                  f"{hf_config.get('resid_pdrop')} differ; pretrax has one dropout rate "
                  f"(config.model.dropout={model.dropout}, from resid_pdrop)")
+  if family == "encoder_decoder":
+    notes += hf_seq2seq.notes(hf_config)
   _, abstract_state = models.abstract_model(model)
   abstract_params = nnx.to_pure_dict(abstract_state)
 

@@ -1,9 +1,12 @@
 """Hugging Face `transformers` interop: configs and parameters, both ways, as plain numpy.
 
-Two layouts are supported, the ones pretrax's presets follow:
+The layouts pretrax's presets follow are supported:
   gpt   <-> GPT-2 (`GPT2LMHeadModel` / `GPT2Model`): pre-LN, learned positions, tied LM head.
   bert  <-> BERT (`BertForPreTraining`; `BertForMaskedLM` / `BertModel` on import): post-LN,
             token types, embedding LayerNorm, MLM head (tied) + pooler + NSP head.
+  encoder_decoder <-> BART (`BartForConditionalGeneration`) or T5
+            (`T5ForConditionalGeneration`), by the model's switches: interop/hf_seq2seq.py, to
+            which every function here hands that family.
 
 Parameter names (pretrax pure dict <-> HF state dict, without the base-model prefix
 "transformer." / "bert."; the heads "cls.*" have none):
@@ -48,6 +51,7 @@ FAMILIES = {
              "bert."),
 }
 MODEL_TYPE_TO_FAMILY = {v[0]: k for k, v in FAMILIES.items()}
+SEQ2SEQ_MODEL_TYPES = ("bart", "t5")  # family encoder_decoder: interop/hf_seq2seq.py
 
 # State-dict entries that carry no parameter of their own: buffers of old GPT-2 checkpoints and
 # the tied copies of the embedding (checked to equal it on import).
@@ -59,12 +63,21 @@ _TIED = {"lm_head.weight": "wte.weight",
 BERT_HEADS = ("mlm_dense", "mlm_norm", "mlm_bias_v", "pooler", "nsp")
 
 
+def _seq2seq():
+  """interop/hf_seq2seq.py, imported when first needed (it builds on this module's pieces)."""
+  from pretrax.interop import hf_seq2seq
+  return hf_seq2seq
+
+
 # --------------------------------------------------------------------------------------------
 # Configs.
 
 
 def check_exportable(model: ModelConfig) -> None:
-  """Raises ValueError naming the field when `model` has no GPT-2 / BERT equivalent."""
+  """Raises ValueError naming the field when `model` has no GPT-2 / BERT / BART / T5
+  equivalent."""
+  if model.family == "encoder_decoder":
+    return _seq2seq().check_exportable(model)
   target = {"gpt": "GPT-2", "bert": "BERT"}[model.family]
 
   def refuse(field: str, why: str):
@@ -106,6 +119,8 @@ def to_hf_config(model: ModelConfig, special_ids: dict[str, int]) -> dict:
   `special_ids`: {"pad_token_id", "bos_token_id", "eos_token_id"} written as is. vocab_size is
   the model's (padded) embedding size, not the tokenizer's.
   """
+  if model.family == "encoder_decoder":
+    return _seq2seq().to_hf_config(model, special_ids)
   check_exportable(model)
   model_type, architecture, _, _ = FAMILIES[model.family]
   common = {"architectures": [architecture], "model_type": model_type, "dtype": "float32",
@@ -134,8 +149,11 @@ def to_hf_config(model: ModelConfig, special_ids: dict[str, int]) -> dict:
 def family_of(hf_config: dict, path: str = "config.json") -> tuple[str, str]:
   """(pretrax family, HF architecture) of a config.json dict; ValueError if unsupported."""
   model_type = hf_config.get("model_type")
+  if model_type in SEQ2SEQ_MODEL_TYPES:
+    return _seq2seq().family_of(hf_config, path)
   archs = hf_config.get("architectures") or []
-  supported = ", ".join(a for f in FAMILIES.values() for a in f[2])
+  supported = ", ".join([a for f in FAMILIES.values() for a in f[2]] +
+                        [a for v in _seq2seq().ARCHITECTURES.values() for a in v[1]])
   if model_type not in MODEL_TYPE_TO_FAMILY:
     raise InputError(f"{path}: model_type={model_type!r} (architectures {archs}) is not "
                      f"supported; pretrax imports {supported}")
@@ -155,14 +173,18 @@ def _hf_get(hf: dict, field: str, default):
   return default if value is None else value
 
 
-def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json") -> ModelConfig:
-  """The pretrax model section for a GPT-2 / BERT config.json dict.
+def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json",
+                   tensors: dict | None = None) -> ModelConfig:
+  """The pretrax model section for a GPT-2 / BERT / BART / T5 config.json dict.
 
   Fields HF has no notion of (attention_impl, dtype, rope_theta) come from `base`, except that a
-  model with attention dropout gets attention_impl=einsum, the one path that has it. Raises
-  ValueError naming the HF field for layouts pretrax cannot compute.
+  model with attention dropout gets attention_impl=einsum, the one path that has it. `tensors`
+  (the state dict, optional) settles what a config.json leaves open: whether a T5 head is tied.
+  Raises ValueError naming the HF field for layouts pretrax cannot compute.
   """
   family, _ = family_of(hf, path)
+  if family == "encoder_decoder":
+    return _seq2seq().from_hf_config(hf, base, path, tensors)
 
   def need(field: str, ok: bool, why: str):
     if not ok:
@@ -253,6 +275,8 @@ def _dense(prefix: str, path: Path) -> Layout:
 
 def layout(model: ModelConfig) -> Layout:
   """Every parameter of `model` with its HF name (without the base-model prefix)."""
+  if model.family == "encoder_decoder":
+    return _seq2seq().layout(model)
   d, h, k = model.d_model, model.num_heads, model.attn_head_dim
   hk = h * k
 
@@ -338,6 +362,8 @@ def _set(tree: dict, path: Path, value) -> None:
 
 def hf_name(model: ModelConfig, name: str) -> str:
   """The full state-dict key: the base-model prefix unless it is a head ("cls.*")."""
+  if model.family == "encoder_decoder":
+    return _seq2seq().hf_name(model, name)
   return name if name.startswith("cls.") else FAMILIES[model.family][3] + name
 
 
@@ -352,6 +378,8 @@ def to_hf_state(model: ModelConfig, params: dict) -> dict[str, np.ndarray]:
   for name, paths, to_hf, _ in layout(model):
     arrays = [np.asarray(_get(params, p), np.float32) for p in paths]
     state[hf_name(model, name)] = np.ascontiguousarray(to_hf(*arrays))
+  if model.family == "encoder_decoder":
+    state.update(_seq2seq().tied_copies(model, state))
   return state
 
 
@@ -382,11 +410,13 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
   """{HF state-dict key: array} -> (pretrax pure-dict params, names initialized fresh).
 
   `abstract_params` (shapes of the model built from `model`) checks every shape. BERT heads
-  missing from `tensors` (a BertModel / BertForMaskedLM checkpoint) are taken from
-  `fresh_params()`, a freshly initialized model; any other missing tensor, unknown tensor or
-  wrong shape is a ValueError naming it.
+  missing from `tensors` (a BertModel / BertForMaskedLM checkpoint) and a missing BART
+  final_logits_bias are taken from `fresh_params()`, a freshly initialized model; any other
+  missing tensor, unknown tensor or wrong shape is a ValueError naming it.
   """
-  prefix = FAMILIES[model.family][3]
+  seq2seq = _seq2seq() if model.family == "encoder_decoder" else None
+  prefix = seq2seq.prefix(model) if seq2seq else FAMILIES[model.family][3]
+  tied = seq2seq.tied(model) if seq2seq else _TIED
   by_name, keys = {}, {}
   for key, value in tensors.items():
     name = _normalize_key(key, prefix)
@@ -396,7 +426,8 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
   used, params, fresh, missing = set(), {}, [], []
   for name, paths, _, from_hf in layout(model):
     if name not in by_name:
-      if model.family == "bert" and paths[0][0] in BERT_HEADS:
+      if (model.family == "bert" and paths[0][0] in BERT_HEADS
+          or seq2seq and seq2seq.optional(name)):
         fresh.append(name)
         continue
       missing.append(name)
@@ -415,13 +446,14 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
   if missing:
     raise InputError(f"{source} lacks {len(missing)} tensor(s) the model needs, e.g. "
                      f"{', '.join(missing[:4])}")
-  for name, target in _TIED.items():
+  for name, target in tied.items():
     if name in by_name:
       used.add(name)
       if target in by_name and not np.array_equal(by_name[name], by_name[target]):
         raise InputError(f"{source}: {name} differs from {target}; pretrax ties the output "
                          "projection to the token embedding and cannot import an untied head")
-  used |= {n for n in by_name if n.endswith(_GPT2_BUFFERS) or n.endswith("position_ids")}
+  used |= {n for n in by_name if n.endswith(_GPT2_BUFFERS) or n.endswith("position_ids")
+           or (seq2seq and seq2seq.ignored(n))}
   unknown = sorted(set(by_name) - used)
   if unknown:
     raise InputError(f"{source} holds {len(unknown)} tensor(s) pretrax has no place for, e.g. "
