@@ -24,6 +24,7 @@ class DataConfig:
   # span or a random one (original BERT). mlm+sop: the same pairs, B after A or swapped (ALBERT).
   # Encoder-decoders: denoise: BART's text infilling and sentence permutation, the original text
   # as targets. span_corruption: T5's, noise spans replaced by sentinels, the spans as targets.
+  # seq2seq: supervised source -> target pairs of data.train / data.eval (JSONL).
   objective: str = "causal"
   mask_rate: float = 0.15      # share of non-special tokens chosen for prediction
   mask_token_rate: float = 0.8   # of the chosen: replaced by [MASK]
@@ -37,6 +38,7 @@ class DataConfig:
   noise_density: float = 0.15        # span_corruption: share of tokens in noise spans
   mean_noise_span_length: float = 3.0  # span_corruption: mean tokens per noise span
   extra_ids: int = 100               # span_corruption: sentinel ids after the tokenizer's vocabulary, counting down from the last
-  # Fine-tuning examples: a JSONL file ({"text", optional "text_b", "label"}) or tfds:NAME[:SPLIT].
+  # Fine-tuning examples: a JSONL file ({"text", optional "text_b", "label"}) or tfds:NAME[:SPLIT];
+  # for data.objective=seq2seq a JSONL file of {"source", "target"} pairs.
   train: str = ""
   eval: str = ""

@@ -46,6 +46,8 @@ def decoder_length(config: DataConfig) -> int:
   if config.objective == "span_corruption":
     return noising.span_corruption_lengths(config.seq_len, config.noise_density,
                                            config.mean_noise_span_length)[1]
+  if config.objective == "seq2seq":  # data/seq2seq_pairs.py
+    return config.seq_len
   return config.seq_len - 1  # the row's text (seq_len - 2) and eos
 
 

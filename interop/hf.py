@@ -87,6 +87,10 @@ def check_exportable(model: ModelConfig) -> None:
 
   if model.position != "learned":
     refuse("position", f"{target} uses a learned position table")
+  if model.embed_scale:
+    refuse("embed_scale", f"{target} does not scale its token embeddings")
+  if not model.attention_scale:
+    refuse("attention_scale", f"{target} scales attention scores by 1/sqrt(head_dim)")
   if model.activation not in ACTIVATION_TO_HF:
     refuse("activation", f"{target}'s MLP is not gated; supported: "
            f"{', '.join(ACTIVATION_TO_HF)}")

@@ -377,6 +377,8 @@ def test_imported_run_continues_pretraining(gpt2, trained, tmp_path, tiny_gpt_co
     ("gpt", "head_dim", 32), ("gpt", "type_vocab_size", 2),
     ("bert", "norm_position", "pre"), ("bert", "embed_norm", False),
     ("bert", "type_vocab_size", 0), ("bert", "position", "rope"),
+    ("gpt", "position", "sinusoidal"), ("gpt", "embed_scale", True),
+    ("bert", "attention_scale", False),
 ])
 def test_configs_without_hf_equivalent_are_refused(family, field, value):
   base = {"gpt": ModelConfig(family="gpt", vocab_size=384, d_model=64, num_heads=4),

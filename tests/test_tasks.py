@@ -115,6 +115,6 @@ def test_a_task_refuses_a_model_family_it_does_not_train(counting, tmp_path):
                   str(tmp_path / "run"))
   with pytest.raises(ConfigError, match="'nonsense' is not a task pretrax knows; choose one of "
                                         "causal, mlm, mlm\\+nsp, mlm\\+sop, denoise, "
-                                        "span_corruption, classify, counting"):
+                                        "span_corruption, seq2seq, classify, counting"):
     trainer.train(config_lib.apply_overrides(counting, {"data.objective": "nonsense"}),
                   str(tmp_path / "run"))

@@ -10,7 +10,7 @@ from pretrax.training.tasks.base import Task, task_name
 from pretrax.training.tasks.causal_lm import CausalLM
 from pretrax.training.tasks.classification import Classification
 from pretrax.training.tasks.masked_lm import MaskedLM
-from pretrax.training.tasks.seq2seq_lm import Seq2SeqLM
+from pretrax.training.tasks.seq2seq_lm import Seq2SeqLM, Seq2SeqPairs
 
 TASKS: dict[str, type[Task]] = {
     "causal": CausalLM,
@@ -19,6 +19,7 @@ TASKS: dict[str, type[Task]] = {
     "mlm+sop": MaskedLM,
     "denoise": Seq2SeqLM,
     "span_corruption": Seq2SeqLM,
+    "seq2seq": Seq2SeqPairs,
     "classify": Classification,
 }
 

@@ -163,6 +163,10 @@ class Classification(Task):
     """Resolves the config from --init and the data, reads the examples, writes the run files."""
     config = config_lib.from_dict(config_lib.to_dict(config))
     init = load_init(config.finetune.init)
+    if init.config.model.family not in cls.families:
+      raise ConfigError(f"--init={init.workdir} holds a config.model.family="
+                        f"{init.config.model.family!r} model; classification fine-tunes "
+                        f"{' or '.join(cls.families)} models")
     config.model = _model_from_init(config.model, init)
     config.data.objective = init.config.data.objective  # (what validate checks against the family)
     config.data.tokenizer = init.config.data.tokenizer

@@ -1,5 +1,6 @@
-"""Encoder-decoder pretraining (BART's denoise, T5's span_corruption): predict every target
-token from the encoder's input and the targets before it.
+"""Encoder-decoder training: predict every target token from the encoder's input and the targets
+before it. `Seq2SeqLM` pretrains on a corpus (BART's denoise, T5's span_corruption);
+`Seq2SeqPairs` trains on supervised source -> target pairs (seq2seq: data.train, data.eval).
 
 Batches: data/seq2seq_pipeline.py FEATURES. One loss term, "", over the decoder targets, with
 config.train.label_smoothing in training; validation reports the unsmoothed target loss, its
@@ -11,9 +12,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from pretrax.data import seq2seq_pipeline
+from pretrax.data import global_batches, seq2seq_pairs, seq2seq_pipeline
 from pretrax.training import losses, metrics as metrics_lib
 from pretrax.training.config import Config, ConfigError
+from pretrax.training.tasks.base import Task
 from pretrax.training.tasks.pretraining import PretrainingTask
 
 
@@ -70,3 +72,61 @@ class Seq2SeqLM(PretrainingTask):
   def next_commands(self) -> list[str]:
     # Fine-tuning a classifier on an encoder-decoder is not a task yet.
     return [c for c in super().next_commands() if "finetune" not in c]
+
+
+class Seq2SeqPairs(Seq2SeqLM):
+  """Supervised pairs from JSONL files (data/seq2seq_pairs.py), several packed to a row:
+  config.data.train, and config.data.eval for validation. Encoder and decoder have
+  config.data.seq_len positions each."""
+
+  @classmethod
+  def check_config(cls, config: Config) -> None:
+    super().check_config(config)
+    if not config.data.train:
+      raise ConfigError("config.data.train is empty: give the training pairs with "
+                        "--config.data.train=FILE.jsonl ({\"source\": ..., \"target\": ...} lines)")
+    if config.data.tokenizer == "train":
+      raise ConfigError("config.data.tokenizer=train trains on config.data.source, not on the "
+                        "pairs of config.data.train; use byte or a SentencePiece .model")
+
+  def _rows(self, path: str, field: str) -> seq2seq_pairs.PackedPairs:
+    s = self.config.data.seq_len
+    return seq2seq_pairs.PackedPairs(seq2seq_pairs.read_pairs(path, field), self.tokenizer, s=s,
+                                     t=s, name=path)
+
+  def _batches(self, rows, *, shuffle: bool, repeat: bool, num_batches=None):
+    size, seed = self.config.train.batch_size, self.config.train.seed
+    return global_batches.GlobalBatches(
+        rows, seq2seq_pairs.PairRows(s=self.config.data.seq_len, bos_id=self.tokenizer.bos_id),
+        global_batch_size=size, seed=seed, shuffle=shuffle, repeat=repeat,
+        num_batches=num_batches,
+        rows=global_batches.process_slice(size, jax.process_index(), jax.process_count()))
+
+  def data_fingerprint(self) -> dict:
+    # The data position counts rows of the pairs file, not of config.data.source.
+    return {**Task.data_fingerprint(self),
+            "pairs": seq2seq_pairs.file_identity(self.config.data.train)}
+
+  def train_batches(self):
+    return self._batches(self._rows(self.config.data.train, "config.data.train"),
+                         shuffle=self.config.data.shuffle, repeat=True)
+
+  def eval_batches(self, max_batches: int | None, split: str | None = None):
+    path = split or self.config.data.eval
+    if not path:
+      return None
+    rows = self._rows(path, "--split" if split else "config.data.eval")
+    return self._batches(rows, shuffle=False, repeat=False, num_batches=max_batches or None)
+
+  def eval_data(self, split: str | None, max_batches: int | None):
+    """`split`: None, "eval" or "validation": config.data.eval; "train": config.data.train;
+    anything else a JSONL file of pairs."""
+    data = self.config.data
+    path = {None: data.eval, "eval": data.eval, "validation": data.eval,
+            "train": data.train}.get(split, split)
+    if not path:
+      raise ConfigError(f"{self.workdir} has no config.data.eval; pass pairs with "
+                        "--split=FILE.jsonl")
+    if max_batches is None:
+      max_batches = self.config.train.eval_steps
+    return path, self.eval_batches(max_batches or None, path)

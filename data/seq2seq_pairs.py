@@ -1,0 +1,133 @@
+"""Supervised source -> target pairs (data.objective=seq2seq), packed several to a row.
+
+  pairs = read_pairs("train.jsonl")                 # [(source, target)], {"source", "target"} lines
+  rows = PackedPairs(pairs, tokenizer, s=128, t=128, name="train.jsonl")
+  batches = GlobalBatches(rows, PairRows(s=128, bos_id=tok.bos_id), ...)
+
+Each pair becomes encoder ids `source [eos]` and targets `target [eos]` (each truncated to fit
+its side). Pairs are packed in file order: a row takes the next pair while both its encoder side
+(S slots) and its decoder side (T slots) have room, and segment k of both sides is the row's
+k-th pair. The model keeps packed pairs apart (attention masks by segment, positions restarting
+at 0), and `PairRows` restarts the decoder inputs with the start token at each pair, so a packed
+row computes what its pairs compute alone.
+
+`PackedPairs` is read like a row store (data/row_store.py) by global row index
+(data/global_batches.py): row r holds [S + T] ids, the encoder's then the targets, and as many
+segment ids. It lives in memory: supervised sets of this kind are small (Multi30k: 29,000
+pairs, 4 MB of text).
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from pretrax.data import packing
+from pretrax.data.errors import InputError
+from pretrax.data.row_store import Rows
+
+
+def read_pairs(path: str, field: str = "config.data.train") -> list[tuple[str, str]]:
+  """(source, target) of each non-blank line of a JSONL file; errors name PATH:LINE."""
+  if not os.path.isfile(path):
+    raise InputError(f"{field}={path!r}: no such file (expected a JSONL file with "
+                     '{"source": ..., "target": ...} lines)')
+  pairs = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{number}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(record, dict):
+        raise InputError(f"{where}: expected a JSON object with \"source\" and \"target\", got "
+                         f"{type(record).__name__}")
+      for name in ("source", "target"):
+        if not isinstance(record.get(name), str):
+          raise InputError(f"{where}: field {name!r} must be a string (each line needs "
+                           "\"source\" and \"target\")")
+      pairs.append((record["source"], record["target"]))
+  if not pairs:
+    raise InputError(f"{field}={path!r} holds no pairs")
+  return pairs
+
+
+def file_identity(path: str) -> dict:
+  """What a saved data position in `path` means something for: its name, size and content hash."""
+  with open(path, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  return {"file": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": digest}
+
+
+def _ends_with_eos(ids: np.ndarray, room: int, eos_id: int) -> np.ndarray:
+  return np.concatenate([ids[:room - 1], [eos_id]]).astype(np.int32)
+
+
+class PackedPairs:
+  """Tokenized pairs packed into rows of [S + T] slots (see module doc), read by row index."""
+
+  has_documents = False
+
+  def __init__(self, pairs: list[tuple[str, str]], tokenizer, *, s: int, t: int, name: str):
+    if s < 2 or t < 2:
+      raise InputError(f"data.seq_len={min(s, t)} leaves no room for a token and </s>")
+    self.s, self.t, self.row_len = s, t, s + t
+    eos = tokenizer.eos_id
+    sources = [_ends_with_eos(ids, s, eos) for ids in tokenizer.encode_batch([p[0] for p in pairs])]
+    targets = [_ends_with_eos(ids, t, eos) for ids in tokenizer.encode_batch([p[1] for p in pairs])]
+    self.truncated = sum(len(a) == s for a in sources) + sum(len(b) == t for b in targets)
+    rows, row = [], []
+    fill_s = fill_t = 0
+    for a, b in zip(sources, targets):
+      if row and (fill_s + len(a) > s or fill_t + len(b) > t):
+        rows.append(row)
+        row, fill_s, fill_t = [], 0, 0
+      row.append((a, b))
+      fill_s, fill_t = fill_s + len(a), fill_t + len(b)
+    rows.append(row)
+    self.tokens = np.zeros((len(rows), s + t), np.int32)
+    self.segments = np.zeros((len(rows), s + t), np.int32)
+    for r, row in enumerate(rows):
+      fill_s = fill_t = 0
+      for k, (a, b) in enumerate(row, start=1):
+        self.tokens[r, fill_s:fill_s + len(a)] = a
+        self.segments[r, fill_s:fill_s + len(a)] = k
+        self.tokens[r, s + fill_t:s + fill_t + len(b)] = b
+        self.segments[r, s + fill_t:s + fill_t + len(b)] = k
+        fill_s, fill_t = fill_s + len(a), fill_t + len(b)
+    self.num_pairs = len(pairs)
+    digest = hashlib.sha256(self.tokens.tobytes() + self.segments.tobytes()).hexdigest()[:16]
+    self.name = f"{os.path.basename(name)}-pairs{s}+{t}-{digest}"
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def read(self, indices) -> Rows:
+    indices = np.asarray(indices, np.int64)
+    return Rows(self.tokens[indices], self.segments[indices], None)
+
+
+class PairRows:
+  """Packed pair rows -> encoder-decoder examples (a `global_batches.MakeExamples`), with the
+  features of data/seq2seq_pipeline.py."""
+
+  def __init__(self, *, s: int, bos_id: int):
+    self.s, self.bos_id = s, bos_id
+
+  def __call__(self, rows: Rows, stream_n: np.ndarray) -> dict[str, np.ndarray]:
+    s = self.s
+    enc_seg, dec_seg = rows.segments[:, :s], rows.segments[:, s:]
+    targets = rows.tokens[:, s:]
+    dec_pos = packing.segment_positions(dec_seg)
+    inputs = np.zeros_like(targets)
+    inputs[:, 1:] = targets[:, :-1]
+    inputs = np.where(dec_pos == 0, self.bos_id, inputs)  # each pair starts from <s>
+    return {"encoder_inputs": rows.tokens[:, :s], "encoder_segment_ids": enc_seg,
+            "encoder_positions": packing.segment_positions(enc_seg),
+            "decoder_inputs": np.where(dec_seg > 0, inputs, 0).astype(np.int32),
+            "decoder_targets": targets, "decoder_segment_ids": dec_seg,
+            "decoder_positions": dec_pos, "loss_weights": (dec_seg > 0).astype(np.float32)}

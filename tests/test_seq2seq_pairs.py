@@ -1,0 +1,110 @@
+"""Supervised pairs (data.objective=seq2seq): JSONL reading and its errors, packing several pairs
+to a row, and packed rows computing what their pairs compute alone."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pretrax.data import global_batches, seq2seq_pairs, tokenizers
+from pretrax.data.errors import InputError
+from pretrax.modeling import models
+from pretrax.modeling.config import ModelConfig
+
+S = 160  # two or three Multi30k pairs to a row
+
+
+@pytest.fixture(scope="module")
+def pairs(repo_dir) -> list[tuple[str, str]]:
+  path = f"{repo_dir}/../shared/data/multi30k/val.en-de.jsonl"
+  return seq2seq_pairs.read_pairs(path)[:40]
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return tokenizers.ByteTokenizer()
+
+
+def _features(rows, tok):
+  store_rows = rows.read(np.arange(len(rows)))
+  return seq2seq_pairs.PairRows(s=rows.s, bos_id=tok.bos_id)(store_rows, np.arange(len(rows)))
+
+
+def test_pairs_are_packed_in_order_and_read_back_exactly(pairs, tok):
+  rows = seq2seq_pairs.PackedPairs(pairs, tok, s=S, t=S, name="val")
+  assert len(rows) < len(pairs)  # several pairs to a row
+  f = _features(rows, tok)
+  got = []
+  for r in range(len(rows)):
+    for k in range(1, f["encoder_segment_ids"][r].max() + 1):
+      enc = f["encoder_inputs"][r][f["encoder_segment_ids"][r] == k]
+      dec_at = f["decoder_segment_ids"][r] == k
+      targets, inputs = f["decoder_targets"][r][dec_at], f["decoder_inputs"][r][dec_at]
+      np.testing.assert_array_equal(f["encoder_positions"][r][f["encoder_segment_ids"][r] == k],
+                                    np.arange(len(enc)))
+      np.testing.assert_array_equal(f["decoder_positions"][r][dec_at], np.arange(len(targets)))
+      np.testing.assert_array_equal(inputs, np.r_[tok.bos_id, targets[:-1]])  # restarts at <s>
+      assert enc[-1] == targets[-1] == tok.eos_id
+      got.append((tok.decode(enc), tok.decode(targets)))
+  want = [(a.encode()[:S - 1].decode(errors="ignore"), b.encode()[:S - 1].decode(errors="ignore"))
+          for a, b in pairs]
+  assert got == want
+  assert (f["loss_weights"] == (f["decoder_segment_ids"] > 0)).all()
+  assert not f["decoder_inputs"][f["decoder_segment_ids"] == 0].any()
+  # A side longer than its room keeps its first S - 1 tokens and </s>.
+  long = seq2seq_pairs.PackedPairs([("x" * 30, "y" * 5)], tok, s=16, t=8, name="long")
+  assert tok.decode(long.tokens[0, :15]) == "x" * 15 and long.tokens[0, 15] == tok.eos_id
+  assert long.truncated == 1
+
+
+def test_a_packed_row_computes_what_its_pairs_compute_alone(pairs, tok):
+  config = ModelConfig(family="encoder_decoder", vocab_size=384, num_layers=1, num_heads=2,
+                       d_model=32, max_seq_len=S, position="learned", norm_position="post",
+                       activation="gelu", embed_norm=True, final_logits_bias=True)
+  model = models.build(config, nnx.Rngs(params=0))
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def logits(state, f):
+    return nnx.merge(graphdef, state)(
+        f["encoder_inputs"], f["decoder_inputs"], f["encoder_segment_ids"],
+        f["decoder_segment_ids"], f["encoder_positions"], f["decoder_positions"])
+
+  packed = _features(seq2seq_pairs.PackedPairs(pairs[:6], tok, s=S, t=S, name="p"), tok)
+  assert packed["encoder_segment_ids"][0].max() >= 2
+  packed_logits = logits(state, {k: jnp.asarray(v[:1]) for k, v in packed.items()})[0]
+  for k in range(1, packed["encoder_segment_ids"][0].max() + 1):
+    alone = _features(seq2seq_pairs.PackedPairs(pairs[k - 1:k], tok, s=S, t=S, name="p"), tok)
+    alone_logits = logits(state, {key: jnp.asarray(v) for key, v in alone.items()})[0]
+    at = packed["decoder_segment_ids"][0] == k
+    np.testing.assert_allclose(packed_logits[at], alone_logits[:at.sum()], atol=2e-5, rtol=2e-5)
+
+
+def test_global_batches_of_pairs_resume_from_a_position(pairs, tok, assert_batches_equal):
+  rows = seq2seq_pairs.PackedPairs(pairs, tok, s=S, t=S, name="val")
+
+  def reader():
+    return global_batches.GlobalBatches(rows, seq2seq_pairs.PairRows(s=S, bos_id=tok.bos_id),
+                                        global_batch_size=4, rows=slice(0, 4), seed=1,
+                                        shuffle=True, repeat=True)
+
+  full = [b for b, _ in zip(reader(), range(8))]
+  resumed = reader()
+  resumed.set_position({"next_row": 12, "dataset": rows.name})
+  assert_batches_equal([b for b, _ in zip(resumed, range(5))], full[3:])
+
+
+def test_bad_pair_files_name_the_line(tmp_path):
+  path = tmp_path / "pairs.jsonl"
+  path.write_text(json.dumps({"source": "a", "target": "b"}) + "\n\n" +
+                  json.dumps({"source": "a"}) + "\n")
+  with pytest.raises(InputError, match=f"{path}:3: field 'target' must be a string"):
+    seq2seq_pairs.read_pairs(str(path))
+  path.write_text("{not json\n")
+  with pytest.raises(InputError, match=f"{path}:1: invalid JSON"):
+    seq2seq_pairs.read_pairs(str(path))
+  with pytest.raises(InputError, match="config.data.train='missing.jsonl': no such file"):
+    seq2seq_pairs.read_pairs("missing.jsonl")
