@@ -26,7 +26,6 @@ left-aligned: segment ids are 1 on the tokens and 0 on the padding after them.
 """
 
 import dataclasses
-import json
 import os
 from typing import Iterator
 
@@ -34,7 +33,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from pretrax.data import global_batches, packing, sources
+from pretrax.data import global_batches, jsonl, packing, sources
 from pretrax.data.errors import InputError
 
 # (text, text_b) field names tried in order on a TFDS dataset's features; None: single text.
@@ -74,23 +73,12 @@ def read_jsonl(path: str, field: str = "config.data.train") -> list[Example]:
     raise FileNotFoundError(f"{field}={path!r}: no such file (expected a JSONL file with "
                             '{"text": ..., "label": ...} lines, or tfds:NAME[:SPLIT])')
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise InputError(f"{where}: expected a JSON object with \"text\" and \"label\", got "
-                         f"{type(record).__name__}")
-      for name in ("text", "label"):
-        if name not in record:
-          raise InputError(f"{where}: missing field {name!r} (each line needs \"text\" and "
-                           "\"label\"; \"text_b\" is optional)")
-      examples.append(_example(record["text"], record.get("text_b"), record["label"], where))
+  for where, record in jsonl.read_objects(path, '"text" and "label"'):
+    for name in ("text", "label"):
+      if name not in record:
+        raise InputError(f"{where}: missing field {name!r} (each line needs \"text\" and "
+                         "\"label\"; \"text_b\" is optional)")
+    examples.append(_example(record["text"], record.get("text_b"), record["label"], where))
   if not examples:
     raise InputError(f"{field}={path!r} holds no examples")
   return examples

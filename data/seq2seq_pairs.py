@@ -18,12 +18,11 @@ pairs, 4 MB of text).
 """
 
 import hashlib
-import json
 import os
 
 import numpy as np
 
-from pretrax.data import packing
+from pretrax.data import jsonl, packing
 from pretrax.data.errors import InputError
 from pretrax.data.row_store import Rows
 
@@ -34,23 +33,12 @@ def read_pairs(path: str, field: str = "config.data.train") -> list[tuple[str, s
     raise InputError(f"{field}={path!r}: no such file (expected a JSONL file with "
                      '{"source": ..., "target": ...} lines)')
   pairs = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise InputError(f"{where}: expected a JSON object with \"source\" and \"target\", got "
-                         f"{type(record).__name__}")
-      for name in ("source", "target"):
-        if not isinstance(record.get(name), str):
-          raise InputError(f"{where}: field {name!r} must be a string (each line needs "
-                           "\"source\" and \"target\")")
-      pairs.append((record["source"], record["target"]))
+  for where, record in jsonl.read_objects(path, '"source" and "target"'):
+    for name in ("source", "target"):
+      if not isinstance(record.get(name), str):
+        raise InputError(f"{where}: field {name!r} must be a string (each line needs "
+                         "\"source\" and \"target\")")
+    pairs.append((record["source"], record["target"]))
   if not pairs:
     raise InputError(f"{field}={path!r} holds no pairs")
   return pairs
