@@ -129,14 +129,15 @@ def _read_tfds(spec: str, default_split: str, data_dir: str | None, field: str) 
     label = label.item() if isinstance(label, np.ndarray) else label
     label = label.decode("utf-8") if isinstance(label, bytes) else label
     label = int(label) if isinstance(label, (int, np.integer)) else label
-    examples.append(_example(_text(record[a]), _text(record[b]) if b else None, label,
+    examples.append(_example(text_of(record[a]), text_of(record[b]) if b else None, label,
                              f"tfds:{name}[{split}] example {i}"))
   if not examples:
     raise InputError(f"{field}={spec!r}: split {split!r} holds no examples")
   return examples
 
 
-def _text(value) -> str:
+def text_of(value) -> str:
+  """A TFDS text feature's value as str."""
   if isinstance(value, np.ndarray):
     value = value.item()
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

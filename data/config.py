@@ -39,6 +39,7 @@ class DataConfig:
   mean_noise_span_length: float = 3.0  # span_corruption: mean tokens per noise span
   extra_ids: int = 100               # span_corruption: sentinel ids after the tokenizer's vocabulary, counting down from the last
   # Fine-tuning examples: a JSONL file ({"text", optional "text_b", "label"}) or tfds:NAME[:SPLIT];
-  # for data.objective=seq2seq a JSONL file of {"source", "target"} pairs.
+  # for data.objective=seq2seq a JSONL file of {"source", "target"} pairs or tfds:NAME[:SPLIT].
   train: str = ""
   eval: str = ""
+  pair_features: str = ""      # seq2seq from tfds: "SOURCE,TARGET" features; "": the dataset's supervised keys

@@ -1,6 +1,6 @@
 """Supervised source -> target pairs (data.objective=seq2seq), packed several to a row.
 
-  pairs = read_pairs("train.jsonl")                 # [(source, target)], {"source", "target"} lines
+  pairs = read_pairs("train.jsonl")     # [(source, target)]: {"source", "target"} lines, or tfds:
   rows = PackedPairs(pairs, tokenizer, s=128, t=128, name="train.jsonl")
   batches = GlobalBatches(rows, PairRows(s=128, bos_id=tok.bos_id), ...)
 
@@ -22,16 +22,22 @@ import os
 
 import numpy as np
 
-from pretrax.data import jsonl, packing
+from pretrax.data import classification, jsonl, packing
 from pretrax.data.errors import InputError
 from pretrax.data.row_store import Rows
 
 
-def read_pairs(path: str, field: str = "config.data.train") -> list[tuple[str, str]]:
-  """(source, target) of each non-blank line of a JSONL file; errors name PATH:LINE."""
+def read_pairs(spec: str, field: str = "config.data.train", *, default_split: str = "train",
+               data_dir: str | None = None, features: str = "") -> list[tuple[str, str]]:
+  """(source, target) of each pair of a JSONL file (errors name PATH:LINE) or of
+  `tfds:NAME[:SPLIT]` (`features` "SOURCE,TARGET" names the two text features; "": the
+  dataset's supervised keys, e.g. ("pt", "en") for ted_hrlr_translate/pt_to_en)."""
+  if spec.startswith("tfds:"):
+    return _read_tfds_pairs(spec, field, default_split, data_dir, features)
+  path = spec
   if not os.path.isfile(path):
     raise InputError(f"{field}={path!r}: no such file (expected a JSONL file with "
-                     '{"source": ..., "target": ...} lines)')
+                     '{"source": ..., "target": ...} lines, or tfds:NAME[:SPLIT])')
   pairs = []
   for where, record in jsonl.read_objects(path, '"source" and "target"'):
     for name in ("source", "target"):
@@ -44,11 +50,38 @@ def read_pairs(path: str, field: str = "config.data.train") -> list[tuple[str, s
   return pairs
 
 
-def file_identity(path: str) -> dict:
-  """What a saved data position in `path` means something for: its name, size and content hash."""
-  with open(path, "rb") as f:
+def _read_tfds_pairs(spec: str, field: str, default_split: str, data_dir: str | None,
+                     features: str) -> list[tuple[str, str]]:
+  import tensorflow_datasets as tfds
+
+  name, split = classification.parse_tfds(spec, default_split)
+  try:
+    records = tfds.data_source(name, split=split, data_dir=data_dir,
+                               builder_kwargs={"file_format": "array_record"})
+  except tfds.core.registered.DatasetNotFoundError:
+    raise InputError(f"{field}={spec!r}: TFDS has no dataset {name!r}") from None
+  names = sorted(records.dataset_info.features.keys())
+  keys = tuple(f.strip() for f in features.split(",")) if features else (
+      records.dataset_info.supervised_keys or ())
+  if len(keys) != 2 or not set(keys) <= set(names):
+    raise InputError(f"{field}={spec!r}: set config.data.pair_features=SOURCE,TARGET to two of "
+                     f"its features {names} (got {features or 'no supervised keys'!r})")
+  source, target = keys
+  pairs = [(classification.text_of(r[source]), classification.text_of(r[target]))
+           for r in (records[i] for i in range(len(records)))]
+  if not pairs:
+    raise InputError(f"{field}={spec!r}: split {split!r} holds no pairs")
+  return pairs
+
+
+def identity(spec: str) -> dict:
+  """What a saved data position in the pairs of `spec` means something for: a file's name, size
+  and content hash; a TFDS split's name."""
+  if spec.startswith("tfds:"):
+    return {"tfds": spec}
+  with open(spec, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
-  return {"file": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": digest}
+  return {"file": os.path.abspath(spec), "bytes": os.path.getsize(spec), "sha256": digest}
 
 
 def _ends_with_eos(ids: np.ndarray, room: int, eos_id: int) -> np.ndarray:

@@ -108,3 +108,18 @@ def test_bad_pair_files_name_the_line(tmp_path):
     seq2seq_pairs.read_pairs(str(path))
   with pytest.raises(InputError, match="config.data.train='missing.jsonl': no such file"):
     seq2seq_pairs.read_pairs("missing.jsonl")
+
+
+def test_tfds_pairs_through_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=5):
+    # ted_hrlr_translate/pt_to_en's supervised keys are ("pt", "en").
+    pairs = seq2seq_pairs.read_pairs("tfds:ted_hrlr_translate/pt_to_en")
+    records = tfds.data_source("ted_hrlr_translate/pt_to_en", split="train",
+                               builder_kwargs={"file_format": "array_record"})
+    assert pairs == [(records[i]["pt"], records[i]["en"]) for i in range(5)]
+    swapped = seq2seq_pairs.read_pairs("tfds:ted_hrlr_translate/pt_to_en:validation",
+                                       features="en,pt")
+    assert len(swapped) == 5 and all(isinstance(a, str) for pair in swapped for a in pair)
+    with pytest.raises(InputError, match="config.data.pair_features=SOURCE,TARGET"):
+      seq2seq_pairs.read_pairs("tfds:ted_hrlr_translate/pt_to_en", features="en,fr")

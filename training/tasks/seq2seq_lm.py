@@ -75,7 +75,7 @@ class Seq2SeqLM(PretrainingTask):
 
 
 class Seq2SeqPairs(Seq2SeqLM):
-  """Supervised pairs from JSONL files (data/seq2seq_pairs.py), several packed to a row:
+  """Supervised pairs from JSONL files or TFDS (data/seq2seq_pairs.py), several packed to a row:
   config.data.train, and config.data.eval for validation. Encoder and decoder have
   config.data.seq_len positions each."""
 
@@ -84,15 +84,19 @@ class Seq2SeqPairs(Seq2SeqLM):
     super().check_config(config)
     if not config.data.train:
       raise ConfigError("config.data.train is empty: give the training pairs with "
-                        "--config.data.train=FILE.jsonl ({\"source\": ..., \"target\": ...} lines)")
+                        "--config.data.train=FILE.jsonl ({\"source\": ..., \"target\": ...} lines) "
+                        "or tfds:NAME[:SPLIT]")
     if config.data.tokenizer == "train":
       raise ConfigError("config.data.tokenizer=train trains on config.data.source, not on the "
                         "pairs of config.data.train; use byte or a SentencePiece .model")
 
-  def _rows(self, path: str, field: str) -> seq2seq_pairs.PackedPairs:
-    s = self.config.data.seq_len
-    return seq2seq_pairs.PackedPairs(seq2seq_pairs.read_pairs(path, field), self.tokenizer, s=s,
-                                     t=s, name=path)
+  def _rows(self, spec: str, field: str) -> seq2seq_pairs.PackedPairs:
+    data = self.config.data
+    pairs = seq2seq_pairs.read_pairs(
+        spec, field, default_split="train" if spec == data.train else "validation",
+        data_dir=data.data_dir or None, features=data.pair_features)
+    return seq2seq_pairs.PackedPairs(pairs, self.tokenizer, s=data.seq_len, t=data.seq_len,
+                                     name=spec)
 
   def _batches(self, rows, *, shuffle: bool, repeat: bool, num_batches=None):
     size, seed = self.config.train.batch_size, self.config.train.seed
@@ -105,7 +109,7 @@ class Seq2SeqPairs(Seq2SeqLM):
   def data_fingerprint(self) -> dict:
     # The data position counts rows of the pairs file, not of config.data.source.
     return {**Task.data_fingerprint(self),
-            "pairs": seq2seq_pairs.file_identity(self.config.data.train)}
+            "pairs": seq2seq_pairs.identity(self.config.data.train)}
 
   def train_batches(self):
     return self._batches(self._rows(self.config.data.train, "config.data.train"),
@@ -120,13 +124,13 @@ class Seq2SeqPairs(Seq2SeqLM):
 
   def eval_data(self, split: str | None, max_batches: int | None):
     """`split`: None, "eval" or "validation": config.data.eval; "train": config.data.train;
-    anything else a JSONL file of pairs."""
+    anything else a JSONL file of pairs or tfds:NAME[:SPLIT]."""
     data = self.config.data
     path = {None: data.eval, "eval": data.eval, "validation": data.eval,
             "train": data.train}.get(split, split)
     if not path:
       raise ConfigError(f"{self.workdir} has no config.data.eval; pass pairs with "
-                        "--split=FILE.jsonl")
+                        "--split=FILE.jsonl or tfds:NAME[:SPLIT]")
     if max_batches is None:
       max_batches = self.config.train.eval_steps
     return path, self.eval_batches(max_batches or None, path)
