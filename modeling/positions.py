@@ -12,13 +12,13 @@ from pretrax.modeling.config import ModelConfig
 
 
 def sinusoidal_positions(positions_bt: jax.Array, d: int) -> jax.Array:
-  """[B, T] positions -> [B, T, D] float32: sin(p·ω_i) in the first D/2 features, cos(p·ω_i) in
-  the rest, ω_i = 10000^(-i / (D/2 - 1)) (tensor2tensor's and fairseq's layout)."""
-  half = d // 2
-  inv_freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * (-math.log(10_000.0) / max(half - 1, 1)))
-  angles_bti = positions_bt[..., None].astype(jnp.float32) * inv_freq
-  out_btd = jnp.concatenate([jnp.sin(angles_bti), jnp.cos(angles_bti)], axis=-1)
-  return jnp.pad(out_btd, ((0, 0), (0, 0), (0, d - 2 * half)))  # odd D: a zero last feature
+  """[B, T] positions -> [B, T, D] float32: the Transformer paper's sin(p / 10000^(2i/D)) in the
+  first ceil(D/2) features and cos(p / 10000^(2i/D)) in the rest (i = 0, 1, ...), the layout of
+  Marian's (transformers.MarianMTModel) tables."""
+  p_bt1 = positions_bt[..., None].astype(jnp.float32)
+  freq = lambda n: jnp.exp(jnp.arange(n, dtype=jnp.float32) * (-2.0 * math.log(10_000.0) / d))
+  return jnp.concatenate([jnp.sin(p_bt1 * freq(d - d // 2)), jnp.cos(p_bt1 * freq(d // 2))],
+                         axis=-1)
 
 
 def relative_position_bucket(relative_bts: jax.Array, *, bidirectional: bool, num_buckets: int,

@@ -139,14 +139,20 @@ def test_relative_buckets_by_hand():
   np.testing.assert_array_equal(np.asarray(future), 0)  # causal: the future is distance 0
 
 
-def test_sinusoids_by_hand():
+def test_sinusoids_by_hand_and_match_marians_table():
   d, positions = 10, np.array([[0, 1, 7]])
   got = np.asarray(sinusoidal_positions(jnp.asarray(positions), d))
   for j, p in enumerate(positions[0]):
     for i in range(5):
-      w = 10_000 ** (-i / 4)
+      w = 10_000 ** (-2 * i / d)
       np.testing.assert_allclose(got[0, j, i], math.sin(p * w), atol=1e-6)
       np.testing.assert_allclose(got[0, j, 5 + i], math.cos(p * w), atol=1e-6)
+  marian = pytest.importorskip("transformers.models.marian.modeling_marian")
+  for d in (10, 7):  # odd: one more sin feature than cos
+    table = marian.MarianSinusoidalPositionalEmbedding(64, d)
+    want = table.create_weight().numpy()
+    np.testing.assert_allclose(np.asarray(sinusoidal_positions(jnp.arange(64)[None], d))[0],
+                               want, atol=2e-5)
 
 
 def _params(config: ModelConfig) -> int:
