@@ -11,7 +11,8 @@ For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise
             batches (not the data pipeline); the first step (compile + run) is timed on its own,
             then --warmup steps, then --steps timed steps.
   torch     (--reference=torch) the same shapes as transformers.GPT2LMHeadModel (BERT:
-            BertForPreTraining), float32, torch.optim.AdamW with the same lr/betas/eps/weight
+            BertForPreTraining; encoder-decoder: BartForConditionalGeneration, for BART-layout
+            presets only), float32, torch.optim.AdamW with the same lr/betas/eps/weight
             decay (matrices only) and gradient clipping; eager, timed the same way, with
             --torch_threads CPU threads (default: all cores, like XLA's CPU thread pool).
   loop      (--loop) the whole trainer (`trainer.train`: input pipeline, host transfers,
@@ -28,18 +29,23 @@ For each preset (its own batch_size x seq_len unless --batch/--seq say otherwise
             ../shared/data/tinyshakespeare.txt, else the built-in default corpus), rows built
             before timing; a "step" is one batch of the preset's shape.
 Columns:
+  batch       B x T (encoder-decoder: B x S+T, S = data.seq_len encoder positions, T =
+              seq2seq_pipeline.decoder_length decoder positions)
   first s     seconds of the first step: compilation (pretrax) or lazy initialisation (torch)
   ms med/min/max  milliseconds per step over the timed steps
-  tokens/s    batch x seq / median step time (pipeline: / mean time per batch, as its batches
-              are uneven: most slice already tokenized rows, a few read and tokenize documents)
-  MFU         tokens/s x FLOPs per token / peak FLOP/s of the device (GPT: 6N + 12·L·d·T;
-              the footer prints each preset's formula and where the peak came from)
+  tokens/s    tokens per step (the task's tokens_per_step: B·T; encoder-decoder B·(S + T)) /
+              median step time (pipeline: / mean time per batch, as its batches are uneven:
+              most slice already tokenized rows, a few read and tokenize documents)
+  MFU         tokens/s x FLOPs per token / peak FLOP/s of the device (the task's
+              flops_per_token; GPT: 6N + 12·L·d·T; the footer prints each preset's formula and
+              where the peak came from)
   peak MiB    the device's peak_bytes_in_use when it reports one, else this process's peak RSS
   x           pretrax row: pretrax tokens/s ÷ torch tokens/s; loop rows: their tokens/s ÷ the
               torch loop's; pipeline row: pipeline tokens/s ÷ pretrax train tokens/s (its
               margin over the training step)
 
---smoke runs a few steps of the tiny preset on a tiny batch (seconds; for CI).
+--smoke runs a few steps of the tiny preset (or of each --preset: configs/bart.py:tiny for
+the encoder-decoder path) on a tiny batch (seconds; for CI).
 On a shared machine the numbers are only as good as its load: the header prints the load average.
 """
 
@@ -184,17 +190,51 @@ def bert_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> 
           "nsp_label": rng.integers(0, 2, size=(b,), dtype=np.int32)}
 
 
+def seq2seq_batch(config, rng, batch_size: int, seq_len: int, token_vocab: int) -> dict:
+  """Random encoder-decoder batch, keys and dtypes of data/seq2seq_pipeline.FEATURES: one
+  example a row, S = seq_len encoder and T = decoder_length(config.data) decoder positions, all
+  of them real tokens and targets."""
+  import numpy as np
+  from pretrax.data import seq2seq_pipeline
+  b, s = batch_size, seq_len
+  t = seq2seq_pipeline.decoder_length(dataclasses.replace(config.data, seq_len=s))
+  ids_bt = rng.integers(0, token_vocab, size=(b, t + 1), dtype=np.int32)
+  return {"encoder_inputs": rng.integers(0, token_vocab, size=(b, s), dtype=np.int32),
+          "encoder_segment_ids": np.ones((b, s), np.int32),
+          "encoder_positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
+          "decoder_inputs": ids_bt[:, :-1], "decoder_targets": ids_bt[:, 1:],
+          "decoder_segment_ids": np.ones((b, t), np.int32),
+          "decoder_positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+          "loss_weights": np.ones((b, t), np.float32)}
+
+
 # Per model family: a synthetic batch, the PyTorch reference and the FLOPs formula it is timed
 # against. A new family is one entry in each.
-SYNTHETIC_BATCHES = {"gpt": gpt_batch, "bert": bert_batch}
+SYNTHETIC_BATCHES = {"gpt": gpt_batch, "bert": bert_batch, "encoder_decoder": seq2seq_batch}
 FLOPS_FORMULAS = {"gpt": "6N + 12·L·d·T",
-                  "bert": "6(N − H) + 12·L·d·T + 6·H·P/T, H = d² + V·d (the MLM head)"}
+                  "bert": "6(N − H) + 12·L·d·T + 6·H·P/T, H = d² + V·d (the MLM head)",
+                  "encoder_decoder": "metrics.encoder_decoder_flops_per_token (weight matmuls, "
+                                     "self- and cross-attention, LM head on the T decoder "
+                                     "positions; over S + T)"}
+
+
+def step_tokens(config) -> tuple[int, str]:
+  """(tokens of one step, the batch column), as the task counts them (tokens_per_step): B·T, or
+  B·(S + T) encoder and decoder positions for an encoder-decoder."""
+  from pretrax.data import seq2seq_pipeline
+  from pretrax.training import tasks
+  b, s = config.train.batch_size, config.data.seq_len
+  tokens = tasks.task_class(config)(config, tokenizer=None, workdir="").tokens_per_step
+  if config.model.family == "encoder_decoder":
+    return tokens, f"{b}x{s}+{seq2seq_pipeline.decoder_length(config.data)}"
+  return tokens, f"{b}x{s}"
 
 
 def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
   """(Timing, parameter count, FLOPs per token, peak bytes) of the jitted train step.
 
-  The count includes the position table (as torch's does); the FLOPs use N without it.
+  The count includes the position table (as torch's does); the FLOPs are the task's
+  flops_per_token (GPT, BERT: N without the position table).
   """
   import jax
   import numpy as np
@@ -210,11 +250,10 @@ def run_pretrax(config, args, token_vocab: int, memory: PeakMemory):
   mesh = mesh_lib.make_mesh(config.mesh)
   abstract_params = nnx.to_pure_dict(models.abstract_model(config.model)[1])
   n_params = metrics.num_params(abstract_params, exclude_positions=False)
-  flops_token = metrics.flops_per_token(config.model, metrics.num_params(abstract_params),
-                                        config.data.seq_len, config.data)
   rng = np.random.default_rng(0)
   b, t = config.train.batch_size, config.data.seq_len
   task = tasks.task_class(config)(config, tokenizer=None, workdir="")
+  flops_token = task.flops_per_token(metrics.num_params(abstract_params))
   setup = trainer.build_train_setup(task, mesh)
   p_train_step, batch_sharding = setup.p_train_step, setup.batch_sharding
   with jax.set_mesh(mesh), sharding.axis_rules(config.mesh.axis_rules):
@@ -306,7 +345,49 @@ def torch_bert(config, tokenizer):
   return model, loss_fn
 
 
-TORCH_REFERENCES = {"gpt": torch_gpt2, "bert": torch_bert}
+def torch_bart(config, tokenizer):
+  """(BartForConditionalGeneration with the preset's shapes: post-LN, learned positions,
+  embedding LayerNorm, erf GELU, tied head with a logits bias; loss(batch)).
+
+  Only BART-layout presets (configs/bart.py); T5's relative positions, the Transformer's
+  sinusoids and the other switches BART lacks are refused, naming the field. The loss is the
+  cross-entropy over the decoder targets weighted by loss_weights, label smoothing as
+  config.train.label_smoothing. torch counts 2 more position rows per stack (BART reads row
+  position + 2) and keeps final_logits_bias as a buffer, not a parameter.
+  """
+  import torch.nn.functional as F
+  import transformers
+  m = config.model
+  _require_layout(m, {"position": "learned", "norm": "layernorm", "norm_position": "post",
+                      "activation": "gelu", "use_bias": True, "head_dim": 0, "embed_norm": True,
+                      "attention_scale": True, "tie_embeddings": True,
+                      "tied_logit_scale": False, "final_logits_bias": True, "norm_eps": 1e-5},
+                  "BartForConditionalGeneration")
+  h, f = m.num_heads, m.mlp_dim
+  model = transformers.BartForConditionalGeneration(transformers.BartConfig(
+      vocab_size=m.vocab_size, d_model=m.d_model, encoder_layers=m.num_layers,
+      decoder_layers=m.num_decoder_layers, encoder_attention_heads=h, decoder_attention_heads=h,
+      encoder_ffn_dim=f, decoder_ffn_dim=f, max_position_embeddings=m.max_seq_len,
+      activation_function="gelu", dropout=m.dropout, attention_dropout=m.attention_dropout,
+      activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0,
+      init_std=m.init_std, scale_embedding=m.embed_scale, pad_token_id=tokenizer.pad_id,
+      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+      decoder_start_token_id=tokenizer.bos_id))
+  smoothing = config.train.label_smoothing
+
+  def loss_fn(batch):
+    # Full segments, no padding: no attention masks (the decoder is causal by itself).
+    logits_btv = model(input_ids=batch["encoder_inputs"],
+                       decoder_input_ids=batch["decoder_inputs"]).logits
+    loss_bt = F.cross_entropy(logits_btv.transpose(1, 2), batch["decoder_targets"],
+                              reduction="none", label_smoothing=smoothing)
+    weights_bt = batch["loss_weights"]
+    return (loss_bt * weights_bt).sum() / weights_bt.sum().clamp(min=1.0)
+
+  return model, loss_fn
+
+
+TORCH_REFERENCES = {"gpt": torch_gpt2, "bert": torch_bert, "encoder_decoder": torch_bart}
 
 
 def torch_adamw(model, o):
@@ -562,7 +643,7 @@ def _parse_args(argv: list[str]):
   parser.add_argument("--pipeline_steps", type=int, default=None,
                       help="timed pipeline batches (default: 100, or --steps if more; smoke 10)")
   parser.add_argument("--smoke", action="store_true",
-                      help="tiny preset, batch 4 x 32, 3 steps: seconds, for CI")
+                      help="tiny preset (or --preset's), batch 4 x 32, 3 steps: seconds, for CI")
   parser.add_argument("--loop", action="store_true",
                       help="add the whole training loop on --text: the trainer cold and warm, "
                            "and (GPT) nanoGPT's loop in plain PyTorch")
@@ -639,33 +720,35 @@ def main(argv: list[str] | None = None) -> int:
   rows, notes = [], []
   for preset, config in configs:
     name = preset.rpartition("/")[2]
-    b, t = config.train.batch_size, config.data.seq_len
-    tokens_per_step = b * t
+    tokens_per_step, shape = step_tokens(config)
     timing, n_params, flops_token, peak_bytes = run_pretrax(config, args, tokenizer.vocab_size,
                                                             memory)
     tok_s = tokens_per_step / timing.per_step_s
-    pretrax_row = [name + " pretrax", f"{b}x{t}", n_params, timing, tokens_per_step,
+    pretrax_row = [name + " pretrax", shape, n_params, timing, tokens_per_step,
                    tok_s * flops_token / peak, peak_bytes, None]
     rows.append(pretrax_row)
     m = config.model
+    at = (f"S+T={shape.partition('x')[2]} (L_d={m.num_decoder_layers}; tokens = B·(S+T))"
+          if m.family == "encoder_decoder" else
+          f"T={config.data.seq_len} (N without the position table)")
     notes.append(f"{name}: {config.model.family}, L={m.num_layers} d={m.d_model} "
                  f"heads={m.num_heads} V={m.vocab_size}, attention_impl={m.attention_impl}, "
                  f"dtype={m.dtype}; {FLOPS_FORMULAS[m.family]} = {flops_token / 1e6:.2f} "
-                 f"MFLOP/token at T={t} (N without the position table)")
+                 f"MFLOP/token at {at}")
     if args.reference == "torch":
       t_timing, t_params, t_peak, t_desc = run_torch(config, args, tokenizer, tokenizer.vocab_size,
                                                      memory)
       t_tok_s = tokens_per_step / t_timing.per_step_s
-      rows.append([name + " torch", f"{b}x{t}", t_params, t_timing, tokens_per_step,
+      rows.append([name + " torch", shape, t_params, t_timing, tokens_per_step,
                    t_tok_s * flops_token / peak, t_peak, None])
       pretrax_row[-1] = tok_s / t_tok_s
       notes.append(f"{name}: torch reference on {t_desc}; pretrax/torch tokens/s = "
                    f"{tok_s / t_tok_s:.2f}")
     if args.loop:
       cold, warm = run_pretrax_loop(config, args, args.text)
-      loop_rows = [[f"{name} loop cold", f"{b}x{t}", n_params, cold, tokens_per_step,
+      loop_rows = [[f"{name} loop cold", shape, n_params, cold, tokens_per_step,
                     tokens_per_step / cold.per_step_s * flops_token / peak, None, None],
-                   [f"{name} loop warm", f"{b}x{t}", n_params, warm, tokens_per_step,
+                   [f"{name} loop warm", shape, n_params, warm, tokens_per_step,
                     tokens_per_step / warm.per_step_s * flops_token / peak, None, None]]
       rows += loop_rows
       notes.append(f"{name}: loop = trainer.train on {args.text}, logging every step; first s = "
@@ -674,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
       if m.family == "gpt":
         l_timing = run_torch_loop(config, args, tokenizer, args.text)
         l_tok_s = tokens_per_step / l_timing.per_step_s
-        rows.append([f"{name} torch loop", f"{b}x{t}", None, l_timing, tokens_per_step,
+        rows.append([f"{name} torch loop", shape, None, l_timing, tokens_per_step,
                      l_tok_s * flops_token / peak, None, None])
         for row in loop_rows:
           row[-1] = tokens_per_step / row[3].per_step_s / l_tok_s
@@ -684,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                      "text; x of the loop rows = their tokens/s ÷ the torch loop's")
     p_timing = run_pipeline(config, tokenizer, source, args)
     p_tok_s = tokens_per_step / p_timing.per_step_s
-    rows.append([name + " pipeline", f"{b}x{t}", None, p_timing, tokens_per_step, None, None,
+    rows.append([name + " pipeline", shape, None, p_timing, tokens_per_step, None, None,
                  p_tok_s / tok_s])
     notes.append(f"{name}: pipeline {1 / p_timing.per_step_s:,.1f} batches/s, {p_tok_s:,.0f} "
                  f"tokens/s = {p_tok_s / tok_s:.1f}x the train step's tokens/s")
@@ -701,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
                     for j, (x, w) in enumerate(zip(row, widths))))
     if i == 0:
       print("  ".join("-" * w for w in widths))
-  print(f"\nMFU = tokens/s x FLOPs/token (training/metrics.flops_per_token, per preset below) / "
-        f"peak; peak = {peak / 1e9:,.1f} GFLOP/s per device, {peak_source}")
+  print(f"\nMFU = tokens/s x FLOPs/token (the task's flops_per_token, training/metrics.py; per "
+        f"preset below) / peak; peak = {peak / 1e9:,.1f} GFLOP/s per device, {peak_source}")
   print(f"peak MiB: {memory.source}")
   print(f"pipeline: training batches (data/batches.py) of {source_name}, byte tokenizer")
   print(f"process set-up (cli/startup.py, as the pretrax command): "
