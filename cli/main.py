@@ -136,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                      "  pretrax export --workdir=workdirs/gpt_tiny --format=hf "
                      "--output=exports/gpt_tiny_hf",
                      description="--format=hf: a folder transformers loads (GPT2LMHeadModel / "
-                                 "BertForPreTraining); --format=params: a params-only run "
+                                 "BertForPreTraining / BartForConditionalGeneration / "
+                                 "T5ForConditionalGeneration / MarianMTModel); "
+                                 "--format=params: a params-only run "
                                  "directory that eval, score and sample accept as --workdir.")
   p.add_argument("--workdir", required=True)
   p.add_argument("--format", required=True, choices=("hf", "params"))

@@ -2,15 +2,15 @@
 
   pretrax export --workdir=RUN --format=hf --output=OUT [--step=N]
       OUT/config.json, OUT/model.safetensors: `GPT2LMHeadModel` / `BertForPreTraining` /
-      `BartForConditionalGeneration` / `T5ForConditionalGeneration` (`from_pretrained(OUT)`),
-      plus the tokenizer (tokenizer.model for SentencePiece) and pretrax_tokenizer.json /
-      pretrax_config.json, which `pretrax import` reads back.
+      `BartForConditionalGeneration` / `T5ForConditionalGeneration` / `MarianMTModel`
+      (`from_pretrained(OUT)`), plus the tokenizer (tokenizer.model for SentencePiece) and
+      pretrax_tokenizer.json / pretrax_config.json, which `pretrax import` reads back.
   pretrax export --workdir=RUN --format=params --output=OUT [--step=N]
       a run directory without optimizer or data state: OUT/config.json, OUT/tokenizer.*,
       OUT/checkpoints/STEP/state = {"params"}; `pretrax eval/score/sample --workdir=OUT` read it.
   pretrax import --format=hf --input=HF_DIR --workdir=RUN [--tokenizer=byte|PATH.model]
-      a local GPT-2 / BERT / BART / T5 folder -> a run directory with checkpoint 0 (params + a
-      fresh optimizer state) that `pretrax train` continues.
+      a local GPT-2 / BERT / BART / T5 / Marian folder -> a run directory with checkpoint 0
+      (params + a fresh optimizer state) that `pretrax train` continues.
 
 The parameter mapping itself lives in `interop/hf.py`.
 """
@@ -79,8 +79,8 @@ def require_hf_extra(command: str) -> None:
 def export_hf(workdir: str, output: str, step: int | None = None) -> dict:
   """Writes checkpoint `step` (default: latest) of the run in `workdir` as a HF model folder.
 
-  Refuses (ValueError naming the config field) a model with no GPT-2 / BERT / BART / T5
-  equivalent (which of BART and T5 an encoder-decoder becomes: interop/hf_seq2seq.py). The
+  Refuses (ValueError naming the config field) a model with no GPT-2 / BERT / BART / T5 /
+  Marian equivalent (which one an encoder-decoder becomes: interop/hf_seq2seq.py). The
   embedding keeps the padded rows: the HF vocab_size is config.model.vocab_size.
   """
   require_hf_extra("export")
@@ -226,7 +226,7 @@ def _import_tokenizer(input_dir: str, spec: str | None,
 
 def _base_config(input_dir: str, family: str, model_type: str) -> tuple[Config, bool]:
   """The source run's config when the folder came from `export_hf`, else the preset of the
-  family (gpt, bert) or of the HF model type (bart, t5)."""
+  family (gpt, bert) or of the HF model type (bart, t5; marian: transformer)."""
   path = os.path.join(input_dir, PRETRAX_CONFIG)
   if os.path.isfile(path):
     config = config_lib.load_json(path)
@@ -243,7 +243,8 @@ def _same_computation(a: ModelConfig, b: ModelConfig) -> bool:
 
 
 def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dict:
-  """Turns a local `transformers` GPT-2 / BERT / BART / T5 folder into a pretrax run directory.
+  """Turns a local `transformers` GPT-2 / BERT / BART / T5 / Marian folder into a pretrax run
+  directory.
 
   Writes WORKDIR/config.json (the model section mapped from the HF config, the rest from the
   family preset, or from the exporting run's config when the folder came from `export_hf`),

@@ -4,9 +4,9 @@ The layouts pretrax's presets follow are supported:
   gpt   <-> GPT-2 (`GPT2LMHeadModel` / `GPT2Model`): pre-LN, learned positions, tied LM head.
   bert  <-> BERT (`BertForPreTraining`; `BertForMaskedLM` / `BertModel` on import): post-LN,
             token types, embedding LayerNorm, MLM head (tied) + pooler + NSP head.
-  encoder_decoder <-> BART (`BartForConditionalGeneration`) or T5
-            (`T5ForConditionalGeneration`), by the model's switches: interop/hf_seq2seq.py, to
-            which every function here hands that family.
+  encoder_decoder <-> BART (`BartForConditionalGeneration`), T5
+            (`T5ForConditionalGeneration`) or Marian (`MarianMTModel`), by the model's switches:
+            interop/hf_seq2seq.py, to which every function here hands that family.
 
 Parameter names (pretrax pure dict <-> HF state dict, without the base-model prefix
 "transformer." / "bert."; the heads "cls.*" have none):
@@ -51,7 +51,7 @@ FAMILIES = {
              "bert."),
 }
 MODEL_TYPE_TO_FAMILY = {v[0]: k for k, v in FAMILIES.items()}
-SEQ2SEQ_MODEL_TYPES = ("bart", "t5")  # family encoder_decoder: interop/hf_seq2seq.py
+SEQ2SEQ_MODEL_TYPES = ("bart", "t5", "marian")  # family encoder_decoder: interop/hf_seq2seq.py
 
 # State-dict entries that carry no parameter of their own: buffers of old GPT-2 checkpoints and
 # the tied copies of the embedding (checked to equal it on import).
@@ -74,7 +74,7 @@ def _seq2seq():
 
 
 def check_exportable(model: ModelConfig) -> None:
-  """Raises ValueError naming the field when `model` has no GPT-2 / BERT / BART / T5
+  """Raises ValueError naming the field when `model` has no GPT-2 / BERT / BART / T5 / Marian
   equivalent."""
   if model.family == "encoder_decoder":
     return _seq2seq().check_exportable(model)
@@ -179,7 +179,7 @@ def _hf_get(hf: dict, field: str, default):
 
 def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json",
                    tensors: dict | None = None) -> ModelConfig:
-  """The pretrax model section for a GPT-2 / BERT / BART / T5 config.json dict.
+  """The pretrax model section for a GPT-2 / BERT / BART / T5 / Marian config.json dict.
 
   Fields HF has no notion of (attention_impl, dtype, rope_theta) come from `base`, except that a
   model with attention dropout gets attention_impl=einsum, the one path that has it. `tensors`
@@ -457,7 +457,7 @@ def from_hf_state(model: ModelConfig, tensors: dict[str, np.ndarray], abstract_p
         raise InputError(f"{source}: {name} differs from {target}; pretrax ties the output "
                          "projection to the token embedding and cannot import an untied head")
   used |= {n for n in by_name if n.endswith(_GPT2_BUFFERS) or n.endswith("position_ids")
-           or (seq2seq and seq2seq.ignored(n))}
+           or (seq2seq and n not in used and seq2seq.ignored(model, n, by_name[n], source))}
   unknown = sorted(set(by_name) - used)
   if unknown:
     raise InputError(f"{source} holds {len(unknown)} tensor(s) pretrax has no place for, e.g. "

@@ -1,4 +1,4 @@
-"""Hugging Face interop of config.model.family="encoder_decoder": BART and T5, both ways.
+"""Hugging Face interop of config.model.family="encoder_decoder": BART, T5, Marian, both ways.
 
 Which architecture a model maps to follows from its switches (`variant`):
   bart  <-> BartForConditionalGeneration: learned positions, post-LN LayerNorm with biases, an
@@ -8,8 +8,11 @@ Which architecture a model maps to follows from its switches (`variant`):
             0), pre-LN RMSNorm without biases, unscaled attention, any d_kv. v1.1: gated-gelu
             (geglu) and an untied lm_head (configs/t5.py); v1.0: relu and the tied head scaled
             by d_model**-0.5 (tied_logit_scale).
-A model neither can compute (sinusoidal or rotary positions: the "transformer" preset) is refused
-by `check_exportable`, naming the config field; `pretrax export --format=params` still works.
+  marian <-> MarianMTModel: sinusoidal positions (the original Transformer, configs/transformer.py):
+            BART's post-LN layers without its embedding LayerNorm; final_logits_bias is a buffer
+            (zeros unless the pretrax model has one), the sinusoid tables are not saved.
+A model none can compute (rotary positions, a pre-LN or RMS-norm Marian, ...) is refused by
+`check_exportable`, naming the config field; `pretrax export --format=params` still works.
 
 Parameter names (pretrax pure dict <-> HF state dict; BART's base-model prefix "model." is left
 out, its heads lm_head / final_logits_bias have none; T5's names have no prefix). S is a stack,
@@ -26,6 +29,8 @@ encoder or decoder; nn.Linear weights are [out, in], the transpose of pretrax's 
         S.blocks.i.mlp.w_in_df/w_out_fd S.layers.i.fc1 / fc2 (+ bias)
         S.blocks.i.mlp_norm            S.layers.i.final_layer_norm
         final_logits_bias_v [V]        final_logits_bias [1, V]
+  Marian as BART, without S.embed_positions (computed, not saved; ignored on import) and
+        S.layernorm_embedding; final_logits_bias [1, V] zeros when the model has no bias.
   T5    token_embed_vd                 shared.weight (= S.embed_tokens.weight)
         S.relative_bias.table_rh       S.block.0.layer.0.SelfAttention.relative_attention_bias
         S.blocks.i.attn.*, attn_norm   S.block.i.layer.0.SelfAttention.{q,k,v,o}, .layer_norm
@@ -53,10 +58,11 @@ from pretrax.modeling.config import ModelConfig
 ARCHITECTURES = {
     "bart": ("BartForConditionalGeneration", ("BartForConditionalGeneration",), "model.", "bart"),
     "t5": ("T5ForConditionalGeneration", ("T5ForConditionalGeneration",), "", "t5"),
+    "marian": ("MarianMTModel", ("MarianMTModel",), "model.", "transformer"),
 }
 _BART_HEADS = ("lm_head.weight", "final_logits_bias")  # BART names without the "model." prefix
 BART_POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding reads row position + 2
-BART_NORM_EPS = 1e-5      # BART's nn.LayerNorm keeps torch's default eps; no config field
+BART_NORM_EPS = 1e-5      # BART's (and Marian's) nn.LayerNorm keeps torch's default eps
 
 # pretrax activation -> T5 feed_forward_proj ("gated-ACT" or "ACT"); T5 maps "gated-gelu" to
 # gelu_new (tanh), the gate geglu computes.
@@ -71,8 +77,8 @@ _BART_DEFAULTS = {"normalize_before": False, "add_final_layer_norm": False,
 
 
 def variant(model: ModelConfig) -> str | None:
-  """"bart" or "t5", by config.model.position; None for positions neither has."""
-  return {"learned": "bart", "relative": "t5"}.get(model.position)
+  """"bart", "t5" or "marian", by config.model.position; None for positions none has."""
+  return {"learned": "bart", "relative": "t5", "sinusoidal": "marian"}.get(model.position)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,9 +86,9 @@ def variant(model: ModelConfig) -> str | None:
 
 
 def check_exportable(model: ModelConfig) -> None:
-  """Raises InputError naming the field when `model` is neither BART nor T5 in layout."""
+  """Raises InputError naming the field when `model` is not BART, T5 or Marian in layout."""
   kind = variant(model)
-  target = {"bart": "BART", "t5": "T5", None: "BART or T5"}[kind]
+  target = {"bart": "BART", "t5": "T5", "marian": "Marian", None: "BART, T5 or Marian"}[kind]
 
   def refuse(field: str, why: str):
     raise InputError(f"config.model.{field}={getattr(model, field)!r} has no {target} "
@@ -91,31 +97,34 @@ def check_exportable(model: ModelConfig) -> None:
                      "for pretrax)")
 
   if kind is None:
-    refuse("position", "BART has learned position tables, T5 a relative position bias")
-  if kind == "bart":
+    refuse("position", "BART has learned position tables, T5 a relative position bias, Marian "
+           "sinusoids")
+  if kind in ("bart", "marian"):  # the same post-LN layers
     if model.norm != "layernorm":
-      refuse("norm", "BART uses LayerNorm with a bias")
+      refuse("norm", f"{target} uses LayerNorm with a bias")
     if not model.use_bias:
-      refuse("use_bias", "BART has biases on every dense layer and norm")
+      refuse("use_bias", f"{target} has biases on every dense layer and norm")
     if model.norm_position != "post":
-      refuse("norm_position", "BART is post-LN")
-    if not model.embed_norm:
+      refuse("norm_position", f"{target} is post-LN")
+    if kind == "bart" and not model.embed_norm:
       refuse("embed_norm", "BART has a LayerNorm after the embeddings (layernorm_embedding)")
+    if kind == "marian" and model.embed_norm:
+      refuse("embed_norm", "Marian has no norm after the embeddings")
     if model.norm_eps != BART_NORM_EPS:
-      refuse("norm_eps", f"BART's LayerNorm eps is {BART_NORM_EPS}")
+      refuse("norm_eps", f"{target}'s LayerNorm eps is {BART_NORM_EPS}")
     if model.activation not in hf_lib.ACTIVATION_TO_HF:
-      refuse("activation", "BART's MLP is not gated; supported: "
+      refuse("activation", f"{target}'s MLP is not gated; supported: "
              f"{', '.join(hf_lib.ACTIVATION_TO_HF)}")
     if not model.attention_scale:
-      refuse("attention_scale", "BART scales attention scores by 1/sqrt(head_dim)")
+      refuse("attention_scale", f"{target} scales attention scores by 1/sqrt(head_dim)")
     if model.attn_head_dim * model.num_heads != model.d_model:
-      refuse("head_dim", f"BART's head size is d_model / num_heads = "
+      refuse("head_dim", f"{target}'s head size is d_model / num_heads = "
              f"{model.d_model}/{model.num_heads}")
     if not model.tie_embeddings:
-      refuse("tie_embeddings", "BART ties its LM head to the shared token embedding")
+      refuse("tie_embeddings", f"{target} ties its LM head to the shared token embedding")
     if model.tied_logit_scale:
-      refuse("tied_logit_scale", "BART does not scale the decoder output before its head")
-    if not model.final_logits_bias:
+      refuse("tied_logit_scale", f"{target} does not scale the decoder output before its head")
+    if kind == "bart" and not model.final_logits_bias:
       refuse("final_logits_bias", "BART adds a [V] bias to the logits; set it True (zeros)")
     return
   if model.norm != "rmsnorm":
@@ -144,9 +153,11 @@ def to_hf_config(model: ModelConfig, special_ids: dict[str, int]) -> dict:
   common = {"architectures": [architecture], "model_type": kind, "dtype": "float32",
             "vocab_size": model.vocab_size, "d_model": model.d_model, "is_encoder_decoder": True,
             "decoder_start_token_id": special_ids["bos_token_id"], **special_ids}
-  if kind == "bart":
+  if kind in ("bart", "marian"):
     h, f = model.num_heads, model.mlp_dim
-    return {**common, "max_position_embeddings": model.max_seq_len,
+    marian = {"decoder_vocab_size": model.vocab_size,
+              "share_encoder_decoder_embeddings": True} if kind == "marian" else {}
+    return {**common, **marian, "max_position_embeddings": model.max_seq_len,
             "encoder_layers": model.num_layers, "decoder_layers": model.num_decoder_layers,
             "encoder_attention_heads": h, "decoder_attention_heads": h,
             "encoder_ffn_dim": f, "decoder_ffn_dim": f,
@@ -179,7 +190,8 @@ def to_hf_config(model: ModelConfig, special_ids: dict[str, int]) -> dict:
 
 
 def family_of(hf: dict, path: str = "config.json") -> tuple[str, str]:
-  """("encoder_decoder", architecture) of a BART / T5 config.json dict; InputError otherwise."""
+  """("encoder_decoder", architecture) of a BART / T5 / Marian config.json dict; InputError
+  otherwise."""
   model_type = hf.get("model_type")
   archs = hf.get("architectures") or []
   written, accepted, _, _ = ARCHITECTURES[model_type]
@@ -202,12 +214,13 @@ def _t5_untied_head(tensors: dict | None) -> bool | None:
 
 def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json",
                    tensors: dict | None = None) -> ModelConfig:
-  """The pretrax model section for a BART / T5 config.json dict.
+  """The pretrax model section for a BART / T5 / Marian config.json dict.
 
   `tensors` (the state dict) tells a T5 with a head of its own from a tied one, which a
   config.json of transformers 5 does not (it always says tie_word_embeddings=true); without
-  them, T5 follows transformers 4: untied iff tie_word_embeddings is false. Raises InputError
-  naming the HF field for layouts pretrax cannot compute.
+  them, T5 follows transformers 4: untied iff tie_word_embeddings is false. They also tell
+  whether Marian's final_logits_bias buffer holds anything but zeros (without them: zeros, no
+  bias). Raises InputError naming the HF field for layouts pretrax cannot compute.
   """
   model_type = hf.get("model_type")
   family_of(hf, path)
@@ -217,15 +230,23 @@ def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json",
       raise InputError(f"{path}: {field}={hf.get(field)!r} is not supported by pretrax ({why})")
 
   get = lambda field, default: hf_lib._hf_get(hf, field, default)
-  d = get("d_model", 1024 if model_type == "bart" else 512)
+  d = get("d_model", 512 if model_type == "t5" else 1024)
   values = dict(family="encoder_decoder", d_model=d, type_vocab_size=0)
+  marian = model_type == "marian"
+  vocab = get("vocab_size", 58101 if marian else 50265)
   if model_type == "bart":
     for field, default in _BART_DEFAULTS.items():
       need(field, hf.get(field, default) == default, f"BART computes {field}={default}")
     need("extra_pos_embeddings", hf.get("extra_pos_embeddings", BART_POSITION_OFFSET) ==
          BART_POSITION_OFFSET, f"the position table has {BART_POSITION_OFFSET} extra rows")
+  if marian:
+    need("share_encoder_decoder_embeddings", hf.get("share_encoder_decoder_embeddings", True),
+         "pretrax shares one token embedding between encoder and decoder")
+    need("decoder_vocab_size", get("decoder_vocab_size", vocab) == vocab,
+         f"the decoder's vocabulary is the encoder's (vocab_size={vocab})")
+  if model_type in ("bart", "marian"):
     need("tie_word_embeddings", hf.get("tie_word_embeddings", True) is not False,
-         "BART's LM head is the shared token embedding")
+         "the LM head is the shared token embedding")
     heads, ffn = get("encoder_attention_heads", 16), get("encoder_ffn_dim", 4096)
     need("decoder_attention_heads", get("decoder_attention_heads", 16) == heads,
          f"the decoder has as many heads as the encoder (encoder_attention_heads={heads})")
@@ -237,14 +258,16 @@ def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json",
     need("activation_function", act in hf_lib.ACTIVATION_FROM_HF,
          f"supported: {', '.join(hf_lib.ACTIVATION_FROM_HF)}")
     layers, decoder_layers = get("encoder_layers", 12), get("decoder_layers", 12)
+    bias = None if tensors is None else tensors.get("final_logits_bias")
     values.update(
-        vocab_size=get("vocab_size", 50265), max_seq_len=get("max_position_embeddings", 1024),
+        vocab_size=vocab, max_seq_len=get("max_position_embeddings", 1024),
         num_layers=layers, decoder_layers=0 if decoder_layers == layers else decoder_layers,
         num_heads=heads, d_ff=0 if ffn == 4 * d else ffn, head_dim=0,
         activation=hf_lib.ACTIVATION_FROM_HF[act], norm="layernorm", norm_position="post",
-        norm_eps=BART_NORM_EPS, position="learned", embed_norm=True,
-        embed_scale=bool(get("scale_embedding", False)), attention_scale=True, use_bias=True,
-        tie_embeddings=True, tied_logit_scale=False, final_logits_bias=True,
+        norm_eps=BART_NORM_EPS, position="sinusoidal" if marian else "learned",
+        embed_norm=not marian, embed_scale=bool(get("scale_embedding", False)),
+        attention_scale=True, use_bias=True, tie_embeddings=True, tied_logit_scale=False,
+        final_logits_bias=not marian or bias is not None and bool(np.any(bias)),
         dropout=get("dropout", 0.1), attention_dropout=get("attention_dropout", 0.0),
         init_std=get("init_std", 0.02))
   else:
@@ -289,10 +312,11 @@ def from_hf_config(hf: dict, base: ModelConfig, path: str = "config.json",
 
 
 def notes(hf: dict) -> list[str]:
-  """What an import drops: BART's training-only knobs pretrax has no equivalent for."""
+  """What an import drops: BART's / Marian's training-only knobs pretrax has no equivalent
+  for."""
   out = []
   for field in ("activation_dropout", "encoder_layerdrop", "decoder_layerdrop"):
-    if hf.get("model_type") == "bart" and (hf.get(field) or 0) > 0:
+    if hf.get("model_type") in ("bart", "marian") and (hf.get(field) or 0) > 0:
       out.append(f"{field}={hf[field]} is dropped: pretrax has no equivalent (training only)")
   return out
 
@@ -346,6 +370,7 @@ def layout(model: ModelConfig) -> hf_lib.Layout:
                lambda a: np.concatenate([np.zeros((pad, d), a.dtype), a]),
                lambda x: [x[pad:]])]
       out += norm(f"{stack}.layernorm_embedding", (stack, "embed_norm"))
+    if kind in ("bart", "marian"):
       for i in range(layers):
         p, hf = (stack, "blocks", i), f"{stack}.layers.{i}"
         out += attention(f"{hf}.self_attn", p + ("attn",))
@@ -376,7 +401,7 @@ def layout(model: ModelConfig) -> hf_lib.Layout:
       out += linear(f"{mlp}.wo", p + ("mlp",), "w_out_fd", None)
       out += norm(f"{hf}.{ff}.layer_norm", p + ("mlp_norm",))
     out += norm(f"{stack}.final_layer_norm", (stack, "final_norm"))
-  if kind == "bart":
+  if model.final_logits_bias:  # BART's always; Marian's when it has one (else zeros: tied_copies)
     v = model.vocab_size
     out += [("final_logits_bias", (("final_logits_bias_v",),), lambda a: a.reshape(1, v),
              lambda x: [x.reshape(x.shape[-1])])]
@@ -405,23 +430,38 @@ def tied(model: ModelConfig) -> dict[str, str]:
 
 def tied_copies(model: ModelConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Tensors `to_hf_state` adds beyond the layout: a T5 tied head without the d_model**-0.5
-  scale goes out as lm_head.weight, a copy (see `to_hf_config`)."""
+  scale goes out as lm_head.weight, a copy (see `to_hf_config`); a Marian without a logits bias
+  writes its final_logits_bias buffer as zeros."""
   if variant(model) == "t5" and model.tie_embeddings and not model.tied_logit_scale:
     return {"lm_head.weight": state["shared.weight"].copy()}
+  if variant(model) == "marian" and not model.final_logits_bias:
+    return {"final_logits_bias": np.zeros((1, model.vocab_size), np.float32)}
   return {}
 
 
 # State-dict entries with no parameter, which transformers ignores too: fairseq's version markers
-# in old BART files; an unused cross-attention bias table in old T5 files.
+# in old BART files; an unused cross-attention bias table in old T5 files; the sinusoid tables
+# some Marian files hold (transformers recomputes them on load).
 _IGNORED = ("encoder.version", "decoder.version",
             "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
+_MARIAN_IGNORED = ("encoder.embed_positions.weight", "decoder.embed_positions.weight")
 
 
-def ignored(name: str) -> bool:
+def ignored(model: ModelConfig, name: str, tensor: np.ndarray, source: str) -> bool:
+  """Whether state-dict entry `name` (no prefix) carries nothing pretrax needs; InputError for a
+  nonzero Marian final_logits_bias the model has no place for."""
+  if variant(model) == "marian":
+    if name == "final_logits_bias" and not model.final_logits_bias:
+      if np.any(tensor):
+        raise InputError(f"{source}: final_logits_bias is nonzero but config.model."
+                         "final_logits_bias=False; set it True to import the bias")
+      return True
+    if name in _MARIAN_IGNORED:
+      return True
   return name in _IGNORED
 
 
 def optional(name: str) -> bool:
-  """Tensors a file may lack, initialized fresh (zeros) as transformers does: BART's
-  final_logits_bias, missing from some hub checkpoints."""
+  """Tensors a file may lack, initialized fresh (zeros) as transformers does: BART's (and
+  Marian's) final_logits_bias, missing from some hub checkpoints."""
   return name == "final_logits_bias"

@@ -1,4 +1,5 @@
-"""Hugging Face interop of the encoder-decoder: BART, T5 v1.1 and T5 v1.0 against `transformers`.
+"""Hugging Face interop of the encoder-decoder: BART, T5 v1.1, T5 v1.0 and Marian (the original
+Transformer's layout) against `transformers`.
 
 Both directions in float32: a pretrax model with random parameters written as `pretrax export
 --format=hf` writes it (config.json + model.safetensors) and loaded with `from_pretrained`; a
@@ -8,8 +9,9 @@ uneven on purpose: 2 + 3 layers (or 3 + 2), widths 48 / 72, 3 or 6 heads, T5's d
 d_model / num_heads, d_ff != 4 * d_model, relative buckets other than T5's defaults. The encoder
 input has padding (segment id 0 / attention_mask 0), the decoder input too, at its end; logits
 are compared at the decoder's real positions within LOGIT_ATOL (measured with transformers 5.24,
-pytest -s prints them: export BART 1.4e-6, T5 v1.1 8.1e-6, T5 v1.0 3.9e-6; import BART 9.5e-7,
-T5 v1.1 2.1e-5 at logit std 8, T5 v1.0 1.9e-6).
+pytest -s prints them: export BART 1.4e-6, T5 v1.1 8.1e-6, T5 v1.0 3.9e-6, Marian 9.5e-7 (8.3e-7
+with a logits bias); import BART 9.5e-7, T5 v1.1 2.1e-5 at logit std 8, T5 v1.0 1.9e-6, Marian
+1.3e-6).
 """
 
 import dataclasses
@@ -26,7 +28,7 @@ transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from pretrax.inference import loading
-from pretrax.interop import export, hf
+from pretrax.interop import export, hf, hf_seq2seq
 from pretrax.modeling import models
 from pretrax.modeling.config import ModelConfig
 from pretrax.training import config as config_lib
@@ -39,6 +41,7 @@ SPECIAL = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)
 _SEQ2SEQ = dict(family="encoder_decoder", vocab_size=VOCAB, max_seq_len=40, init_std=0.1)
 _BART = dict(_SEQ2SEQ, position="learned", norm_position="post", activation="gelu",
              embed_norm=True, final_logits_bias=True)
+_MARIAN = dict(_SEQ2SEQ, position="sinusoidal", norm_position="post", embed_scale=True)
 _T5 = dict(_SEQ2SEQ, position="relative", norm="rmsnorm", norm_eps=1e-6, use_bias=False,
            attention_scale=False, relative_buckets=16, relative_max_distance=24)
 PRETRAX = {
@@ -53,8 +56,14 @@ PRETRAX = {
     # A tied head without T5 v1.0's scale: exported with lm_head.weight, a copy.
     "t5_tied_unscaled": ModelConfig(**_T5, num_layers=2, decoder_layers=1, d_model=48,
                                     num_heads=3, head_dim=12, d_ff=72, activation="geglu"),
+    # The "transformer" preset's layout; without a logits bias Marian's buffer is written zeros.
+    "marian": ModelConfig(**_MARIAN, num_layers=2, decoder_layers=3, d_model=48, num_heads=3,
+                          d_ff=80, activation="relu"),
+    "marian_bias": ModelConfig(**_MARIAN, num_layers=1, decoder_layers=2, d_model=36,
+                               num_heads=2, d_ff=64, activation="gelu", final_logits_bias=True),
 }
-ARCHITECTURE = {"bart": "BartForConditionalGeneration", "t5": "T5ForConditionalGeneration"}
+ARCHITECTURE = {"bart": "BartForConditionalGeneration", "t5": "T5ForConditionalGeneration",
+                "marian": "MarianMTModel"}
 
 
 def _hf_model(name: str):
@@ -67,6 +76,14 @@ def _hf_model(name: str):
         encoder_ffn_dim=80, decoder_ffn_dim=80, dropout=0.0, attention_dropout=0.0,
         scale_embedding=False, init_std=0.1, decoder_start_token_id=2, **SPECIAL)
     model = transformers.BartForConditionalGeneration(config)
+  elif name == "marian":
+    config = transformers.MarianConfig(
+        vocab_size=VOCAB, decoder_vocab_size=VOCAB, max_position_embeddings=40, d_model=72,
+        encoder_layers=3, decoder_layers=2, encoder_attention_heads=6, decoder_attention_heads=6,
+        encoder_ffn_dim=100, decoder_ffn_dim=100, activation_function="gelu", dropout=0.0,
+        attention_dropout=0.0, scale_embedding=True, init_std=0.1, decoder_start_token_id=2,
+        forced_eos_token_id=3, **SPECIAL)
+    model = transformers.MarianMTModel(config)
   else:
     v1_1 = name == "t5_v1_1"
     shape = (dict(d_model=72, d_kv=10, d_ff=100, num_layers=3, num_decoder_layers=2, num_heads=6)
@@ -85,7 +102,7 @@ def _hf_model(name: str):
     for key, p in model.named_parameters():
       if key.endswith("bias") or "norm" in key:
         p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    if name == "bart":
+    if name in ("bart", "marian"):  # a buffer in Marian, nonzero only in a converted model
       model.final_logits_bias.normal_(0.0, 0.1, generator=gen)
   return model.eval()
 
@@ -200,7 +217,7 @@ def test_export_gives_pretrax_logits_in_transformers(name, tmp_path):
 # HF -> pretrax (-> HF).
 
 
-@pytest.fixture(scope="module", params=["bart", "t5_v1_1", "t5_v1_0"])
+@pytest.fixture(scope="module", params=["bart", "t5_v1_1", "t5_v1_0", "marian"])
 def saved(request, tmp_path_factory):
   """(name, random HF model, the folder `save_pretrained` wrote it to)."""
   name = request.param
@@ -216,7 +233,7 @@ def test_import_gives_transformers_logits(saved):
   name, theirs, folder = saved
   hf_config = json.loads((folder / "config.json").read_text())
   tensors = export.read_hf_tensors(str(folder))
-  base = config_lib.load_preset(hf_config["model_type"]).model
+  base = config_lib.load_preset(hf_seq2seq.ARCHITECTURES[hf_config["model_type"]][3]).model
   cfg = hf.from_hf_config(hf_config, base, tensors=tensors)
   expected = {"bart": dict(position="learned", norm_position="post", activation="gelu",
                            num_layers=2, decoder_layers=3, d_ff=80, tie_embeddings=True),
@@ -225,7 +242,10 @@ def test_import_gives_transformers_logits(saved):
                               tie_embeddings=False, tied_logit_scale=False),
               "t5_v1_0": dict(position="relative", activation="relu", num_layers=2,
                               decoder_layers=3, head_dim=20, d_ff=56, relative_max_distance=20,
-                              tie_embeddings=True, tied_logit_scale=True)}[name]
+                              tie_embeddings=True, tied_logit_scale=True),
+              "marian": dict(position="sinusoidal", norm_position="post", embed_norm=False,
+                             embed_scale=True, activation="gelu", num_layers=3, decoder_layers=2,
+                             num_heads=6, d_ff=100, final_logits_bias=True)}[name]
   assert {k: getattr(cfg, k) for k in expected} == expected
   graphdef, state = models.abstract_model(cfg)
   params, fresh = hf.from_hf_state(cfg, tensors, nnx.to_pure_dict(state))
@@ -240,7 +260,8 @@ def test_import_gives_transformers_logits(saved):
 # The command-line round trip of one variant in the quick suite (the parameter mapping of each is
 # checked both ways above); BART and T5 v1.0 as `slow`.
 @pytest.mark.parametrize("saved", [pytest.param("bart", marks=pytest.mark.slow), "t5_v1_1",
-                                   pytest.param("t5_v1_0", marks=pytest.mark.slow)],
+                                   pytest.param("t5_v1_0", marks=pytest.mark.slow),
+                                   pytest.param("marian", marks=pytest.mark.slow)],
                          indirect=True)
 def test_import_then_export_is_bit_exact(saved, tmp_path):
   """`pretrax import --format=hf`, then `pretrax export --format=hf` of that run: transformers
@@ -269,7 +290,7 @@ def test_import_then_export_is_bit_exact(saved, tmp_path):
 
 
 @pytest.mark.parametrize("base,field,value", [
-    ("bart", "position", "sinusoidal"), ("bart", "position", "rope"),
+    ("bart", "position", "rope"),
     ("bart", "norm_position", "pre"), ("bart", "norm", "rmsnorm"), ("bart", "use_bias", False),
     ("bart", "embed_norm", False), ("bart", "activation", "geglu"), ("bart", "norm_eps", 1e-6),
     ("bart", "attention_scale", False), ("bart", "head_dim", 8),
@@ -278,6 +299,11 @@ def test_import_then_export_is_bit_exact(saved, tmp_path):
     ("t5_v1_1", "norm_position", "post"), ("t5_v1_1", "attention_scale", True),
     ("t5_v1_1", "embed_norm", True), ("t5_v1_1", "embed_scale", True),
     ("t5_v1_1", "final_logits_bias", True),
+    ("marian", "embed_norm", True), ("marian", "norm_position", "pre"),
+    ("marian", "norm", "rmsnorm"), ("marian", "use_bias", False),
+    ("marian", "activation", "swiglu"), ("marian", "attention_scale", False),
+    ("marian", "tie_embeddings", False), ("marian", "tied_logit_scale", True),
+    ("marian", "head_dim", 8), ("marian", "norm_eps", 1e-6),
 ])
 def test_configs_without_hf_equivalent_are_refused(base, field, value):
   config = PRETRAX[base]
@@ -286,13 +312,31 @@ def test_configs_without_hf_equivalent_are_refused(base, field, value):
     hf.check_exportable(dataclasses.replace(config, **{field: value}))
 
 
-def test_transformer_preset_exports_as_params_only():
-  model = config_lib.load_preset("transformer:tiny").model
-  with pytest.raises(ValueError, match="position='sinusoidal' has no BART or T5 equivalent.*"
+def test_shipped_seq2seq_presets_export_and_rope_does_not():
+  for preset in ("transformer:tiny", "bart:tiny", "t5:tiny"):
+    hf.check_exportable(config_lib.load_preset(preset).model)
+  assert hf.to_hf_config(config_lib.load_preset("transformer:tiny").model,
+                         SPECIAL)["architectures"] == ["MarianMTModel"]
+  model = dataclasses.replace(config_lib.load_preset("transformer:tiny").model, position="rope")
+  with pytest.raises(ValueError, match="position='rope' has no BART, T5 or Marian equivalent.*"
                                        "--format=params"):
     hf.check_exportable(model)
-  for preset in ("bart:tiny", "t5:tiny"):  # the shipped seq2seq presets export
-    hf.check_exportable(config_lib.load_preset(preset).model)
+
+
+def test_marian_logits_bias_needs_final_logits_bias():
+  """A nonzero final_logits_bias buffer: read into a model with final_logits_bias=True (which
+  from_hf_config picks from the tensors), refused by one without."""
+  config = PRETRAX["marian"]
+  _, params = _pretrax_params(config, seed=4)
+  tensors = hf.to_hf_state(config, params)
+  assert not tensors["final_logits_bias"].any()
+  tensors["final_logits_bias"] = np.full((1, VOCAB), 0.5, np.float32)
+  hf_config = hf.to_hf_config(config, SPECIAL)
+  assert hf.from_hf_config(hf_config, config, tensors=tensors).final_logits_bias
+  assert not hf.from_hf_config(hf_config, config).final_logits_bias
+  abstract = nnx.to_pure_dict(models.abstract_model(config)[1])
+  with pytest.raises(ValueError, match="final_logits_bias is nonzero.*final_logits_bias=False"):
+    hf.from_hf_state(config, tensors, abstract)
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -304,12 +348,16 @@ def test_transformer_preset_exports_as_params_only():
     ({"model_type": "bart", "decoder_attention_heads": 2}, "decoder_attention_heads=2"),
     ({"model_type": "bart", "normalize_before": True}, "normalize_before=True"),
     ({"model_type": "bart", "tie_word_embeddings": False}, "tie_word_embeddings=False"),
+    ({"model_type": "marian", "share_encoder_decoder_embeddings": False},
+     "share_encoder_decoder_embeddings=False"),
+    ({"model_type": "marian", "decoder_vocab_size": 200}, "decoder_vocab_size=200"),
+    ({"model_type": "marian", "activation_function": "swish"}, "activation_function='swish'"),
 ])
 def test_unsupported_hf_configs_are_refused(changes, match):
   """T5 v1.1 by default (its head untied in the weights), with `changes` applied."""
   config = hf.to_hf_config(PRETRAX["t5_v1_1"], SPECIAL)
-  if changes.get("model_type") == "bart":
-    config = hf.to_hf_config(PRETRAX["bart"], SPECIAL)
+  if changes.get("model_type") in ("bart", "marian"):
+    config = hf.to_hf_config(PRETRAX[changes["model_type"]], SPECIAL)
   config.update(changes)
   tensors = {"shared.weight": np.zeros((VOCAB, 48), np.float32),
              "lm_head.weight": np.ones((VOCAB, 48), np.float32)}
