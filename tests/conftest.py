@@ -78,6 +78,31 @@ def _read_metrics(workdir) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def build_once(tmp_path_factory):
+  """build_once(name, build) -> a directory that `build(directory)` filled, once per session.
+
+  Under pytest-xdist every worker computes module-scoped fixtures again; a trained run that tests
+  only read is made here by the first worker that asks, under a file lock, and reused by the
+  others. Returns the directory (a pathlib.Path)."""
+  import filelock
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's base directory, shared by the workers
+
+  def get(name, build):
+    directory = root / f"shared-{name}"
+    with filelock.FileLock(f"{directory}.lock"):
+      if not (directory / ".built").exists():
+        shutil.rmtree(directory, ignore_errors=True)  # a build that failed half-way
+        directory.mkdir()
+        build(directory)
+        (directory / ".built").touch()
+    return directory
+
+  return get
+
+
+@pytest.fixture(scope="session")
 def read_metrics():
   """read_metrics(workdir) -> the records of WORKDIR/metrics.jsonl."""
   return _read_metrics

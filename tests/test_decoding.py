@@ -130,12 +130,14 @@ def test_decoding_errors():
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_gpt_config):
+def trained_run(build_once, tiny_gpt_config):
   from pretrax.training import trainer
-  root = tmp_path_factory.mktemp("sample")
-  workdir = str(root / "run")
-  trainer.train(tiny_gpt_config(root, **{"train.steps": "2", "train.eval_every": "0"}), workdir)
-  return workdir
+
+  def build(root):
+    trainer.train(tiny_gpt_config(root, **{"train.steps": "2", "train.eval_every": "0"}),
+                  str(root / "run"))
+
+  return str(build_once("decoding_run", build) / "run")
 
 
 def test_sample_cli_continues_a_file_of_prompts(trained_run, tmp_path, capsys):

@@ -51,23 +51,24 @@ def task(tmp_path_factory, shakespeare_text):
 
 
 @pytest.fixture(scope="module")
-def gpt_init(tmp_path_factory, shakespeare_text):
-  """A GPT pretrained for 40 steps on the first 60 KB of tinyshakespeare."""
-  tmp = tmp_path_factory.mktemp("gpt_pre")
-  corpus = tmp / "shakespeare.txt"
-  corpus.write_text(shakespeare_text[:60_000])
-  config = config_lib.apply_overrides(
-      config_lib.load_preset("gpt:tiny"),
-      {"data.source": f"text:{corpus}", "data.data_dir": str(tmp / "tfds"),
-       "data.txt_documents": "paragraphs",  # short documents, each closed by </s>, like the
-                                           # examples whose last token the classifier reads
-       "model.num_layers": "2", "model.d_model": "64", "model.num_heads": "4",
-       "model.max_seq_len": str(SEQ_LEN), "data.seq_len": str(SEQ_LEN),
-       "train.batch_size": "16", "train.steps": "40", "train.eval_every": "0",
-       "checkpoint.every": "40", "optimizer.warmup_steps": "5"})
-  workdir = str(tmp / "run")
-  trainer.train(config, workdir, devices=ONE_DEVICE)
-  return workdir
+def gpt_init(build_once, shakespeare_text):
+  """A GPT pretrained for 40 steps on the first 60 KB of tinyshakespeare (once per session)."""
+
+  def build(tmp):
+    corpus = tmp / "shakespeare.txt"
+    corpus.write_text(shakespeare_text[:60_000])
+    config = config_lib.apply_overrides(
+        config_lib.load_preset("gpt:tiny"),
+        {"data.source": f"text:{corpus}", "data.data_dir": str(tmp / "tfds"),
+         "data.txt_documents": "paragraphs",  # short documents, each closed by </s>, like the
+                                             # examples whose last token the classifier reads
+         "model.num_layers": "2", "model.d_model": "64", "model.num_heads": "4",
+         "model.max_seq_len": str(SEQ_LEN), "data.seq_len": str(SEQ_LEN),
+         "train.batch_size": "16", "train.steps": "40", "train.eval_every": "0",
+         "checkpoint.every": "40", "optimizer.warmup_steps": "5"})
+    trainer.train(config, str(tmp / "run"), devices=ONE_DEVICE)
+
+  return str(build_once("finetune_gpt_init", build) / "run")
 
 
 @pytest.fixture(scope="module")

@@ -86,11 +86,15 @@ def bert(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_gpt_config):
+def trained(build_once, tiny_gpt_config):
   """A tiny GPT trained for a few steps with the real trainer."""
-  root = tmp_path_factory.mktemp("trained")
-  config = tiny_gpt_config(root, **{"train.steps": "6", "train.eval_every": "0", "checkpoint.every": "6"})
-  trainer.train(config, str(root / "run"))
+
+  def build(root):
+    config = tiny_gpt_config(root, **{"train.steps": "6", "train.eval_every": "0",
+                                      "checkpoint.every": "6"})
+    trainer.train(config, str(root / "run"))
+
+  root = build_once("hf_trained", build)
   return root, root / "run"
 
 

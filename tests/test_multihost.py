@@ -135,15 +135,24 @@ def _train_with_two_processes_and_one(tmp, config, two, one) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """The 2-process run (stopped at step 4 of 6) and the 1-process run (all 6 steps), at once."""
+def runs(build_once):
+  """The 2-process run (stopped at step 4 of 6) and the 1-process run (all 6 steps), at once;
+  made by one pytest worker for all."""
   from pretrax.data import sources
-  tmp = str(tmp_path_factory.mktemp("multihost"))
-  config = _config(tmp)
-  sources.open_source(config.data, "train")  # the processes race to build the rows (a file lock)
-  two, one = os.path.join(tmp, "two_processes"), os.path.join(tmp, "one_process")
-  outputs = _train_with_two_processes_and_one(tmp, config, two, one)
-  return {"tmp": tmp, "config": config, "two": two, "one": one, "outputs": outputs}
+
+  def build(tmp):
+    config = _config(str(tmp))
+    sources.open_source(config.data, "train")  # the processes race to build the rows (a file lock)
+    _train_with_two_processes_and_one(str(tmp), config, str(tmp / "two_processes"),
+                                      str(tmp / "one_process"))
+
+  tmp = str(build_once("multihost", build))
+  outputs = []
+  for process_id in range(2):  # what each worker printed (_run_processes keeps it)
+    with open(os.path.join(tmp, f"worker_{process_id}.log")) as f:
+      outputs.append(f.read())
+  return {"tmp": tmp, "config": _config(tmp), "two": os.path.join(tmp, "two_processes"),
+          "one": os.path.join(tmp, "one_process"), "outputs": outputs}
 
 
 def test_two_processes_train_like_one(runs):

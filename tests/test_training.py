@@ -104,8 +104,8 @@ def test_cli_train_eval_score_sample_on_default_corpus(tmp_path, read_metrics):
     return out.stdout.rstrip("\n").splitlines()
 
   pretrax("train", "--config=gpt:tiny", f"--workdir={workdir}",
-          "--config.train.steps=60", "--config.train.eval_every=30", "--config.train.log_every=10",
-          "--config.checkpoint.every=30", "--config.model.num_layers=1")
+          "--config.train.steps=30", "--config.train.eval_every=15", "--config.train.log_every=10",
+          "--config.checkpoint.every=15", "--config.model.num_layers=1")
   records = read_metrics(workdir)
   assert records[-1]["loss"] < records[0]["loss"] - 1.0  # it learns
   assert {"tokens_per_sec", "mfu", "grad_norm", "lr", "eval_bits_per_byte"} <= set(records[-1])
@@ -113,7 +113,7 @@ def test_cli_train_eval_score_sample_on_default_corpus(tmp_path, read_metrics):
   assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
 
   result = json.loads(pretrax("eval", f"--workdir={workdir}")[-1])
-  assert result["step"] == 60
+  assert result["step"] == 30
   np.testing.assert_allclose(result["loss"], records[-1]["eval_loss"], rtol=1e-5)
 
   text = tmp_path / "text.txt"
@@ -205,11 +205,11 @@ def test_compile_cache_directory_is_the_config_then_the_environment_then_the_def
 def test_bert_pretraining_learns_and_resumes_exactly(tmp_path, objective, tiny_bert_config,
                                                      read_metrics):
   config = tiny_bert_config(tmp_path, **{"data.objective": objective, "model.dropout": "0.1",
-                                   "train.steps": "40", "checkpoint.every": "20",
-                                   "train.eval_every": "20", "train.log_every": "10"})
+                                   "train.steps": "20", "checkpoint.every": "10",
+                                   "train.eval_every": "10", "train.log_every": "5"})
   whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
   trainer.train(config, whole)
-  trainer.train(config, split, stop_after=20)
+  trainer.train(config, split, stop_after=10)
   trainer.train(config, split)
   records = read_metrics(whole)
   assert records[-1]["eval_mlm_accuracy"] > 0.1  # chance: 1 / 263 byte tokens
