@@ -27,10 +27,11 @@ def get_config(variant: str | None = None) -> Config:
   config.optimizer.b1, config.optimizer.b2, config.optimizer.eps = 0.9, 0.98, 1e-9
   if variant == "tiny":          # CPU, minutes: 2+2 layers, 128 wide
     m.num_layers, m.num_heads, m.d_model, m.max_seq_len = 2, 4, 128, 128
+    m.attention_impl = "blockwise"  # dropout is on the residual branches only
     config.data.seq_len = 128
     config.train.batch_size, config.train.steps = 16, 300
     config.train.eval_every, config.train.eval_steps, config.train.log_every = 100, 4, 10
-    config.optimizer.learning_rate, config.optimizer.warmup_steps = 2e-3, 30
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-3, 100  # post-LN
     config.checkpoint.every = 100
   elif variant == "base":        # the paper's base model
     m.num_layers, m.num_heads, m.d_model, m.d_ff = 6, 8, 512, 2048
