@@ -120,7 +120,8 @@ class Seq2SeqPairs(Seq2SeqLM):
     if not path:
       return None
     rows = self._rows(path, "--split" if split else "config.data.eval")
-    return self._batches(rows, shuffle=False, repeat=False, num_batches=max_batches or None)
+    return _closing(self._batches(rows, shuffle=False, repeat=False,
+                                  num_batches=max_batches or None))
 
   def eval_data(self, split: str | None, max_batches: int | None):
     """`split`: None, "eval" or "validation": config.data.eval; "train": config.data.train;
@@ -134,3 +135,11 @@ class Seq2SeqPairs(Seq2SeqLM):
     if max_batches is None:
       max_batches = self.config.train.eval_steps
     return path, self.eval_batches(max_batches or None, path)
+
+
+def _closing(reader: global_batches.GlobalBatches):
+  """Yields the reader's batches and stops its threads when done (or abandoned)."""
+  try:
+    yield from reader
+  finally:
+    reader.close()
