@@ -170,3 +170,20 @@ def test_mesh_peak_flops_cpu_hosts_and_unknown_accelerators(host_peak):
   assert metrics.mesh_peak_flops(two_hosts) == 2e11
   unknown = [FakeDevice("NVIDIA GeForce RTX 4090")] * 2
   assert metrics.mesh_peak_flops(unknown) == 2e11
+
+
+def test_label_smoothed_cross_entropy_equals_optax_on_smoothed_labels():
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from pretrax.training import losses
+  rng = np.random.default_rng(0)
+  logits_xv = jnp.asarray(rng.normal(size=(6, 11)), jnp.float32)
+  targets_x = jnp.asarray(rng.integers(0, 11, 6))
+  weights_x = jnp.asarray([1, 1, 0, 1, 1, 0], jnp.float32)
+  for eps in (0.0, 0.1):
+    labels_xv = optax.smooth_labels(jax.nn.one_hot(targets_x, 11), eps)
+    want = jnp.sum(optax.softmax_cross_entropy(logits_xv, labels_xv) * weights_x)
+    got = losses.cross_entropy_sums(logits_xv, targets_x, weights_x, label_smoothing=eps)
+    np.testing.assert_allclose(got["loss_sum"], want, rtol=1e-6)
+    assert got["weight_sum"] == 4
