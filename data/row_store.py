@@ -6,8 +6,9 @@ process. A build lives in ROOT/NAME/ (ROOT = config.data.rows_dir, else DATA_DIR
   rows-SSSSS.array_record  one record per row: its L token ids, then its L segment ids (0 =
                            padding), little-endian, of the dtype in the manifest. Positions are
                            not stored: they restart at 0 in each segment (packing.segment_positions).
-                           Rows of sentences (kinds "pairs", "sentences") end with their document's index in
-                           the split (uint64), and their segment ids number the sentences
+                           Rows of sentences (kinds "pairs", "sentences") end with their
+                           document's index in the split (uint64), and their segment ids
+                           number the sentences
   manifest.json            written last: what the rows are (`RowSpec`), each shard's rows,
                            documents, text bytes, file size and CRC32, and the build's figures
 
@@ -49,7 +50,7 @@ from pretrax.data.errors import InputError
 log = logging.getLogger("pretrax")
 
 FORMAT = 1            # bump when the record layout or the packing changes
-KINDS = ("causal", "mlm", "pairs", "sentences", "stream")  # how documents become rows (see `RowSpec.kind`)
+KINDS = ("causal", "mlm", "pairs", "sentences", "stream")  # how documents become rows (RowSpec.kind)
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"  # size and mtime of each file whose CRC32 was checked
 READ_DOCUMENTS = 64   # documents read, tokenized and packed at a time: what bounds a worker's memory
