@@ -188,6 +188,7 @@ def test_the_bart_reference_refuses_what_bart_cannot_compute(repo_dir, preset):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # its pieces (batch, BART reference) are tested in CI above
 def test_throughput_smoke_runs_the_encoder_decoder_path(tmp_path, repo_dir, shakespeare_text):
   pytest.importorskip("transformers")
   text = tmp_path / "corpus.txt"

@@ -41,7 +41,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_gpt_config, read_me
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [pytest.param("gpt", marks=pytest.mark.long), "bert"])
+# Both long: the encoder-decoder's (8,1,1) and (2,2,2) meshes run the same machinery in CI
+# (tests/test_seq2seq_training.py).
+@pytest.mark.parametrize("family", [pytest.param("gpt", marks=pytest.mark.long),
+                                    pytest.param("bert", marks=pytest.mark.long)])
 def test_sharded_meshes_match_one_device(tmp_path, family, tiny_gpt_config, tiny_bert_config,
                                          read_metrics):
   """Data, FSDP and tensor parallel over 8 fake devices give the single-device losses."""
