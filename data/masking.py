@@ -29,7 +29,7 @@ from pretrax.data.errors import InputError
 
 
 @functools.lru_cache(maxsize=16)
-def _replacement_ids(vocab_size: int, special_ids: frozenset) -> np.ndarray:
+def replacement_ids(vocab_size: int, special_ids: frozenset) -> np.ndarray:
   """[V - num_special] int32: the ids a random replacement is drawn from (all non-special ids)."""
   return np.setdiff1d(np.arange(vocab_size, dtype=np.int32),
                       np.fromiter(special_ids, np.int32, len(special_ids)))
@@ -138,7 +138,7 @@ def mask_tokens(ids_t: np.ndarray, rng: np.random.Generator, *, vocab_size: int,
   masked_ids_t = ids_t.copy()
   masked_ids_t[to_mask] = mask_id
   if len(to_random):
-    pool = _replacement_ids(int(vocab_size), special_ids)
+    pool = replacement_ids(int(vocab_size), special_ids)
     if not len(pool):
       raise InputError(f"every id in [0, {vocab_size}) is special: no random replacement exists")
     masked_ids_t[to_random] = pool[rng.integers(0, len(pool), len(to_random))]

@@ -272,7 +272,7 @@ def text_infilling_with_spans(ids_t, word_starts_t, rng: np.random.Generator, *,
     ids_t: [T] int text token ids of one document (no bos/eos: spans end at its end).
     word_starts_t: [T] bool, True where a token begins a word.
     rng: the only source of randomness.
-    mask_ratio: share of the words masked, rounded up (data.denoise_mask_ratio).
+    mask_ratio: share of the words masked, randomly rounded (data.denoise_mask_ratio).
     poisson_lambda: mean span length in words (data.denoise_poisson_lambda).
     random_ratio: share of the spans whose token is a random id (data.denoise_random_ratio).
     mask_id: the mask token.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrax.data import noising
+from pretrax.data import masking, noising
 from pretrax.data.config import DataConfig
 from pretrax.data.errors import InputError
 from pretrax.data.row_store import Rows
@@ -135,9 +135,8 @@ class DenoisedRows(_NoisedRows):
 
   def __init__(self, tokenizer: Any, config: DataConfig, seed: int):
     super().__init__(tokenizer, config, seed, "denoise")
-    tok = tokenizer
-    self.replacement_ids = np.setdiff1d(np.arange(tok.vocab_size, dtype=np.int32),
-                                        np.fromiter(tok.special_ids, np.int32))
+    self.replacement_ids = masking.replacement_ids(tokenizer.vocab_size,
+                                                   frozenset(tokenizer.special_ids))
 
   def noise(self, ids_t: np.ndarray, sentences_t: np.ndarray, rng: np.random.Generator):
     cfg, tok = self.config, self.tokenizer
