@@ -30,6 +30,8 @@ setuptools.setup(
         "filelock",              # JAX's compilation cache locks its directory with it
         "numpy",
         "tqdm",
+        "sacrebleu>=2",          # BLEU and chrF of generations (pretrax generate, seq2seq eval)
+        "rouge-score",
     ],
     extras_require={
         # Export/import and parity tests. Install torch first: pip install torch==2.13.0

@@ -6,6 +6,7 @@ r"""The `pretrax` command line.
   pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
   pretrax score --workdir=DIR --text=FILE [--step=N]
   pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
+  pretrax generate --workdir=DIR --input=FILE.jsonl --output=FILE.jsonl [--num_beams=4]
   pretrax export --workdir=DIR --format=hf|params --output=OUT [--step=N]
   pretrax import --format=hf --input=HF_DIR --workdir=DIR [--tokenizer=byte|PATH.model]
   pretrax data build --config=gpt:small [--config.SECTION.FIELD=VALUE ...] [--workdir=DIR]
@@ -58,6 +59,26 @@ def _restart_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--restart", action="store_true",
                  help="start a new run from step 0 in a --workdir that has trained before; the "
                       "previous run's files are moved to WORKDIR/previous_runs/, not deleted")
+
+
+def _early_stopping(value: str) -> bool | str:
+  choices = {"true": True, "false": False, "never": "never"}
+  if value.lower() not in choices:
+    raise argparse.ArgumentTypeError(f"{value!r}: expected true, false or never")
+  return choices[value.lower()]
+
+
+def _decoding_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--num_beams", type=int, default=1,
+                 help="beam search with this many beams (1 = sample); --num_samples returns "
+                      "the best hypotheses")
+  p.add_argument("--length_penalty", type=float, default=1.0,
+                 help="beam hypotheses score sum(log p) / length**length_penalty")
+  p.add_argument("--early_stopping", type=_early_stopping, default=False,
+                 help="beam search: true | false | never, as transformers' generate")
+  p.add_argument("--stop", action="append", default=[],
+                 help="stop a row once its text contains this string (repeatable); the text "
+                      "is cut before it")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,6 +151,32 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None)
+  _decoding_arguments(p)
+
+  p = sub.add_parser(
+      "generate", help="an encoder-decoder's output for each source of a JSONL file",
+      formatter_class=raw,
+      description='Reads {"source": ...} lines (other fields are kept), writes each with its '
+                  '"generation" to --output. Greedy unless --num_beams or --temperature say '
+                  'otherwise. When every line has a "target", prints exact match, BLEU, chrF '
+                  'and ROUGE of the generations against the targets as one JSON line.',
+      epilog="examples:\n"
+             "  pretrax generate --workdir=workdirs/multi30k --input=val.jsonl "
+             "--output=val.out.jsonl --num_beams=4\n"
+             "  pretrax generate --workdir=workdirs/bart_tiny --input=docs.jsonl "
+             "--output=out.jsonl --temperature=0.7 --top_p=0.9")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--input", required=True, help='JSONL file, one {"source": "..."} per line')
+  p.add_argument("--output", required=True, help="JSONL file written (replaced when complete)")
+  p.add_argument("--field", default="source", help="the field of each line to read")
+  p.add_argument("--max_new_tokens", type=int, default=128)
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top_k", type=int, default=0, help="0 = off")
+  p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--step", type=int, default=None)
+  _decoding_arguments(p)
 
   p = sub.add_parser("export", help="export a checkpoint; prints one JSON line",
                      formatter_class=raw, epilog="example (needs pip install -e \".[hf]\"):\n"
@@ -238,6 +285,23 @@ def _finetune(args, preset, overrides) -> None:
   trainer.train(config, args.workdir, restart_data=args.restart_data, restart=args.restart)
 
 
+def _generate(args) -> None:
+  from pretrax.data import files
+  from pretrax.inference import generate, text_metrics
+  records = generate.read_records(args.input, args.field, "--input")
+  rows = generate.generate_records(
+      args.workdir, records, args.max_new_tokens, num_beams=args.num_beams,
+      length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+      batch_size=args.batch_size, stop=tuple(args.stop), step=args.step, field=args.field)
+  lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+  files.atomic_write(args.output, lines.encode("utf-8"))
+  print(f"pretrax: wrote {len(rows)} generation(s) to {args.output}", file=sys.stderr)
+  if all(isinstance(row.get("target"), str) for row in rows):
+    print(json.dumps(text_metrics.generation_metrics([r["generation"] for r in rows],
+                                                     [r["target"] for r in rows])))
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   from pretrax.cli import startup
@@ -291,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "sample":
       from pretrax.inference import generate
       options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                     seed=args.seed, step=args.step, num_samples=args.num_samples)
+                     seed=args.seed, step=args.step, num_samples=args.num_samples,
+                     num_beams=args.num_beams, length_penalty=args.length_penalty,
+                     early_stopping=args.early_stopping, stop=tuple(args.stop))
       if args.prompts:
         if args.prompt:
           raise InputError("give --prompt or --prompts, not both")
@@ -304,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n\n".join(args.prompt + row["generation"] for row in rows))
       print("pretrax: next: --temperature, --top_k, --top_p and --seed change the sampling; "
             "--step samples an earlier checkpoint", file=sys.stderr)
+    elif args.command == "generate":
+      _generate(args)
     elif args.command == "export":
       from pretrax.interop import export
       write = export.export_hf if args.format == "hf" else export.export_params

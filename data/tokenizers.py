@@ -93,6 +93,25 @@ class Tokenizer(abc.ABC):
     """
     return self._byte_lengths_v.copy()
 
+  _token_bytes_cache: tuple[bytes, ...] | None = None  # token_bytes(), built on first use
+
+  def token_bytes(self) -> list[bytes]:
+    """[V] bytes: the UTF-8 text each id stands for where it follows other text (for matching
+    text on ids, e.g. stop strings). b"" for specials and for control, unknown and unused pieces;
+    a byte piece "<0x0A>" is that one byte; other pieces with "▁" as a space.
+
+    len(token_bytes()[i]) == token_byte_lengths()[i], and b"".join of it over encode(text) is
+    text.encode(), with a leading space when `adds_dummy_prefix` (and, as `decode` gives it, a
+    space for a literal "▁" in the text of a SentencePiece model). Built once, then cached.
+    """
+    if self._token_bytes_cache is None:
+      self._token_bytes_cache = tuple(self._build_token_bytes())
+    return list(self._token_bytes_cache)
+
+  @abc.abstractmethod
+  def _build_token_bytes(self) -> list[bytes]:
+    """The table `token_bytes` returns."""
+
   def word_starts(self, ids) -> np.ndarray:
     """[N] ints -> [N] bool, True where a token begins a word (for whole-word masking).
 
@@ -164,6 +183,9 @@ class ByteTokenizer(Tokenizer):
 
   def _decode_valid(self, ids: np.ndarray) -> str:
     return (ids - self.byte_offset).astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+  def _build_token_bytes(self) -> list[bytes]:
+    return [b""] * self.byte_offset + [bytes([b]) for b in range(256)]
 
   def save(self, directory: str) -> str:
     description = {
@@ -247,6 +269,17 @@ class SentencePieceTokenizer(Tokenizer):
 
   def _decode_valid(self, ids: np.ndarray) -> str:
     return self._sp.decode(ids.tolist())
+
+  def _build_token_bytes(self) -> list[bytes]:
+    # The same cases, in the same order, as the per-id tables in __init__.
+    sp, table = self._sp, [b""] * self.vocab_size
+    for i in range(len(SPECIAL_TOKENS), self.vocab_size):
+      piece = sp.id_to_piece(i)
+      if sp.is_byte(i):
+        table[i] = bytes([int(piece[1:-1], 16)])
+      elif not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)):
+        table[i] = piece.replace("\u2581", " ").encode("utf-8")
+    return table
 
   def save(self, directory: str) -> str:
     path = os.path.join(directory, MODEL_FILENAME)

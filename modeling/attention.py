@@ -129,26 +129,29 @@ class MultiHeadAttention(nnx.Module):
     self.b_v_hk = bias(config, (h, k), ("heads", "kv"), rngs=rngs)
     self.b_o_d = bias(config, (d,), ("embed",), rngs=rngs)
 
+  def _heads(self, y_bsd: jax.Array, w_dhk: nnx.Param, b_hk: nnx.Param | None) -> jax.Array:
+    """[B, S, D] -> [B, S, H, K] through one of the q/k/v projections."""
+    y_bshk = project("bsd,dhk->bshk", y_bsd, w_dhk, b_hk, compute_dtype(self.config))
+    return sharding.constrain(y_bshk, ("batch", "length", "heads", "kv"))
+
+  def _scaled(self, q_bthk: jax.Array) -> jax.Array:
+    if self.config.attention_scale:
+      return q_bthk
+    # cancels the implementations' 1/sqrt(K)
+    return q_bthk * jnp.asarray(math.sqrt(self.config.attn_head_dim), q_bthk.dtype)
+
   def _qkv(self, x_btd: jax.Array, positions_bt: jax.Array, memory_bsd: jax.Array | None = None):
     """[B, T, D] -> queries [B, T, H, K]; keys and values [B, S, H, K] of the memory, or of x
     itself without one (then rotated with the queries if config.position is rope)."""
     cfg = self.config
-    dtype = compute_dtype(cfg)
-
-    def heads(y_bsd, w_dhk, b_hk):
-      y_bshk = project("bsd,dhk->bshk", y_bsd, w_dhk, b_hk, dtype)
-      return sharding.constrain(y_bshk, ("batch", "length", "heads", "kv"))
-
     source_bsd = x_btd if memory_bsd is None else memory_bsd
-    q_bthk = heads(x_btd, self.w_q_dhk, self.b_q_hk)
-    k_bshk = heads(source_bsd, self.w_k_dhk, self.b_k_hk)
-    v_bshk = heads(source_bsd, self.w_v_dhk, self.b_v_hk)
+    q_bthk = self._heads(x_btd, self.w_q_dhk, self.b_q_hk)
+    k_bshk = self._heads(source_bsd, self.w_k_dhk, self.b_k_hk)
+    v_bshk = self._heads(source_bsd, self.w_v_dhk, self.b_v_hk)
     if cfg.position == "rope" and memory_bsd is None:
       q_bthk = apply_rope(q_bthk, positions_bt, cfg.rope_theta)
       k_bshk = apply_rope(k_bshk, positions_bt, cfg.rope_theta)
-    if not cfg.attention_scale:  # cancels the implementations' 1/sqrt(K)
-      q_bthk = q_bthk * jnp.asarray(math.sqrt(cfg.attn_head_dim), q_bthk.dtype)
-    return q_bthk, k_bshk, v_bshk
+    return self._scaled(q_bthk), k_bshk, v_bshk
 
   def _output(self, out_bthk: jax.Array) -> jax.Array:
     out_btd = project("bthk,hkd->btd", out_bthk, self.w_o_hkd, self.b_o_d,
@@ -169,13 +172,15 @@ class MultiHeadAttention(nnx.Module):
     return self._output(out_bthk)
 
   def cached(self, x_btd: jax.Array, positions_bt: jax.Array, k_cache_bshk: jax.Array,
-             v_cache_bshk: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+             v_cache_bshk: jax.Array, *, bias_bhts: jax.Array | None = None
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Causal self-attention of T new tokens over a cache of S slots (decoding).
 
     Row b's new tokens sit at the consecutive positions positions_bt[b] (slot = position): their
     keys and values are written there, and each attends to the slots up to its own position,
-    which hold that row's earlier tokens. Returns ([B, T, D], the updated key and value caches).
-    The einsum reference computes it (the mask holds causality).
+    which hold that row's earlier tokens; `bias_bhts` [B, H, T, S] is added to the scores.
+    Returns ([B, T, D], the updated key and value caches). The einsum reference computes it (the
+    mask holds causality).
     """
     q_bthk, k_bthk, v_bthk = self._qkv(x_btd, positions_bt)
     write = jax.vmap(lambda cache, new, at: jax.lax.dynamic_update_slice(cache, new, (at, 0, 0)))
@@ -184,5 +189,22 @@ class MultiHeadAttention(nnx.Module):
     slots_s = jnp.arange(k_cache_bshk.shape[1])
     mask_b1ts = (slots_s[None, None, :] <= positions_bt[:, :, None])[:, None]
     out_bthk = einsum_attention(q_bthk, k_cache_bshk, v_cache_bshk, mask_b1ts, causal=True,
-                                block=0)
+                                block=0, bias_bhts=bias_bhts)
     return self._output(out_bthk), k_cache_bshk, v_cache_bshk
+
+  def memory_keys_values(self, memory_bsd: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cross-attention: [B, S, D] encoder output -> its ([B, S, H, K] keys, values), computed
+    once per decoded batch (`cached_over_memory` reads them at every step)."""
+    return (self._heads(memory_bsd, self.w_k_dhk, self.b_k_hk),
+            self._heads(memory_bsd, self.w_v_dhk, self.b_v_hk))
+
+  def cached_over_memory(self, x_btd: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array,
+                         memory_valid_bs: jax.Array) -> jax.Array:
+    """Cross-attention of T new tokens over the encoder's precomputed keys and values, where
+    `memory_valid_bs` (False: padding) allows -> [B, T, D]."""
+    q_bthk = self._scaled(self._heads(x_btd, self.w_q_dhk, self.b_q_hk))
+    t = x_btd.shape[1]
+    mask_b1ts = jnp.broadcast_to(memory_valid_bs[:, None, None, :],
+                                 (memory_valid_bs.shape[0], 1, t, memory_valid_bs.shape[1]))
+    out_bthk = einsum_attention(q_bthk, k_bshk, v_bshk, mask_b1ts, causal=False, block=0)
+    return self._output(out_bthk)

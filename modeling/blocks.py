@@ -72,19 +72,30 @@ class TransformerBlock(nnx.Module):
     return self._apply(x_btd, attend, rngs, cross)
 
   def cached(self, x_btd: jax.Array, positions_bt: jax.Array,
-             cache: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+             cache: tuple[jax.Array, jax.Array], *, bias_bhts: jax.Array | None = None,
+             memory: tuple[jax.Array, jax.Array, jax.Array] | None = None
+             ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Decoding: the block over T new tokens with this layer's (keys, values) cache
-    (`MultiHeadAttention.cached`); returns ([B, T, D], the updated cache)."""
-    if hasattr(self, "cross_attn"):
-      raise NotImplementedError("cached decoding of an encoder-decoder is not implemented yet")
+    (`MultiHeadAttention.cached`); a block with cross-attention also takes `memory`, the
+    encoder's (keys, values) of this layer and its [B, S] valid mask. Returns ([B, T, D], the
+    updated cache)."""
     updated = []
 
     def attend(y_btd):
-      out_btd, k_cache, v_cache = self.attn.cached(y_btd, positions_bt, *cache)
+      out_btd, k_cache, v_cache = self.attn.cached(y_btd, positions_bt, *cache,
+                                                   bias_bhts=bias_bhts)
       updated.append((k_cache, v_cache))
       return out_btd
 
-    return self._apply(x_btd, attend, None), updated[0]
+    cross = None
+    if hasattr(self, "cross_attn"):
+      if memory is None:
+        raise ValueError("a block with cross-attention decodes over the encoder's keys and values")
+
+      def cross(y_btd):
+        return self.cross_attn.cached_over_memory(y_btd, *memory)
+
+    return self._apply(x_btd, attend, None, cross), updated[0]
 
   def _apply(self, x_btd: jax.Array, attend, rngs: nnx.Rngs | None, cross=None) -> jax.Array:
     deterministic = rngs is None

@@ -67,16 +67,7 @@ class Stack(nnx.Module):
     """[B, T, D] token embeddings (scaled) -> [B, T, D] final hidden states. The decoder also
     takes the encoder's output `memory_bsd` and its segment ids."""
     cfg = self.config
-    x_btd = tokens_btd
-    if cfg.position == "learned":
-      x_btd = x_btd + jnp.take(self.position_embed_pd[...], positions_bt, axis=0)
-    elif cfg.position == "sinusoidal":
-      x_btd = x_btd + sinusoidal_positions(positions_bt, cfg.d_model)
-    if cfg.embed_norm:
-      x_btd = self.embed_norm(x_btd)
-    x_btd = x_btd.astype(compute_dtype(cfg))
-    x_btd = self.embed_dropout(x_btd, deterministic=rngs is None, rngs=rngs)
-    x_btd = sharding.constrain(x_btd, ("batch", "length", "embed"))
+    x_btd = self._inputs(tokens_btd, positions_bt, rngs)
     inputs = dict(mask_b1ts=attention_mask(segment_ids_bt, causal=self.decoder),
                   positions_bt=positions_bt)
     if cfg.position == "relative":
@@ -89,6 +80,43 @@ class Stack(nnx.Module):
     if cfg.norm_position == "pre":
       x_btd = self.final_norm(x_btd)
     return x_btd
+
+  def _inputs(self, tokens_btd: jax.Array, positions_bt: jax.Array,
+              rngs: nnx.Rngs | None) -> jax.Array:
+    """Token embeddings + positions (learned, sinusoidal), normed if configured, in the compute
+    dtype -> [B, T, D] block inputs."""
+    cfg = self.config
+    x_btd = tokens_btd
+    if cfg.position == "learned":
+      x_btd = x_btd + jnp.take(self.position_embed_pd[...], positions_bt, axis=0)
+    elif cfg.position == "sinusoidal":
+      x_btd = x_btd + sinusoidal_positions(positions_bt, cfg.d_model)
+    if cfg.embed_norm:
+      x_btd = self.embed_norm(x_btd)
+    x_btd = x_btd.astype(compute_dtype(cfg))
+    x_btd = self.embed_dropout(x_btd, deterministic=rngs is None, rngs=rngs)
+    return sharding.constrain(x_btd, ("batch", "length", "embed"))
+
+  def cached(self, tokens_btd: jax.Array, positions_bt: jax.Array, cache: dict
+             ) -> tuple[jax.Array, dict]:
+    """Decoding (the decoder stack): T new tokens per row at consecutive positions over the
+    cache (`EncoderDecoder.init_cache`) -> ([B, T, D] final hidden states, the updated cache)."""
+    cfg = self.config
+    x_btd = self._inputs(tokens_btd, positions_bt, None)
+    bias_bhts = None
+    if cfg.position == "relative":
+      b, slots = cache["self"][0][0].shape[:2]
+      slots_bs = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
+      bias_bhts = self.relative_bias(positions_bt, slots_bs)
+    updated = []
+    for block, layer_cache, (k_bshk, v_bshk) in zip(self.blocks, cache["self"], cache["memory"],
+                                                    strict=True):
+      x_btd, layer_cache = block.cached(x_btd, positions_bt, layer_cache, bias_bhts=bias_bhts,
+                                        memory=(k_bshk, v_bshk, cache["memory_valid_bs"]))
+      updated.append(layer_cache)
+    if cfg.norm_position == "pre":
+      x_btd = self.final_norm(x_btd)
+    return x_btd, {**cache, "self": updated}
 
 
 class EncoderDecoder(nnx.Module):
@@ -141,6 +169,34 @@ class EncoderDecoder(nnx.Module):
     positions_bt = _default_positions(decoder_segment_ids_bt, decoder_positions_bt)
     return self.decoder(self.embed(decoder_ids_bt), decoder_segment_ids_bt, positions_bt, rngs,
                         memory_bsd=memory_bsd, memory_segment_ids_bs=encoder_segment_ids_bs)
+
+  def init_cache(self, memory_bsd: jax.Array, encoder_segment_ids_bs: jax.Array, slots: int
+                 ) -> dict:
+    """The decoding cache for a batch of encoded sources (one example per row): per decoder
+    layer, an empty self-attention (keys, values) cache of `slots` positions ("self", [B, slots,
+    H, K] each, sharded like the attention's keys) and the cross-attention's keys and values of
+    the encoder output ("memory", computed once here); "memory_valid_bs" marks the source tokens
+    (segment id > 0)."""
+    cfg = self.config
+    b = memory_bsd.shape[0]
+    shape = (b, slots, cfg.num_heads, cfg.attn_head_dim)
+
+    def zeros():
+      return sharding.constrain(jnp.zeros(shape, compute_dtype(cfg)),
+                                ("batch", "length", "heads", "kv"))
+
+    blocks = self.decoder.blocks
+    return {"self": [(zeros(), zeros()) for _ in blocks],
+            "memory": [block.cross_attn.memory_keys_values(memory_bsd) for block in blocks],
+            "memory_valid_bs": encoder_segment_ids_bs > 0}
+
+  def cached_logits(self, decoder_ids_bt: jax.Array, positions_bt: jax.Array, cache: dict
+                    ) -> tuple[jax.Array, dict]:
+    """Decoding: [B, T] new decoder tokens at `positions_bt` over the cache (`init_cache`) ->
+    ([B, T, V] float32 logits, the updated cache). Row b's slots below positions_bt[b, 0] must
+    hold its earlier decoder tokens."""
+    hidden_btd, cache = self.decoder.cached(self.embed(decoder_ids_bt), positions_bt, cache)
+    return self.logits(hidden_btd), cache
 
   def logits(self, hidden_btd: jax.Array) -> jax.Array:
     """[B, T, D] decoder hidden states -> [B, T, V] float32 logits."""

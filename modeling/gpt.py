@@ -19,8 +19,8 @@ class GPT(Transformer):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     return self.logits(self.hidden_states(inputs_bt, segment_ids_bt, positions_bt, rngs=rngs))
 
-  def cached_logits(self, inputs_bt: jax.Array, positions_bt: jax.Array, cache
-                    ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+  def cached_logits(self, inputs_bt: jax.Array, positions_bt: jax.Array, cache: dict
+                    ) -> tuple[jax.Array, dict]:
     """Decoding: [B, T] new tokens at `positions_bt` over the key/value cache -> ([B, T, V]
     float32 logits, the updated cache); see `Transformer.cached_hidden_states`."""
     hidden_btd, cache = self.cached_hidden_states(inputs_bt, positions_bt, cache)

@@ -94,9 +94,9 @@ class Transformer(nnx.Module):
     x_btd = self.embed_dropout(x_btd, deterministic=rngs is None, rngs=rngs)
     return sharding.constrain(x_btd, ("batch", "length", "embed"))
 
-  def init_cache(self, batch: int, slots: int) -> list[tuple[jax.Array, jax.Array]]:
-    """An empty key/value cache of `slots` positions per row: per layer ([B, S, H, K] keys,
-    values), in the compute dtype, sharded like the attention's keys."""
+  def init_cache(self, batch: int, slots: int) -> dict:
+    """An empty key/value cache of `slots` positions per row: "self", per layer ([B, S, H, K]
+    keys, values), in the compute dtype, sharded like the attention's keys."""
     cfg = self.config
     shape = (batch, slots, cfg.num_heads, cfg.attn_head_dim)
 
@@ -104,11 +104,10 @@ class Transformer(nnx.Module):
       return sharding.constrain(jnp.zeros(shape, compute_dtype(cfg)),
                                 ("batch", "length", "heads", "kv"))
 
-    return [(zeros(), zeros()) for _ in range(cfg.num_layers)]
+    return {"self": [(zeros(), zeros()) for _ in range(cfg.num_layers)]}
 
-  def cached_hidden_states(self, inputs_bt: jax.Array, positions_bt: jax.Array,
-                           cache: list[tuple[jax.Array, jax.Array]]
-                           ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+  def cached_hidden_states(self, inputs_bt: jax.Array, positions_bt: jax.Array, cache: dict
+                           ) -> tuple[jax.Array, dict]:
     """Decoding (causal models): T new tokens per row at consecutive positions, attending to
     the cache (`init_cache`) -> ([B, T, D] final hidden states, the updated cache). Row b's
     slots up to positions_bt[b, 0] must hold its earlier tokens."""
@@ -116,12 +115,12 @@ class Transformer(nnx.Module):
       raise ValueError("cached decoding needs a causal model (config.model.causal)")
     x_btd = self.embed(inputs_bt, positions_bt)
     updated = []
-    for block, layer_cache in zip(self.blocks, cache, strict=True):
+    for block, layer_cache in zip(self.blocks, cache["self"], strict=True):
       x_btd, layer_cache = block.cached(x_btd, positions_bt, layer_cache)
       updated.append(layer_cache)
     if self.config.norm_position == "pre":
       x_btd = self.final_norm(x_btd)
-    return x_btd, updated
+    return x_btd, {"self": updated}
 
   def run_blocks(self, x_btd: jax.Array, mask_b1ts: jax.Array, positions_bt: jax.Array,
                  rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -171,3 +171,77 @@ def test_sample_bad_input(trained_run, tmp_path):
   assert any("keep their last 16" in line for line in lines)
   with pytest.raises(ValueError, match="--num_samples=0"):
     generate.sample_prompts(trained_run, ["x"], 4, num_samples=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder-decoders, beam search, stop strings.
+
+SEQ2SEQ = dataclasses.replace(TINY, family="encoder_decoder", d_ff=64)
+
+
+def _seq2seq_model(**overrides):
+  from pretrax.modeling.encoder_decoder import EncoderDecoder
+  return EncoderDecoder(dataclasses.replace(SEQ2SEQ, **overrides), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"position": "learned"}, {"position": "relative", "attention_scale": False},
+    {"position": "sinusoidal", "norm_position": "post", "decoder_layers": 3}],
+    ids=["learned", "relative", "sinusoidal-post_LN-3_decoder_layers"])
+def test_encoder_decoder_cached_decoding_equals_full_recomputation(overrides):
+  """The encoder runs once, cross-attention keys/values are computed once, the decoder's
+  self-attention is cached: each step's logits equal the full model on the tokens so far."""
+  model = _seq2seq_model(**overrides)
+  sources = _prompts([5, 13, 2], seed=3)
+  out = decoding.decode(model, sources, 14, GREEDY, keep_logits=True, start_id=2)
+  forward = nnx.jit(lambda m, s, d: m(s, d))
+  for source, tokens, logits in zip(sources, out.tokens, out.logits, strict=True):
+    assert len(tokens) == 14
+    decoder_inputs = np.concatenate([[2], tokens[:-1]])
+    full_nv = np.asarray(forward(model, jnp.asarray(source)[None],
+                                 jnp.asarray(decoder_inputs)[None])[0])
+    np.testing.assert_allclose(logits, full_nv, rtol=0, atol=1e-5 * np.abs(full_nv).max())
+    allowed = np.asarray(decoding.tokenizer_logits(jnp.asarray(full_nv), 60, 0))
+    clear = np.diff(np.sort(allowed, axis=-1)[:, -2:], axis=-1)[:, 0] > 1e-4
+    np.testing.assert_array_equal(tokens[clear], allowed.argmax(-1)[clear])
+
+
+def test_one_beam_is_greedy_and_a_row_alone_equals_it_in_a_batch():
+  model = _model(position="rope")
+  prompts = _prompts([3, 8, 1], seed=4)
+  decoder = decoding.Decoder(model)
+  greedy = decoder(prompts, 10, GREEDY)
+  one = decoder.beam_search(prompts, 10, decoding.Beam(1), GREEDY)
+  for a, b in zip(greedy.tokens, one.tokens, strict=True):
+    np.testing.assert_array_equal(a, b)
+  beam = decoding.Beam(3, length_penalty=0.5, num_return=2)
+  together = decoder.beam_search(prompts, 10, beam, GREEDY)
+  alone = decoder.beam_search(prompts[1:2], 10, beam, GREEDY)
+  for a, b in zip(together.tokens[2:4], alone.tokens, strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert together.scores[2] >= together.scores[3]  # best first
+  with pytest.raises(ValueError, match="num_beams=40"):
+    decoder.beam_search(prompts, 4, decoding.Beam(40), GREEDY)
+
+
+def test_rows_stop_once_their_text_contains_a_stop_string():
+  from pretrax.data import tokenizers
+  from pretrax.inference import stop_strings
+  tok = tokenizers.ByteTokenizer()
+  ascii_ids = tok.byte_offset + 128
+  model = _model(vocab_size=ascii_ids + 9)  # draws only ASCII bytes
+  sampling = decoding.Sampling(temperature=0.0, vocab_size=ascii_ids, pad_id=tok.pad_id)
+  prompts = [np.array([tok.bos_id, *tok.encode(t)], np.int32) for t in ("ab", "xyz")]
+  decoder = decoding.Decoder(model)
+  free = decoder(prompts, 20, sampling)
+  text = tok.token_bytes()
+  made = b"".join(text[i] for i in free.tokens[0])
+  stop_bytes = made[6:8]
+  first_end = made.find(stop_bytes) + len(stop_bytes)  # the stop string may occur earlier
+  stop = stop_strings.StopStrings(tok, [stop_bytes.decode("ascii")])
+  stopped = decoder(prompts, 20, sampling, stop=stop)
+  assert stopped.stopped[0] and len(stopped.tokens[0]) == first_end
+  np.testing.assert_array_equal(stopped.tokens[0], free.tokens[0][:first_end])
+  other = b"".join(text[i] for i in free.tokens[1])
+  if stop_bytes not in other:  # the other row goes on
+    np.testing.assert_array_equal(stopped.tokens[1], free.tokens[1])
