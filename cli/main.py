@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                   'otherwise. When every line has a "target", prints exact match, BLEU, chrF '
                   'and ROUGE of the generations against the targets as one JSON line.',
       epilog="examples:\n"
-             "  pretrax generate --workdir=workdirs/multi30k --input=val.jsonl "
+             "  pretrax generate --workdir=workdirs/translate --input=val.jsonl "
              "--output=val.out.jsonl --num_beams=4\n"
              "  pretrax generate --workdir=workdirs/bart_tiny --input=docs.jsonl "
              "--output=out.jsonl --temperature=0.7 --top_p=0.9")
@@ -279,7 +279,8 @@ def _tokenizer_train(args) -> None:
 def _finetune(args, preset, overrides) -> None:
   from pretrax.training import config as config_lib, trainer
   if not preset:
-    raise config_lib.ConfigError("pretrax finetune needs --config=finetune:classify")
+    raise config_lib.ConfigError("pretrax finetune needs --config=finetune:classify or "
+                                 "finetune:seq2seq")
   config = config_lib.apply_overrides(config_lib.load_preset(preset), overrides)
   config.finetune.init = args.init
   trainer.train(config, args.workdir, restart_data=args.restart_data, restart=args.restart)

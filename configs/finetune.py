@@ -1,9 +1,12 @@
-"""Fine-tuning presets: a classifier over a pretrained GPT or BERT run.
+"""Fine-tuning presets: a classifier over a pretrained GPT or BERT run; an encoder-decoder on
+source -> target pairs.
 
   pretrax finetune --config=finetune:classify --init=PRETRAINED_WORKDIR --workdir=DIR \
       --config.data.train=train.jsonl --config.data.eval=dev.jsonl
   pretrax finetune --config=finetune:classify --init=... --workdir=... \
       --config.data.train=tfds:glue/sst2 --config.data.eval=tfds:glue/sst2:validation
+  pretrax finetune --config=finetune:seq2seq --init=PRETRAINED_BART_RUN --workdir=DIR \
+      --config.data.train=train.jsonl --config.data.eval=val.jsonl
 
 The model section is ignored: it is taken from --init (the architecture must match its
 checkpoint), and so are the tokenizer and data.objective. A model field set to something other
@@ -19,6 +22,8 @@ from pretrax.training.config import Config
 
 VARIANTS = {  # name -> what it is for (pretrax finetune --help lists them)
     "classify": "a classifier over a pretrained GPT or BERT run (pretrax finetune --init=RUN)",
+    "seq2seq": "a pretrained BART / T5 / Transformer run on source -> target pairs, judged by "
+               "what it generates (exact match, BLEU, chrF, ROUGE)",
 }
 
 
@@ -27,6 +32,8 @@ def get_config(variant: str | None = None) -> Config:
   if variant not in VARIANTS:
     raise KeyError(f"{variant!r}; choose one of {', '.join(VARIANTS)}")
   config = Config()
+  if variant == "seq2seq":
+    return _seq2seq(config)
   config.finetune.task = "classify"
   config.finetune.lm_weight = 0.5   # GPT-1's λ for the auxiliary LM loss (ignored for BERT)
   config.finetune.classifier_dropout = 0.1
@@ -38,4 +45,21 @@ def get_config(variant: str | None = None) -> Config:
   config.optimizer.decay, config.optimizer.min_lr_ratio = "linear", 0.0  # linear to 0, as BERT
   config.optimizer.b2, config.optimizer.weight_decay = 0.999, 0.01
   config.checkpoint.every = 100
+  return config
+
+
+def _seq2seq(config: Config) -> Config:
+  """source -> target pairs (JSONL {"source", "target"} or tfds:NAME[:SPLIT]); at every eval the
+  first 200 eval pairs are generated (greedy) and scored."""
+  config.finetune.task = "seq2seq"
+  config.data.seq_len = 128         # encoder and decoder positions each; <= the init's positions
+  config.train.batch_size, config.train.steps = 32, 1000
+  config.train.log_every, config.train.eval_every, config.train.eval_steps = 10, 200, 20
+  config.train.eval_generate, config.train.eval_num_beams = 200, 1
+  config.train.label_smoothing = 0.1
+  config.optimizer.learning_rate = 5e-4   # tiny presets; 3e-5 .. 1e-4 for BART / T5 base
+  config.optimizer.warmup_steps = 100
+  config.optimizer.decay, config.optimizer.min_lr_ratio = "linear", 0.0
+  config.optimizer.weight_decay = 0.01
+  config.checkpoint.every = 200
   return config

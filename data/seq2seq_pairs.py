@@ -88,6 +88,11 @@ def _ends_with_eos(ids: np.ndarray, room: int, eos_id: int) -> np.ndarray:
   return np.concatenate([ids[:room - 1], [eos_id]]).astype(np.int32)
 
 
+def encode_sources(tokenizer, texts: list[str], s: int) -> list[np.ndarray]:
+  """Source texts -> encoder ids as pairs are trained on: `source [eos]`, at most `s` tokens."""
+  return [_ends_with_eos(ids, s, tokenizer.eos_id) for ids in tokenizer.encode_batch(texts)]
+
+
 class PackedPairs:
   """Tokenized pairs packed into rows of [S + T] slots (see module doc), read by row index."""
 
@@ -97,9 +102,8 @@ class PackedPairs:
     if s < 2 or t < 2:
       raise InputError(f"data.seq_len={min(s, t)} leaves no room for a token and </s>")
     self.s, self.t, self.row_len = s, t, s + t
-    eos = tokenizer.eos_id
-    sources = [_ends_with_eos(ids, s, eos) for ids in tokenizer.encode_batch([p[0] for p in pairs])]
-    targets = [_ends_with_eos(ids, t, eos) for ids in tokenizer.encode_batch([p[1] for p in pairs])]
+    sources = encode_sources(tokenizer, [p[0] for p in pairs], s)
+    targets = encode_sources(tokenizer, [p[1] for p in pairs], t)
     self.truncated = sum(len(a) == s for a in sources) + sum(len(b) == t for b in targets)
     rows, row = [], []
     fill_s = fill_t = 0

@@ -253,6 +253,14 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
   return seqs_bkn, lengths_bk, scores_bk, eos_bk, step
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A decoding output as numpy; gathered from every process when the model spans several."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 @dataclasses.dataclass
 class Decoded:
   """What a `Decoder` returns, per row (per input, times `Beam.num_return` for beam search, best
@@ -286,6 +294,13 @@ class Decoder:
     self.compiled_beam = jax.jit(functools.partial(_beam_search, self.graphdef),
                                  static_argnames=("max_new_tokens", "beam", "sampling",
                                                   "start_id"))
+
+  def load(self, model: nnx.Module) -> None:
+    """Decodes with `model`'s parameters from now on (a model of the same structure: the
+    compiled programs are kept)."""
+    graphdef, self.params = nnx.split(model)
+    if graphdef != self.graphdef:
+      raise ValueError("Decoder.load needs a model of the structure the decoder was built for")
 
   def _batch(self, inputs: list[np.ndarray], width: int | None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +348,8 @@ class Decoder:
         self.params, jnp.asarray(inputs_bp), jnp.asarray(lengths), keys_b,
         *self._stop_tables(stop, self.vocab), max_new_tokens=max_new_tokens,
         sampling=sampling, start_id=self.start_id, keep_logits=keep_logits)
-    tokens_bn, kept_b, done_b = np.asarray(tokens_bn), np.asarray(kept_b), np.asarray(done_b)
-    kept_bnv = np.asarray(kept_bnv) if keep_logits else None
+    tokens_bn, kept_b, done_b = _to_host(tokens_bn), _to_host(kept_b), _to_host(done_b)
+    kept_bnv = _to_host(kept_bnv) if keep_logits else None
     return Decoded(tokens=[tokens_bn[r, :kept_b[r]] for r in range(len(inputs))],
                    stopped=[bool(d) for d in done_b],
                    logits=[kept_bnv[r, :kept_b[r]] for r in range(len(inputs))]
@@ -361,8 +376,8 @@ class Decoder:
         self.params, jnp.asarray(inputs_bp), jnp.asarray(lengths),
         *self._stop_tables(stop, self.vocab), max_new_tokens=max_new_tokens, beam=beam,
         sampling=sampling, start_id=self.start_id)
-    seqs_bkn, lengths_bk = np.asarray(seqs_bkn), np.asarray(lengths_bk)
-    scores_bk, eos_bk = np.asarray(scores_bk), np.asarray(eos_bk)
+    seqs_bkn, lengths_bk = _to_host(seqs_bkn), _to_host(lengths_bk)
+    scores_bk, eos_bk = _to_host(scores_bk), _to_host(eos_bk)
     tokens, stopped, scores = [], [], []
     for row in range(len(inputs)):
       for k in range(beam.num_return):
@@ -371,6 +386,36 @@ class Decoder:
         stopped.append(bool(eos_bk[row, k]) or n < max_new_tokens)
         scores.append(float(scores_bk[row, k]))
     return Decoded(tokens=tokens, stopped=stopped, logits=None, steps=int(steps), scores=scores)
+
+
+def decode_all(decoder: Decoder, inputs: list[np.ndarray], max_new_tokens: int,
+               sampling: Sampling, *, beam: Beam | None = None, stop=None, batch_size: int = 32,
+               max_width: int | None = None, seed: int = 0) -> list[np.ndarray]:
+  """Decodes any number of inputs in batches of one shape: sorted by length (a batch pads
+  little), `batch_size` rows (the last batch filled with copies, dropped), inputs padded to a
+  power of two of at least 8, at most `max_width`: a handful of compiled programs for a whole
+  file. Beam search when `beam` has more than one beam. Returns the tokens of each input, in
+  order (the best hypothesis for beam search)."""
+  if not inputs:
+    raise InputError("no inputs to decode")
+  batch_size = min(batch_size, len(inputs))
+  order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+  out: list[np.ndarray] = [np.zeros(0, np.int32)] * len(inputs)
+  for first in range(0, len(order), batch_size):
+    rows = order[first:first + batch_size]
+    batch = [inputs[i] for i in rows]
+    longest = max(len(ids) for ids in batch)
+    width = max(8, 1 << (longest - 1).bit_length())
+    width = max(longest, min(width, max_width or width))
+    batch += [batch[-1]] * (batch_size - len(batch))
+    if beam is not None and beam.num_beams > 1:
+      decoded = decoder.beam_search(batch, max_new_tokens, beam, sampling, stop=stop, width=width)
+    else:
+      decoded = decoder(batch, max_new_tokens, sampling, seed=seed + first, stop=stop,
+                        width=width)
+    for i, tokens in zip(rows, decoded.tokens):
+      out[i] = tokens
+  return out
 
 
 def decode(model: nnx.Module, prompts: list[np.ndarray], max_new_tokens: int, sampling: Sampling,

@@ -25,6 +25,7 @@ import time
 from flax import nnx
 import numpy as np
 
+from pretrax.data import seq2seq_pairs
 from pretrax.data.errors import InputError
 from pretrax.inference import decoding, loading, stop_strings
 from pretrax.training.config import ConfigError
@@ -199,11 +200,6 @@ def require_encoder_decoder(run: loading.Run, workdir: str) -> None:
                       f"a causal model)")
 
 
-def _bucket(n: int, limit: int) -> int:
-  """n rounded up to a power of two (at least 8), at most `limit`."""
-  return min(limit, max(8, 1 << (n - 1).bit_length()))
-
-
 def generate_records(workdir: str, records: list[dict], max_new_tokens: int, *,
                      num_beams: int = 1, length_penalty: float = 1.0,
                      early_stopping: bool | str = False, temperature: float = 0.0,
@@ -224,36 +220,22 @@ def generate_records(workdir: str, records: list[dict], max_new_tokens: int, *,
   if cfg.model.position == "learned" and max_new_tokens + 1 > cfg.model.max_seq_len:
     raise InputError(f"--max_new_tokens={max_new_tokens}: the decoder has "
                      f"{cfg.model.max_seq_len} learned positions, the start token included")
-  sources = tok.encode_batch([record[field] for record in records])
-  cut = sum(len(ids) + 1 > limit for ids in sources)
+  texts = [record[field] for record in records]
+  cut = sum(len(ids) + 1 > limit for ids in tok.encode_batch(texts))
   if cut:
     report(f"pretrax: {cut} source(s) longer than {limit - 1} tokens are cut to that "
            f"(config.data.seq_len={limit}, the EOS included)")
-  sources = [np.concatenate([ids[:limit - 1], [tok.eos_id]]).astype(np.int32) for ids in sources]
+  sources = seq2seq_pairs.encode_sources(tok, texts, limit)
   sampling = decoding.Sampling(temperature=float(temperature), top_k=int(top_k),
                                top_p=float(top_p), vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                                eos_id=tok.eos_id)
   stops = stop_strings.StopStrings(tok, stop)
-  beam = decoding.Beam(num_beams, float(length_penalty), early_stopping)
   decoder = decoding.Decoder(nnx.merge(run.graphdef, run.params), start_id=tok.bos_id)
-  batch_size = min(batch_size, len(sources))
-  # Sorted by length, so that a batch pads little; the output keeps the input's order.
-  order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-  generated: list[np.ndarray] = [np.zeros(0, np.int32)] * len(sources)
   start = time.perf_counter()
-  for first in range(0, len(order), batch_size):
-    rows = order[first:first + batch_size]
-    batch = [sources[i] for i in rows]
-    width = _bucket(max(len(ids) for ids in batch), limit)
-    batch += [batch[-1]] * (batch_size - len(batch))  # a fixed batch shape; extra rows dropped
-    if num_beams > 1:
-      decoded = decoder.beam_search(batch, max_new_tokens, beam, sampling, stop=stops,
-                                    width=width)
-    else:
-      decoded = decoder(batch, max_new_tokens, sampling, seed=seed + first, stop=stops,
-                        width=width)
-    for i, tokens in zip(rows, decoded.tokens):
-      generated[i] = tokens
+  generated = decoding.decode_all(
+      decoder, sources, max_new_tokens, sampling,
+      beam=decoding.Beam(num_beams, float(length_penalty), early_stopping), stop=stops,
+      batch_size=batch_size, max_width=limit, seed=seed)
   _report_speed(report, sum(len(t) for t in generated), len(generated),
                 time.perf_counter() - start)
   return [{**record, "generation": stops.truncate(tok.decode(tokens))[0]}

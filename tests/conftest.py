@@ -223,3 +223,31 @@ def _words(row, starts) -> list[list[int]]:
 def words_of():
   """words_of(row, word_starts) -> the token indices of each word (the reference grouping)."""
   return _words
+
+
+@pytest.fixture(scope="session")
+def random_model():
+  """random_model(config, seed) -> (model, pure params): a model with every parameter drawn with
+  numpy (faster than initializing on a slow CPU): norm scales 1 + 0.1·N(0, 1), biases and
+  relative/logit-bias tables 0.3·N(0, 1), weights config.init_std·N(0, 1)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from pretrax.modeling import models
+
+  def make(config, seed: int):
+    graphdef, state = models.abstract_model(config)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, a):
+      key, noise = str(path[-1].key), rng.standard_normal(a.shape).astype(np.float32)
+      if key == "scale_d":
+        return 1.0 + 0.1 * noise
+      if key.startswith("b") or key in ("final_logits_bias_v", "table_rh"):
+        return 0.3 * noise
+      return config.init_std * noise
+
+    params = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    return nnx.merge(graphdef, state), params
+
+  return make

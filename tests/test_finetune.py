@@ -22,7 +22,7 @@ from pretrax.inference import loading
 from pretrax.data import classification, tokenizers
 from pretrax.inference import evaluate
 from pretrax.training import checkpointing, config as config_lib, trainer
-from pretrax.training.tasks import classification as classification_task
+from pretrax.training.tasks import classification as classification_task, init_run
 from pretrax.training.config import ConfigError
 SEQ_LEN = 64
 ONE_DEVICE = jax.devices()[:1]
@@ -318,7 +318,7 @@ def test_backbone_starts_as_the_pretrained_model(gpt_init):
   config = config_lib.load_json(os.path.join(gpt_init, "config.json"))
   config.finetune.num_labels = 3
   task = classification_task.Classification(config, None, "",
-                                            init=classification_task.load_init(gpt_init))
+                                            init=init_run.load_init(gpt_init))
   _, abstract_state = task.abstract_model()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),

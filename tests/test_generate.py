@@ -32,8 +32,8 @@ def upper_run(build_once):
                                                                         _pairs(100, 1))
     config = config_lib.apply_overrides(config_lib.load_preset("transformer:tiny"), {
         "data.objective": "seq2seq", "data.train": train, "data.eval": val,
-        "data.seq_len": "32", "model.max_seq_len": "32", "model.d_model": "64",
-        "model.num_heads": "4", "model.d_ff": "256", "model.dropout": "0",
+        "data.seq_len": "24", "model.max_seq_len": "24", "model.d_model": "64",
+        "model.num_heads": "4", "model.d_ff": "128", "model.dropout": "0",
         "model.norm_position": "pre", "model.attention_impl": "einsum",
         "train.label_smoothing": "0", "optimizer.learning_rate": "3e-3",
         "optimizer.warmup_steps": "50", "train.steps": "240", "train.batch_size": "16",
@@ -85,7 +85,7 @@ def test_generate_bad_input(upper_run, tmp_path, build_once, tiny_gpt_config):
   lines = []
   long = generate.generate_records(run, [{"source": "a" * 100}], 4, report=lines.append)
   assert isinstance(long[0]["generation"], str)
-  assert any("longer than 31 tokens are cut" in line for line in lines)
+  assert any("longer than 23 tokens are cut" in line for line in lines)
   with pytest.raises(ValueError, match="pretrax sample needs a causal"):
     generate.sample_prompts(run, ["x"], 4)
 
@@ -110,3 +110,34 @@ def test_sample_beams_and_stop_strings(build_once, tiny_gpt_config, capsys):
     generate.sample_prompts(run, ["x"], 4, num_beams=3, num_samples=4)
   with pytest.raises(ValueError, match="pretrax generate needs an encoder-decoder"):
     generate.generate_records(run, [{"source": "x"}], 4)
+
+
+def test_seq2seq_finetuning_starts_from_init_and_is_judged_by_generation(
+    upper_run, tmp_path, read_metrics, build_once, tiny_gpt_config):
+  """finetune:seq2seq from the upper-casing run: its first eval already generates the targets
+  (the parameters are --init's), and every eval reports the generation metrics."""
+  config = config_lib.apply_overrides(config_lib.load_preset("finetune:seq2seq"), {
+      "data.train": str(upper_run / "train.jsonl"), "data.eval": str(upper_run / "val.jsonl"),
+      "data.seq_len": "24", "train.steps": "4", "train.eval_every": "2",
+      "train.eval_generate": "20", "train.eval_steps": "2", "train.batch_size": "16",
+      "train.log_every": "2", "checkpoint.every": "4", "optimizer.learning_rate": "1e-5",
+      "optimizer.warmup_steps": "1"})
+  config.finetune.init = str(upper_run / "run")
+  workdir = str(tmp_path / "ft")
+  trainer.train(config, workdir)
+  evals = [r for r in read_metrics(workdir) if "eval_bleu" in r]
+  assert [r["step"] for r in evals] == [2, 4]
+  assert evals[0]["eval_generated"] == 20 and evals[0]["eval_exact_match"] >= 0.9
+  for key in ("eval_bleu", "eval_chrf", "eval_rouge1", "eval_rouge2", "eval_rougeL"):
+    assert 0 <= evals[-1][key] <= 100
+  rows = generate.generate_records(workdir, [{"source": "abc"}], 8, report=lambda line: None)
+  assert isinstance(rows[0]["generation"], str)
+  # A causal run is not an encoder-decoder to fine-tune on pairs.
+  gpt = build_once("decoding_run", lambda root: trainer.train(
+      tiny_gpt_config(root, **{"train.steps": "2", "train.eval_every": "0"}), str(root / "run")))
+  config.finetune.init = str(gpt / "run")
+  with pytest.raises(config_lib.ConfigError, match="finetune.task=seq2seq fine-tunes encoder"):
+    trainer.train(config, str(tmp_path / "ft2"))
+  with pytest.raises(config_lib.ConfigError, match="eval_generate=5 generates"):
+    trainer.train(config_lib.apply_overrides(config_lib.load_preset("gpt:tiny"),
+                                             {"train.eval_generate": "5"}), str(tmp_path / "x"))

@@ -143,25 +143,6 @@ def _max_diff(name: str, ref: np.ndarray, ours: np.ndarray, dec_mask) -> float:
   return diff
 
 
-def _pretrax_params(config: ModelConfig, seed: int) -> tuple[nnx.Module, dict]:
-  """A pretrax model with random parameters, norms, biases and relative tables included (drawn
-  with numpy: faster than initializing the model on a slow CPU)."""
-  graphdef, state = models.abstract_model(config)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, a):
-    key, noise = str(path[-1].key), rng.standard_normal(a.shape).astype(np.float32)
-    if key == "scale_d":
-      return 1.0 + 0.1 * noise
-    if key.startswith("b") or key in ("final_logits_bias_v", "table_rh"):
-      return 0.3 * noise
-    return config.init_std * noise
-
-  params = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-  return nnx.merge(graphdef, state), params
-
-
 def _params_equal(a: dict, b: dict) -> None:
   flat_a, tree_a = jax.tree.flatten(a)
   flat_b, tree_b = jax.tree.flatten(b)
@@ -175,9 +156,9 @@ def _params_equal(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("name", list(PRETRAX))
-def test_export_gives_pretrax_logits_in_transformers(name, tmp_path):
+def test_export_gives_pretrax_logits_in_transformers(name, tmp_path, random_model):
   config = PRETRAX[name]
-  model, params = _pretrax_params(config, seed=3)
+  model, params = random_model(config, seed=3)
   hf_config = hf.to_hf_config(config, SPECIAL)  # what export.export_hf writes
   state = hf.to_hf_state(config, params)
   safetensors_numpy.save_file(state, str(tmp_path / export.HF_WEIGHTS),
@@ -323,11 +304,11 @@ def test_shipped_seq2seq_presets_export_and_rope_does_not():
     hf.check_exportable(model)
 
 
-def test_marian_logits_bias_needs_final_logits_bias():
+def test_marian_logits_bias_needs_final_logits_bias(random_model):
   """A nonzero final_logits_bias buffer: read into a model with final_logits_bias=True (which
   from_hf_config picks from the tensors), refused by one without."""
   config = PRETRAX["marian"]
-  _, params = _pretrax_params(config, seed=4)
+  _, params = random_model(config, seed=4)
   tensors = hf.to_hf_state(config, params)
   assert not tensors["final_logits_bias"].any()
   tensors["final_logits_bias"] = np.full((1, VOCAB), 0.5, np.float32)

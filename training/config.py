@@ -69,6 +69,9 @@ class TrainConfig:
   compile_cache_dir: str = ""   # JAX persistent compilation cache ("": $PRETRAX_COMPILE_CACHE,
                                 # else ~/.cache/pretrax/xla; "off": none)
   label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary (the Transformer: 0.1); eval losses stay unsmoothed
+  eval_generate: int = 0        # seq2seq pairs: at each eval also generate for the first N eval pairs
+                                # and report exact match, BLEU, chrF, ROUGE-1/2/L; 0: off
+  eval_num_beams: int = 1       # those generations: 1 greedy, more: beam search
   nonfinite: str = "skip"       # a non-finite loss or gradient: skip (drop the update) | stop
   max_nonfinite_skips: int = 5  # with skip: abort after this many consecutive skipped steps
 
@@ -392,7 +395,13 @@ def validate(config: Config) -> None:
   for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_steps"):
     if getattr(t, name) <= 0:
       raise ConfigError(f"config.train.{name} must be positive, got {getattr(t, name)}")
-  _check_at_least(t, "config.train", ("eval_every", "peak_flops"))  # 0: off / automatic
+  _check_at_least(t, "config.train", ("eval_every", "peak_flops", "eval_generate"))  # 0: off
+  if t.eval_num_beams < 1:
+    raise ConfigError(f"config.train.eval_num_beams must be at least 1, got {t.eval_num_beams}")
+  if t.eval_generate and "seq2seq" not in (config.finetune.task, d.objective):
+    raise ConfigError(f"config.train.eval_generate={t.eval_generate} generates for the eval pairs "
+                      "of a seq2seq run (data.objective=seq2seq or finetune.task=seq2seq); set "
+                      "it to 0")
   if d.tokenizer_vocab_size <= 0:
     raise ConfigError(f"config.data.tokenizer_vocab_size must be positive, got "
                       f"{d.tokenizer_vocab_size}")

@@ -257,8 +257,11 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
 
     def run_eval(params):
       data = task.eval_batches(tc.eval_steps)
-      return None if data is None else evaluate(setup.p_eval_step, params, data,
-                                                setup.batch_sharding, task)
+      if data is None:
+        return None
+      metrics = evaluate(setup.p_eval_step, params, data, setup.batch_sharding, task)
+      generated = task.generation_metrics(nnx.merge(setup.graphdef, params))
+      return metrics if generated is None else metrics | generated
 
     # A bar on a terminal; plain lines where stderr is a log (CI, nohup, a cluster's job log).
     terminal = sys.stderr.isatty()

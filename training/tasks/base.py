@@ -136,6 +136,11 @@ class Task(abc.ABC):
     """Sums added over the validation batches (may hold more than the loss terms)."""
     return self.sums(model, batch)
 
+  def generation_metrics(self, model: nnx.Module) -> dict[str, float] | None:
+    """Metrics of what `model` generates for the eval data, merged into each eval's metrics
+    (called at every eval, on every process); None: the task has none."""
+    return None
+
   def metrics(self, sums: dict) -> dict[str, jax.Array]:
     """Train metrics of one step from its sums."""
     return losses.term_metrics(sums, self.terms)

@@ -26,64 +26,18 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from pretrax.data.errors import InputError
 from pretrax.data import classification, files, tokenizers
 from pretrax.modeling.classifier import Classifier
-from pretrax.modeling.config import ModelConfig
-from pretrax.training import checkpointing, config as config_lib, losses
+from pretrax.training import config as config_lib, losses
 from pretrax.training import metrics as metrics_lib, run_dir
 from pretrax.training.config import Config, ConfigError
+from pretrax.training.tasks import init_run
 from pretrax.training.tasks.base import Task
 
 LABELS_FILENAME = "labels.json"
-
-
-# --------------------------------------------------------------------------------------------
-# The pretrained run fine-tuning starts from.
-
-
-@dataclasses.dataclass
-class Init:
-  workdir: str
-  config: Config
-  tokenizer: tokenizers.Tokenizer
-  step: int  # its latest checkpoint
-
-
-def load_init(init_workdir: str) -> Init:
-  """Reads --init's config, tokenizer and latest step; a clear error if it cannot be used."""
-  if not init_workdir:
-    raise ConfigError("pretrax finetune needs the pretrained run: --init=PRETRAINED_WORKDIR")
-  config = run_dir.read_config(init_workdir, "--init")
-  if config.finetune.task:
-    raise ConfigError(f"--init={init_workdir} is a fine-tuned run (finetune.task="
-                      f"{config.finetune.task!r}); --init needs a pretraining run, e.g. its own "
-                      f"--init {config.finetune.init or '(unknown)'}")
-  checkpointer = checkpointing.Checkpointer(init_workdir, config.checkpoint, read_only=True)
-  steps = checkpointer.all_steps()
-  checkpointer.close()
-  if not steps:
-    raise FileNotFoundError(f"--init={init_workdir} has no checkpoint under "
-                            f"{os.path.join(init_workdir, 'checkpoints')} (did its training "
-                            "save one?)")
-  tokenizer = tokenizers.load_from_directory(init_workdir)
-  return Init(os.path.abspath(init_workdir), config, tokenizer, max(steps))
-
-
-def _model_from_init(requested: ModelConfig, init: Init) -> ModelConfig:
-  """The init run's model section; a field set here to something else than both the default
-  and the init's value (e.g. --config.model.family=bert over a GPT run) is an error."""
-  default = ModelConfig()
-  for field in dataclasses.fields(ModelConfig):
-    mine, theirs = getattr(requested, field.name), getattr(init.config.model, field.name)
-    if mine != getattr(default, field.name) and mine != theirs:
-      raise ConfigError(f"config.model.{field.name}={mine!r}, but --init={init.workdir} holds a "
-                        f"model with {field.name}={theirs!r}; fine-tuning takes the model "
-                        f"section from --init: drop --config.model.{field.name}")
-  return dataclasses.replace(init.config.model)
 
 
 def _check_finetune_config(config: Config) -> None:
@@ -135,18 +89,13 @@ def _example_weights(batch) -> jax.Array:
   return (batch["segment_ids"][:, 0] > 0).astype(jnp.float32)
 
 
-def _flat_shapes(tree) -> dict[str, tuple]:
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 # --------------------------------------------------------------------------------------------
 # The task.
 
 
 @dataclasses.dataclass
 class Classification(Task):
-  init: Init = None
+  init: init_run.Init = None
   labels: list = None
   train_arrays: dict = None
   eval_arrays: dict | None = None
@@ -162,12 +111,12 @@ class Classification(Task):
   def open(cls, config: Config, workdir: str) -> "Classification":
     """Resolves the config from --init and the data, reads the examples, writes the run files."""
     config = config_lib.from_dict(config_lib.to_dict(config))
-    init = load_init(config.finetune.init)
+    init = init_run.load_init(config.finetune.init)
     if init.config.model.family not in cls.families:
       raise ConfigError(f"--init={init.workdir} holds a config.model.family="
                         f"{init.config.model.family!r} model; classification fine-tunes "
                         f"{' or '.join(cls.families)} models")
-    config.model = _model_from_init(config.model, init)
+    config.model = init_run.model_from_init(config.model, init)
     config.data.objective = init.config.data.objective  # (what validate checks against the family)
     config.data.tokenizer = init.config.data.tokenizer
     config.finetune.init = init.workdir
@@ -258,26 +207,7 @@ class Classification(Task):
 
   def restore_backbone(self, abstract_backbone):
     """The pretrained parameters of --init's latest checkpoint, in the shardings asked for."""
-    init = self.init
-    step_dir = os.path.join(init.workdir, "checkpoints", str(init.step))
-    try:
-      saved = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
-      saved = _flat_shapes(saved["params"])
-    except Exception as e:  # an unreadable checkpoint: say which
-      raise InputError(f"--init={init.workdir}: cannot read the checkpoint {step_dir}: "
-                       f"{e}") from None
-    wanted = _flat_shapes(abstract_backbone)
-    if saved != wanted:
-      diffs = [f"{k}: checkpoint {saved.get(k)}, model {wanted.get(k)}"
-               for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-      raise InputError(f"--init={init.workdir}: the checkpoint {step_dir} does not fit the model "
-                       f"its config.json describes ({len(diffs)} parameters differ: "
-                       f"{'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''})")
-    checkpointer = checkpointing.Checkpointer(init.workdir, init.config.checkpoint,
-                                              read_only=True)
-    params = checkpointer.restore_params(init.step, abstract_backbone)
-    checkpointer.close()
-    return params
+    return init_run.restore_params(self.init, abstract_backbone)
 
   # ------------------------------------------------------------------------------------------
   # Data.

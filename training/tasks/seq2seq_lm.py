@@ -8,13 +8,15 @@ perplexity and token accuracy.
 """
 
 import math
+import shlex
 
 import jax
 import jax.numpy as jnp
 
-from pretrax.data import global_batches, seq2seq_pairs, seq2seq_pipeline
-from pretrax.training import losses, metrics as metrics_lib
+from pretrax.data import global_batches, seq2seq_pairs, seq2seq_pipeline, tokenizers
+from pretrax.training import config as config_lib, losses, metrics as metrics_lib, run_dir
 from pretrax.training.config import Config, ConfigError
+from pretrax.training.tasks import init_run
 from pretrax.training.tasks.base import Task
 from pretrax.training.tasks.pretraining import PretrainingTask
 
@@ -77,11 +79,22 @@ class Seq2SeqLM(PretrainingTask):
 class Seq2SeqPairs(Seq2SeqLM):
   """Supervised pairs from JSONL files or TFDS (data/seq2seq_pairs.py), several packed to a row:
   config.data.train, and config.data.eval for validation. Encoder and decoder have
-  config.data.seq_len positions each."""
+  config.data.seq_len positions each.
+
+  Trained from scratch (data.objective=seq2seq), or fine-tuned from a pretrained encoder-decoder
+  (finetune.task=seq2seq, `pretrax finetune --init=RUN`): the model section, tokenizer and every
+  parameter come from --init's latest checkpoint.
+  """
+
+  init: init_run.Init | None = None       # the pretrained run, when fine-tuning
+  _generation: tuple | None = None        # (sources, targets, Decoder) for generation_metrics
 
   @classmethod
   def check_config(cls, config: Config) -> None:
-    super().check_config(config)
+    if config.finetune.init:  # the model section is checked once taken from --init (`open`)
+      config_lib.validate_finetune(config.finetune)
+    else:
+      super().check_config(config)
     if not config.data.train:
       raise ConfigError("config.data.train is empty: give the training pairs with "
                         "--config.data.train=FILE.jsonl ({\"source\": ..., \"target\": ...} lines) "
@@ -89,6 +102,52 @@ class Seq2SeqPairs(Seq2SeqLM):
     if config.data.tokenizer == "train":
       raise ConfigError("config.data.tokenizer=train trains on config.data.source, not on the "
                         "pairs of config.data.train; use byte or a SentencePiece .model")
+
+  @classmethod
+  def open(cls, config: Config, workdir: str) -> "Seq2SeqPairs":
+    if not config.finetune.init:
+      return super().open(config, workdir)
+    config = config_lib.from_dict(config_lib.to_dict(config))
+    init = init_run.load_init(config.finetune.init)
+    if init.config.model.family not in cls.families:
+      raise ConfigError(f"--init={init.workdir} holds a config.model.family="
+                        f"{init.config.model.family!r} model; finetune.task=seq2seq fine-tunes "
+                        "encoder-decoders (BART, T5, the Transformer)")
+    config.model = init_run.model_from_init(config.model, init)
+    config.data.objective = "seq2seq"
+    config.data.tokenizer = init.config.data.tokenizer
+    config.data.extra_ids = init.config.data.extra_ids
+    config.finetune.init = init.workdir
+    config_lib.validate(config)
+    saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
+    if saved is not None and (saved.finetune.task != "seq2seq" or saved.model != config.model):
+      raise ConfigError(f"{workdir} holds a different run (finetune.task={saved.finetune.task!r},"
+                        f" model family {saved.model.family!r}) than a seq2seq fine-tuning of "
+                        f"--init={init.workdir}; refusing to resume it. Use a new --workdir.")
+    if run_dir.has_tokenizer(workdir):
+      tokenizer = tokenizers.load_from_directory(workdir)
+    else:
+      tokenizer = init.tokenizer
+      if jax.process_index() == 0:
+        tokenizer.save(workdir)
+    task = cls(config, tokenizer, workdir)
+    task.init = init
+    return task
+
+  def init_params(self, abstract_params, params_sharding) -> dict:
+    """From scratch: a fresh init; fine-tuning: --init's parameters."""
+    if self.init is None:
+      return super().init_params(abstract_params, params_sharding)
+    return init_run.restore_params(self.init, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
+        params_sharding))
+
+  def next_commands(self) -> list[str]:
+    run, data = shlex.quote(self.workdir.rstrip("/")), self.config.data
+    pairs = shlex.quote(data.eval) if data.eval.endswith(".jsonl") else "pairs.jsonl"
+    return super().next_commands() + [
+        f"pretrax generate --workdir={run} --input={pairs} --output=generations.jsonl "
+        "--num_beams=4"]
 
   def _rows(self, spec: str, field: str) -> seq2seq_pairs.PackedPairs:
     data = self.config.data
@@ -122,6 +181,32 @@ class Seq2SeqPairs(Seq2SeqLM):
     rows = self._rows(path, "--split" if split else "config.data.eval")
     return _closing(self._batches(rows, shuffle=False, repeat=False,
                                   num_batches=max_batches or None))
+
+  def generation_metrics(self, model):
+    """With config.train.eval_generate = N: the model's outputs for the first N eval pairs
+    (greedy, or beam search with config.train.eval_num_beams), up to data.seq_len tokens each,
+    scored against their targets: exact match, BLEU, chrF, ROUGE-1/2/L
+    (inference/text_metrics.py)."""
+    from pretrax.inference import decoding, text_metrics  # inference is not needed to train
+    tc, data, tok = self.config.train, self.config.data, self.tokenizer
+    if not tc.eval_generate or not data.eval:
+      return None
+    if self._generation is None:
+      pairs = seq2seq_pairs.read_pairs(data.eval, "config.data.eval", default_split="validation",
+                                       data_dir=data.data_dir or None,
+                                       features=data.pair_features)[:tc.eval_generate]
+      sources = seq2seq_pairs.encode_sources(tok, [p[0] for p in pairs], data.seq_len)
+      self._generation = (sources, [p[1] for p in pairs],
+                          decoding.Decoder(model, start_id=tok.bos_id))
+    sources, targets, decoder = self._generation
+    decoder.load(model)
+    sampling = decoding.Sampling(temperature=0.0, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                                 eos_id=tok.eos_id)
+    tokens = decoding.decode_all(decoder, sources, data.seq_len, sampling,
+                                 beam=decoding.Beam(tc.eval_num_beams),
+                                 batch_size=min(tc.batch_size, 64), max_width=data.seq_len)
+    scores = text_metrics.generation_metrics([tok.decode(t) for t in tokens], targets)
+    return {("generated" if k == "count" else k): v for k, v in scores.items()}
 
   def eval_data(self, split: str | None, max_batches: int | None):
     """`split`: None, "eval" or "validation": config.data.eval; "train": config.data.train;

@@ -1,0 +1,84 @@
+"""The pretrained run fine-tuning starts from (`pretrax finetune --init=RUN`): its config,
+tokenizer and latest checkpoint, the model section a fine-tuning run takes from it, and its
+parameters restored into the fine-tuning run's shardings."""
+
+import dataclasses
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from pretrax.data import tokenizers
+from pretrax.data.errors import InputError
+from pretrax.modeling.config import ModelConfig
+from pretrax.training import checkpointing, run_dir
+from pretrax.training.config import Config, ConfigError
+
+
+@dataclasses.dataclass
+class Init:
+  workdir: str
+  config: Config
+  tokenizer: tokenizers.Tokenizer
+  step: int  # its latest checkpoint
+
+
+def load_init(init_workdir: str) -> Init:
+  """Reads --init's config, tokenizer and latest step; a clear error if it cannot be used."""
+  if not init_workdir:
+    raise ConfigError("pretrax finetune needs the pretrained run: --init=PRETRAINED_WORKDIR")
+  config = run_dir.read_config(init_workdir, "--init")
+  if config.finetune.task:
+    raise ConfigError(f"--init={init_workdir} is a fine-tuned run (finetune.task="
+                      f"{config.finetune.task!r}); --init needs a pretraining run, e.g. its own "
+                      f"--init {config.finetune.init or '(unknown)'}")
+  checkpointer = checkpointing.Checkpointer(init_workdir, config.checkpoint, read_only=True)
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  if not steps:
+    raise FileNotFoundError(f"--init={init_workdir} has no checkpoint under "
+                            f"{os.path.join(init_workdir, 'checkpoints')} (did its training "
+                            "save one?)")
+  tokenizer = tokenizers.load_from_directory(init_workdir)
+  return Init(os.path.abspath(init_workdir), config, tokenizer, max(steps))
+
+
+def model_from_init(requested: ModelConfig, init: Init) -> ModelConfig:
+  """The init run's model section; a field set here to something else than both the default
+  and the init's value (e.g. --config.model.family=bert over a GPT run) is an error."""
+  default = ModelConfig()
+  for field in dataclasses.fields(ModelConfig):
+    mine, theirs = getattr(requested, field.name), getattr(init.config.model, field.name)
+    if mine != getattr(default, field.name) and mine != theirs:
+      raise ConfigError(f"config.model.{field.name}={mine!r}, but --init={init.workdir} holds a "
+                        f"model with {field.name}={theirs!r}; fine-tuning takes the model "
+                        f"section from --init: drop --config.model.{field.name}")
+  return dataclasses.replace(init.config.model)
+
+
+def restore_params(init: Init, abstract_params):
+  """The parameters of --init's latest checkpoint, in the shardings of `abstract_params`
+  (ShapeDtypeStructs); a clear error when the checkpoint does not fit them."""
+  step_dir = os.path.join(init.workdir, "checkpoints", str(init.step))
+  try:
+    saved = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
+    saved = _flat_shapes(saved["params"])
+  except Exception as e:  # an unreadable checkpoint: say which
+    raise InputError(f"--init={init.workdir}: cannot read the checkpoint {step_dir}: "
+                     f"{e}") from None
+  wanted = _flat_shapes(abstract_params)
+  if saved != wanted:
+    diffs = [f"{k}: checkpoint {saved.get(k)}, model {wanted.get(k)}"
+             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    raise InputError(f"--init={init.workdir}: the checkpoint {step_dir} does not fit the model "
+                     f"its config.json describes ({len(diffs)} parameters differ: "
+                     f"{'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''})")
+  checkpointer = checkpointing.Checkpointer(init.workdir, init.config.checkpoint, read_only=True)
+  params = checkpointer.restore_params(init.step, abstract_params)
+  checkpointer.close()
+  return params
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
