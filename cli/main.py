@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
   _decoding_arguments(p)
 
   p = sub.add_parser(
-      "generate", help="an encoder-decoder's output for each source of a JSONL file",
+      "generate", help="an encoder-decoder's (or a GPT's trained on pairs) output for each "
+                       "source of a JSONL file",
       formatter_class=raw,
       description='Reads {"source": ...} lines (other fields are kept), writes each with its '
                   '"generation" to --output. Greedy unless --num_beams or --temperature say '

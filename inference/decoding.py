@@ -169,8 +169,12 @@ def _sample(graphdef, params, inputs_bp, lengths_b, keys_b, stop_next_qv, stop_h
 
 def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits_qv, *,
                  max_new_tokens: int, beam: Beam, sampling: Sampling, start_id: int):
-  """The beam search loop (module doc) -> ([B, nb, N] finished hypotheses best first, [B, nb]
-  their lengths (EOS included), [B, nb] scores, [B, nb] whether each ended by EOS, steps run)."""
+  """The beam search loop (module doc) -> ([b, k, n] finished hypotheses best first, [b, k]
+  their lengths (EOS included), [b, k] scores, [b, k] whether each ended by EOS, steps run).
+
+  Shape letters: b inputs, k = num_beams beams, c = 2k candidates, n = max_new_tokens, v the
+  vocabulary; B = b·k model rows (input i's beams at rows i·k .. i·k + k - 1).
+  """
   model = nnx.merge(graphdef, params)
   nb, n = beam.num_beams, max_new_tokens
   b = inputs_bp.shape[0]
@@ -189,14 +193,14 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
                                axis=1)
 
   def body(state):
-    (step, logits_Bv, positions_B, cache, running_bkn, running_b_k, stop_bk, seqs_bkn, scores_bk,
-     lengths_bk, eos_bk, finished_bk, open_b, _) = state
+    (step, logits_Bv, positions_B, cache, running_seqs_bkn, running_scores_bk, stop_bk,
+     seqs_bkn, scores_bk, lengths_bk, eos_bk, finished_bk, open_b, _) = state
     logp_Bv = jax.nn.log_softmax(logits_Bv.astype(jnp.float32), axis=-1)
     logp_Bv = tokenizer_logits(logp_Bv, sampling.vocab_size, sampling.pad_id)
-    total_bkv = logp_Bv.reshape(b, nb, v) + running_b_k[:, :, None]
+    total_bkv = logp_Bv.reshape(b, nb, v) + running_scores_bk[:, :, None]
     top_bc, index_bc = jax.lax.top_k(total_bkv.reshape(b, nb * v), candidates)
     parent_bc, token_bc = index_bc // v, (index_bc % v).astype(jnp.int32)
-    top_seqs_bcn = gather(running_bkn, parent_bc).at[:, :, step].set(token_bc)
+    top_seqs_bcn = gather(running_seqs_bkn, parent_bc).at[:, :, step].set(token_bc)
     parent_stop_bc = gather(stop_bk, parent_bc)
     hit_bc = stop_hits_qv[parent_stop_bc, token_bc]
     eos_bc = token_bc == sampling.eos_id
@@ -204,8 +208,8 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
     # the best num_beams that go on
     live_bc = top_bc + ends_bc * _LOST
     _, pick_bk = jax.lax.top_k(live_bc, nb)
-    running_bkn = gather(top_seqs_bcn, pick_bk)
-    running_b_k = gather(live_bc, pick_bk)
+    running_seqs_bkn = gather(top_seqs_bcn, pick_bk)
+    running_scores_bk = gather(live_bc, pick_bk)
     stop_bk = gather(stop_next_qv[parent_stop_bc, token_bc], pick_bk)
     parent_bk = gather(parent_bc, pick_bk)
     # the finished hypotheses: the old ones and those ending among the first num_beams
@@ -223,7 +227,7 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
     finished_bk = gather(merged(finished_bk, ends_bc & in_top_beams_k), keep_bk)
     # can a running beam still beat the worst finished hypothesis?
     hypothetical = n if (early == "never" and length_penalty > 0) else step + 1
-    best_b1 = running_b_k[:, :1] / (jnp.float32(hypothetical) ** length_penalty)
+    best_b1 = running_scores_bk[:, :1] / (jnp.float32(hypothetical) ** length_penalty)
     worst_bk = jnp.where(finished_bk, jnp.min(scores_bk, axis=1, keepdims=True), _LOST)
     open_b = open_b & jnp.any(best_b1 > worst_bk, axis=-1)
     rows_B = (jnp.arange(b)[:, None] * nb + parent_bk).reshape(-1)
@@ -233,9 +237,9 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
       go_on &= ~jnp.all(finished_bk)
     logits_Bv, cache = jax.lax.cond(go_on & (step + 1 < n), functools.partial(_step, model),
                                     lambda t, q, c: (logits_Bv, c),
-                                    running_bkn[:, :, step].reshape(-1), positions_B, cache)
-    return (step + 1, logits_Bv, positions_B + 1, cache, running_bkn, running_b_k, stop_bk,
-            seqs_bkn, scores_bk, lengths_bk, eos_bk, finished_bk, open_b, go_on)
+                                    running_seqs_bkn[:, :, step].reshape(-1), positions_B, cache)
+    return (step + 1, logits_Bv, positions_B + 1, cache, running_seqs_bkn, running_scores_bk,
+            stop_bk, seqs_bkn, scores_bk, lengths_bk, eos_bk, finished_bk, open_b, go_on)
 
   def more(state):
     return (state[0] < n) & state[-1]
@@ -244,8 +248,8 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
   zeros_bk = jnp.zeros((b, nb), jnp.int32)
   false_bk = jnp.zeros((b, nb), bool)
   # Only the first beam starts: the others would repeat its continuations.
-  running_b_k = jnp.where(jnp.arange(nb) == 0, 0.0, _LOST)[None].repeat(b, axis=0)
-  state = (jnp.int32(0), repeat(first_bv), repeat(positions_b), cache, fill_bkn, running_b_k,
+  running_scores_bk = jnp.where(jnp.arange(nb) == 0, 0.0, _LOST)[None].repeat(b, axis=0)
+  state = (jnp.int32(0), repeat(first_bv), repeat(positions_b), cache, fill_bkn, running_scores_bk,
            zeros_bk, fill_bkn, jnp.full((b, nb), _LOST, jnp.float32), zeros_bk, false_bk, false_bk,
            jnp.ones(b, bool), jnp.bool_(True))
   final = jax.lax.while_loop(more, body, state)

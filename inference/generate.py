@@ -25,7 +25,7 @@ import time
 from flax import nnx
 import numpy as np
 
-from pretrax.data import seq2seq_pairs
+from pretrax.data import decoder_pairs, seq2seq_pairs
 from pretrax.data.errors import InputError
 from pretrax.inference import decoding, loading, stop_strings
 from pretrax.training.config import ConfigError
@@ -193,11 +193,34 @@ def sample(workdir: str, prompt: str, max_new_tokens: int, *, temperature: float
                         report=report)[0]["generation"]
 
 
-def require_encoder_decoder(run: loading.Run, workdir: str) -> None:
-  if run.config.model.family != "encoder_decoder":
-    raise ConfigError(f"pretrax generate needs an encoder-decoder; {workdir} holds a "
-                      f"{run.config.model.family!r} model (`pretrax sample` continues prompts of "
-                      f"a causal model)")
+def _seq2seq_inputs(run: loading.Run, workdir: str, texts: list[str], max_new_tokens: int,
+                    report) -> tuple[list[np.ndarray], int, int]:
+  """(inputs, max_new_tokens, widest input) for `generate`: encoder ids for an encoder-decoder;
+  for a GPT trained on pairs (data.objective or finetune.task seq2seq) prompts `[bos] source
+  [sep]` (data/decoder_pairs.py), max_new_tokens cut to what its positions leave (said)."""
+  cfg, tok = run.config, run.tokenizer
+  limit = cfg.data.seq_len
+  if cfg.model.family == "encoder_decoder":
+    if cfg.model.position == "learned" and max_new_tokens + 1 > cfg.model.max_seq_len:
+      raise InputError(f"--max_new_tokens={max_new_tokens}: the decoder has "
+                       f"{cfg.model.max_seq_len} learned positions, the start token included")
+    cut = sum(len(ids) + 1 > limit for ids in tok.encode_batch(texts))
+    if cut:
+      report(f"pretrax: {cut} source(s) longer than {limit - 1} tokens are cut to that "
+             f"(config.data.seq_len={limit}, the EOS included)")
+    return seq2seq_pairs.encode_sources(tok, texts, limit), max_new_tokens, limit
+  if cfg.model.family == "gpt" and "seq2seq" in (cfg.finetune.task, cfg.data.objective):
+    prompts = [decoder_pairs.prompt(tok, ids, limit) for ids in tok.encode_batch(texts)]
+    width = max(len(p) for p in prompts)
+    room = decoding.context_length(cfg) - width
+    if room < max_new_tokens:
+      report(f"pretrax: at most {room} new tokens here (--max_new_tokens={max_new_tokens}; the "
+             f"model has {decoding.context_length(cfg)} positions)")
+    return prompts, min(max_new_tokens, room), width
+  raise ConfigError(f"pretrax generate needs an encoder-decoder or a GPT trained on pairs "
+                    f"(data.objective=seq2seq); {workdir} holds a {cfg.model.family!r} model "
+                    f"trained on {cfg.finetune.task or cfg.data.objective!r} (`pretrax sample` "
+                    f"continues prompts of a causal model)")
 
 
 def generate_records(workdir: str, records: list[dict], max_new_tokens: int, *,
@@ -206,36 +229,29 @@ def generate_records(workdir: str, records: list[dict], max_new_tokens: int, *,
                      top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
                      stop: tuple[str, ...] = (), step: int | None = None, field: str = "source",
                      report=None) -> list[dict]:
-  """An encoder-decoder's output for the `field` of each record, greedy by default: each
-  record with "generation" added, in order (see the module doc)."""
+  """The output of an encoder-decoder, or of a GPT trained on pairs, for the `field` of each
+  record, greedy by default: each record with "generation" added, in order (module doc)."""
   check_sampling_args(max_new_tokens, temperature, top_k, top_p)
   if batch_size < 1:
     raise InputError(f"--batch_size={batch_size}: must be at least 1")
   run = loading.load_run(workdir, step)
-  require_encoder_decoder(run, workdir)
-  tok, cfg = run.tokenizer, run.config
+  tok = run.tokenizer
   check_beam_args(num_beams, 1, length_penalty, tok.vocab_size)
   report = _reporter(report)
-  limit = cfg.data.seq_len
-  if cfg.model.position == "learned" and max_new_tokens + 1 > cfg.model.max_seq_len:
-    raise InputError(f"--max_new_tokens={max_new_tokens}: the decoder has "
-                     f"{cfg.model.max_seq_len} learned positions, the start token included")
-  texts = [record[field] for record in records]
-  cut = sum(len(ids) + 1 > limit for ids in tok.encode_batch(texts))
-  if cut:
-    report(f"pretrax: {cut} source(s) longer than {limit - 1} tokens are cut to that "
-           f"(config.data.seq_len={limit}, the EOS included)")
-  sources = seq2seq_pairs.encode_sources(tok, texts, limit)
+  inputs, max_new_tokens, width = _seq2seq_inputs(
+      run, workdir, [record[field] for record in records], max_new_tokens, report)
   sampling = decoding.Sampling(temperature=float(temperature), top_k=int(top_k),
                                top_p=float(top_p), vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                                eos_id=tok.eos_id)
   stops = stop_strings.StopStrings(tok, stop)
-  decoder = decoding.Decoder(nnx.merge(run.graphdef, run.params), start_id=tok.bos_id)
+  seq2seq = run.config.model.family == "encoder_decoder"
+  decoder = decoding.Decoder(nnx.merge(run.graphdef, run.params),
+                             start_id=tok.bos_id if seq2seq else None)
   start = time.perf_counter()
   generated = decoding.decode_all(
-      decoder, sources, max_new_tokens, sampling,
+      decoder, inputs, max_new_tokens, sampling,
       beam=decoding.Beam(num_beams, float(length_penalty), early_stopping), stop=stops,
-      batch_size=batch_size, max_width=limit, seed=seed)
+      batch_size=batch_size, max_width=width, seed=seed)
   _report_speed(report, sum(len(t) for t in generated), len(generated),
                 time.perf_counter() - start)
   return [{**record, "generation": stops.truncate(tok.decode(tokens))[0]}

@@ -113,7 +113,7 @@ def test_sample_beams_and_stop_strings(build_once, tiny_gpt_config, capsys):
 
 
 def test_seq2seq_finetuning_starts_from_init_and_is_judged_by_generation(
-    upper_run, tmp_path, read_metrics, build_once, tiny_gpt_config):
+    upper_run, tmp_path, read_metrics):
   """finetune:seq2seq from the upper-casing run: its first eval already generates the targets
   (the parameters are --init's), and every eval reports the generation metrics."""
   config = config_lib.apply_overrides(config_lib.load_preset("finetune:seq2seq"), {
@@ -132,12 +132,33 @@ def test_seq2seq_finetuning_starts_from_init_and_is_judged_by_generation(
     assert 0 <= evals[-1][key] <= 100
   rows = generate.generate_records(workdir, [{"source": "abc"}], 8, report=lambda line: None)
   assert isinstance(rows[0]["generation"], str)
-  # A causal run is not an encoder-decoder to fine-tune on pairs.
-  gpt = build_once("decoding_run", lambda root: trainer.train(
-      tiny_gpt_config(root, **{"train.steps": "2", "train.eval_every": "0"}), str(root / "run")))
-  config.finetune.init = str(gpt / "run")
-  with pytest.raises(config_lib.ConfigError, match="finetune.task=seq2seq fine-tunes encoder"):
-    trainer.train(config, str(tmp_path / "ft2"))
   with pytest.raises(config_lib.ConfigError, match="eval_generate=5 generates"):
     trainer.train(config_lib.apply_overrides(config_lib.load_preset("gpt:tiny"),
                                              {"train.eval_generate": "5"}), str(tmp_path / "x"))
+
+
+def test_gpt_fine_tuned_as_a_decoder_only_seq2seq_model(upper_run, tmp_path, read_metrics,
+                                                        build_once, tiny_gpt_config):
+  """finetune:seq2seq over a GPT run: each pair one causal sequence `[bos] source [sep] target
+  [eos]`, the loss on the target; evals generate by continuing `[bos] source [sep]`."""
+  gpt = build_once("decoding_run", lambda root: trainer.train(
+      tiny_gpt_config(root, **{"train.steps": "2", "train.eval_every": "0"}), str(root / "run")))
+  config = config_lib.apply_overrides(config_lib.load_preset("finetune:seq2seq"), {
+      "data.train": str(upper_run / "train.jsonl"), "data.eval": str(upper_run / "val.jsonl"),
+      "data.seq_len": "24", "train.steps": "30", "train.eval_every": "15",
+      "train.eval_generate": "10", "train.eval_steps": "2", "train.batch_size": "16",
+      "train.log_every": "5", "checkpoint.every": "30", "optimizer.learning_rate": "3e-3",
+      "optimizer.warmup_steps": "5"})
+  config.finetune.init = str(gpt / "run")
+  workdir = str(tmp_path / "gpt_pairs")
+  trainer.train(config, workdir)
+  records = read_metrics(workdir)
+  train = [r for r in records if "loss" in r]
+  assert train[-1]["loss"] < train[0]["loss"] - 0.5
+  evals = [r for r in records if "eval_bleu" in r]
+  assert [r["step"] for r in evals] == [15, 30] and evals[-1]["eval_generated"] == 10
+  rows = generate.generate_records(workdir, [{"source": "abc"}, {"source": "x" * 40}], 30,
+                                   num_beams=2, report=(lines := []).append)
+  assert all(isinstance(r["generation"], str) for r in rows)
+  # 32 learned positions less the longest prompt: [bos], 11 source tokens, [sep]
+  assert any("at most 19 new tokens" in line for line in lines)

@@ -123,3 +123,47 @@ def test_tfds_pairs_through_mock_data():
     assert len(swapped) == 5 and all(isinstance(a, str) for pair in swapped for a in pair)
     with pytest.raises(InputError, match="config.data.pair_features=SOURCE,TARGET"):
       seq2seq_pairs.read_pairs("tfds:ted_hrlr_translate/pt_to_en", features="en,fr")
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs for a decoder-only model (data/decoder_pairs.py).
+
+
+def test_decoder_only_sequences_weigh_the_targets_only(pairs, tok):
+  from pretrax.data import decoder_pairs
+  t = 320  # two or three pairs of bytes to a row
+  rows = decoder_pairs.PackedSequences(pairs, tok, t=t, name="val")
+  assert len(rows) < len(pairs)  # several pairs to a row
+  f = decoder_pairs.SequenceRows(sep_id=tok.sep_id)(rows.read(np.arange(len(rows))),
+                                                     np.arange(len(rows)))
+  got = []
+  for r in range(len(rows)):
+    for k in range(1, rows.segments[r].max() + 1):
+      seq = rows.tokens[r][rows.segments[r] == k]  # [bos] source [sep] target [eos]
+      assert seq[0] == tok.bos_id and seq[-1] == tok.eos_id
+      sep = int(np.flatnonzero(seq == tok.sep_id)[0])
+      # The pair's inputs: all of it (EOS's target is the next pair's BOS: no loss), or all but
+      # EOS at the end of a row.
+      at = np.flatnonzero(f["segment_ids"][r] == k)
+      assert len(at) in (len(seq), len(seq) - 1)
+      np.testing.assert_array_equal(f["inputs"][r][at], seq[:len(at)])
+      np.testing.assert_array_equal(f["positions"][r][at], np.arange(len(at)))
+      # the loss predicts the target and EOS, never the source, the separator or the next pair
+      slot = np.arange(len(at))
+      np.testing.assert_array_equal(f["loss_weights"][r][at], (slot >= sep) & (slot < len(seq) - 1))
+      weighted = f["targets"][r][at][f["loss_weights"][r][at] > 0]
+      np.testing.assert_array_equal(weighted, seq[sep + 1:])
+      got.append((tok.decode(seq[1:sep]), tok.decode(seq[sep + 1:])))
+  want = []
+  for a, b in pairs:  # bytes: the target keeps (t + 1) // 2 - 1, the source what is left
+    target = b.encode()[:(t + 1) // 2 - 1]
+    source = a.encode()[:t + 1 - (len(target) + 1) - 2]
+    want.append((source.decode(errors="ignore"), target.decode(errors="ignore")))
+  assert got == want and any(len(b.encode()) > (t + 1) // 2 - 1 for _, b in pairs)
+  assert f["loss_weights"][f["segment_ids"] == 0].sum() == 0
+  # Too long: the target part keeps (t + 1) // 2 tokens, the source the rest; the prompt for
+  # generation cuts the source as the longest target would.
+  seq = decoder_pairs.sequence(tok, tok.encode("x" * 30), tok.encode("y" * 30), 15)
+  assert len(seq) == 16 and tok.decode(seq) == "x" * 6 + "y" * 7
+  prompt = decoder_pairs.prompt(tok, tok.encode("x" * 30), 15)
+  np.testing.assert_array_equal(prompt, seq[:8])

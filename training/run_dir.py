@@ -199,9 +199,10 @@ def _describe(tokenizer: tokenizers.Tokenizer) -> str:
           f"{tokenizer.describe()['sha256'][:12]}")
 
 
-def prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
-  """The run's tokenizer: the one config.data.tokenizer names (data.tokenizer=train: trained on
-  the training split by process 0 first), copied into the workdir.
+def prepare_tokenizer(config: Config, workdir: str, training_texts=None) -> tokenizers.Tokenizer:
+  """The run's tokenizer: the one config.data.tokenizer names (data.tokenizer=train: trained by
+  process 0 first, on the training split of config.data.source, or on what `training_texts()`
+  returns: (an iterable of texts, what they are)), copied into the workdir.
 
   A workdir with checkpoints keeps its tokenizer, and a config naming a different one is refused;
   before any checkpoint exists, the configured one replaces whatever the workdir holds.
@@ -226,10 +227,14 @@ def prepare_tokenizer(config: Config, workdir: str) -> tokenizers.Tokenizer:
   spec = config.data.tokenizer
   if spec == "train":
     if jax.process_index() == 0:
+      if training_texts is None:
+        texts = sources.iter_texts(config.data, config.data.train_split,
+                                   max_documents=TOKENIZER_TRAIN_DOCUMENTS)
+        what = config.data.source
+      else:
+        texts, what = training_texts()
       print(f"Training a {config.data.tokenizer_model_type} SentencePiece tokenizer "
-            f"(vocab {config.data.tokenizer_vocab_size}) on {config.data.source} ...", flush=True)
-      texts = sources.iter_texts(config.data, config.data.train_split,
-                                 max_documents=TOKENIZER_TRAIN_DOCUMENTS)
+            f"(vocab {config.data.tokenizer_vocab_size}) on {what} ...", flush=True)
       tokenizers.train_sentencepiece(
           texts, os.path.join(workdir, "tokenizer"), vocab_size=config.data.tokenizer_vocab_size,
           model_type=config.data.tokenizer_model_type)

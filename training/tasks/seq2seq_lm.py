@@ -13,7 +13,8 @@ import shlex
 import jax
 import jax.numpy as jnp
 
-from pretrax.data import global_batches, seq2seq_pairs, seq2seq_pipeline, tokenizers
+from pretrax.data import (decoder_pairs, global_batches, seq2seq_pairs, seq2seq_pipeline,
+                          tokenizers)
 from pretrax.training import config as config_lib, losses, metrics as metrics_lib, run_dir
 from pretrax.training.config import Config, ConfigError
 from pretrax.training.tasks import init_run
@@ -81,11 +82,16 @@ class Seq2SeqPairs(Seq2SeqLM):
   config.data.train, and config.data.eval for validation. Encoder and decoder have
   config.data.seq_len positions each.
 
-  Trained from scratch (data.objective=seq2seq), or fine-tuned from a pretrained encoder-decoder
+  Trained from scratch (data.objective=seq2seq), or fine-tuned from a pretrained run
   (finetune.task=seq2seq, `pretrax finetune --init=RUN`): the model section, tokenizer and every
   parameter come from --init's latest checkpoint.
+
+  GPT is the same task with another model: each pair is one causal sequence `[bos] source [sep]
+  target [eos]` with the loss on the target and EOS (data/decoder_pairs.py), and generation
+  continues the prompt `[bos] source [sep]`.
   """
 
+  families = ("encoder_decoder", "gpt")  # GPT: one causal sequence per pair (decoder_pairs)
   init: init_run.Init | None = None       # the pretrained run, when fine-tuning
   _generation: tuple | None = None        # (sources, targets, Decoder) for generation_metrics
 
@@ -99,20 +105,29 @@ class Seq2SeqPairs(Seq2SeqLM):
       raise ConfigError("config.data.train is empty: give the training pairs with "
                         "--config.data.train=FILE.jsonl ({\"source\": ..., \"target\": ...} lines) "
                         "or tfds:NAME[:SPLIT]")
-    if config.data.tokenizer == "train":
-      raise ConfigError("config.data.tokenizer=train trains on config.data.source, not on the "
-                        "pairs of config.data.train; use byte or a SentencePiece .model")
+    if config.data.tokenizer == "train" and config.finetune.init:
+      raise ConfigError("config.data.tokenizer=train: a fine-tuning run keeps --init's "
+                        "tokenizer; drop --config.data.tokenizer")
 
   @classmethod
   def open(cls, config: Config, workdir: str) -> "Seq2SeqPairs":
     if not config.finetune.init:
-      return super().open(config, workdir)
+      # data.tokenizer=train: one SentencePiece vocabulary for both sides, trained on the pairs
+      def training_texts():
+        pairs = seq2seq_pairs.read_pairs(config.data.train, "config.data.train",
+                                         data_dir=config.data.data_dir or None,
+                                         features=config.data.pair_features)
+        return ([text for pair in pairs for text in pair],
+                f"the {len(pairs):,} source and target texts of {config.data.train}")
+
+      tokenizer = run_dir.prepare_tokenizer(config, workdir, training_texts)
+      return cls(run_dir.resolve_vocab(config, tokenizer), tokenizer, workdir)
     config = config_lib.from_dict(config_lib.to_dict(config))
     init = init_run.load_init(config.finetune.init)
     if init.config.model.family not in cls.families:
       raise ConfigError(f"--init={init.workdir} holds a config.model.family="
                         f"{init.config.model.family!r} model; finetune.task=seq2seq fine-tunes "
-                        "encoder-decoders (BART, T5, the Transformer)")
+                        "encoder-decoders (BART, T5, the Transformer) and GPT")
     config.model = init_run.model_from_init(config.model, init)
     config.data.objective = "seq2seq"
     config.data.tokenizer = init.config.data.tokenizer
@@ -149,18 +164,28 @@ class Seq2SeqPairs(Seq2SeqLM):
         f"pretrax generate --workdir={run} --input={pairs} --output=generations.jsonl "
         "--num_beams=4"]
 
-  def _rows(self, spec: str, field: str) -> seq2seq_pairs.PackedPairs:
+  @property
+  def decoder_only(self) -> bool:
+    return self.config.model.family == "gpt"
+
+  def _rows(self, spec: str, field: str):
     data = self.config.data
     pairs = seq2seq_pairs.read_pairs(
         spec, field, default_split="train" if spec == data.train else "validation",
         data_dir=data.data_dir or None, features=data.pair_features)
+    if self.decoder_only:
+      return decoder_pairs.PackedSequences(pairs, self.tokenizer, t=data.seq_len, name=spec)
     return seq2seq_pairs.PackedPairs(pairs, self.tokenizer, s=data.seq_len, t=data.seq_len,
                                      name=spec)
 
   def _batches(self, rows, *, shuffle: bool, repeat: bool, num_batches=None):
     size, seed = self.config.train.batch_size, self.config.train.seed
+    make_examples = (decoder_pairs.SequenceRows(sep_id=self.tokenizer.sep_id)
+                     if self.decoder_only else
+                     seq2seq_pairs.PairRows(s=self.config.data.seq_len,
+                                            bos_id=self.tokenizer.bos_id))
     return global_batches.GlobalBatches(
-        rows, seq2seq_pairs.PairRows(s=self.config.data.seq_len, bos_id=self.tokenizer.bos_id),
+        rows, make_examples,
         global_batch_size=size, seed=seed, shuffle=shuffle, repeat=repeat,
         num_batches=num_batches,
         rows=global_batches.process_slice(size, jax.process_index(), jax.process_count()))
@@ -182,6 +207,41 @@ class Seq2SeqPairs(Seq2SeqLM):
     return _closing(self._batches(rows, shuffle=False, repeat=False,
                                   num_batches=max_batches or None))
 
+  def sums(self, model, batch, rngs=None, label_smoothing=None):
+    if not self.decoder_only:
+      return super().sums(model, batch, rngs, label_smoothing)
+    if label_smoothing is None:
+      label_smoothing = self.config.train.label_smoothing
+    hidden_btd = model.hidden_states(batch["inputs"], batch["segment_ids"], batch["positions"],
+                                     rngs=rngs)
+    return losses.cross_entropy_sums(model.logits(hidden_btd), batch["targets"],
+                                     batch["loss_weights"], label_smoothing=label_smoothing)
+
+  @property
+  def tokens_per_step(self) -> int:
+    if self.decoder_only:
+      return Task.tokens_per_step.fget(self)
+    return super().tokens_per_step
+
+  def describe_step(self) -> str:
+    return Task.describe_step(self) if self.decoder_only else super().describe_step()
+
+  def flops_per_token(self, n_params: int) -> float:
+    if self.decoder_only:
+      return metrics_lib.flops_per_token(self.config.model, n_params, self.config.data.seq_len,
+                                         self.config.data)
+    return super().flops_per_token(n_params)
+
+  def generation_inputs(self, sources: list[str]) -> tuple[list, int, int]:
+    """What generation decodes for source texts: (the inputs, the most new tokens, the widest
+    input): encoder ids, or GPT's prompts `[bos] source [sep]` (module doc)."""
+    t, tok = self.config.data.seq_len, self.tokenizer
+    if not self.decoder_only:
+      return seq2seq_pairs.encode_sources(tok, sources, t), t, t
+    new = decoder_pairs.target_room(t)
+    prompts = [decoder_pairs.prompt(tok, ids, t) for ids in tok.encode_batch(sources)]
+    return prompts, new, t + 1 - new
+
   def generation_metrics(self, model):
     """With config.train.eval_generate = N: the model's outputs for the first N eval pairs
     (greedy, or beam search with config.train.eval_num_beams), up to data.seq_len tokens each,
@@ -195,16 +255,16 @@ class Seq2SeqPairs(Seq2SeqLM):
       pairs = seq2seq_pairs.read_pairs(data.eval, "config.data.eval", default_split="validation",
                                        data_dir=data.data_dir or None,
                                        features=data.pair_features)[:tc.eval_generate]
-      sources = seq2seq_pairs.encode_sources(tok, [p[0] for p in pairs], data.seq_len)
-      self._generation = (sources, [p[1] for p in pairs],
-                          decoding.Decoder(model, start_id=tok.bos_id))
-    sources, targets, decoder = self._generation
+      inputs, new, width = self.generation_inputs([p[0] for p in pairs])
+      decoder = decoding.Decoder(model, start_id=None if self.decoder_only else tok.bos_id)
+      self._generation = (inputs, new, width, [p[1] for p in pairs], decoder)
+    inputs, new, width, targets, decoder = self._generation
     decoder.load(model)
     sampling = decoding.Sampling(temperature=0.0, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                                  eos_id=tok.eos_id)
-    tokens = decoding.decode_all(decoder, sources, data.seq_len, sampling,
+    tokens = decoding.decode_all(decoder, inputs, new, sampling,
                                  beam=decoding.Beam(tc.eval_num_beams),
-                                 batch_size=min(tc.batch_size, 64), max_width=data.seq_len)
+                                 batch_size=min(tc.batch_size, 64), max_width=width)
     scores = text_metrics.generation_metrics([tok.decode(t) for t in tokens], targets)
     return {("generated" if k == "count" else k): v for k, v in scores.items()}
 
