@@ -16,10 +16,11 @@ The whole loop is one `jax.jit` program (a `lax.while_loop` over steps, static s
 recompiles per token, and it stops early when every row is done.
 
 Sampling: the logits of ids outside the tokenizer and of padding are -inf (`tokenizer_logits`),
-then temperature / top-k / top-p (`filter_logits`; temperature 0 is greedy), then a categorical
-draw with key fold_in(fold_in(key, row), step). Row r's draws do not depend on the other rows. A
-row stops at EOS (not kept) or once its text contains a stop string (the token that completes it
-is kept; `stop_strings.truncate` cuts the text).
+then temperature / top-k / top-p (`filter_logits`), then a categorical draw with key
+fold_in(fold_in(key, row), step); temperature 0 is greedy (the argmax, the first of ties). Row
+r's draws do not depend on the other rows. A row stops at EOS (not kept) or once its text
+contains a stop string (the token that completes it is kept; `stop_strings.truncate` cuts the
+text).
 
 Beam search has the semantics of `transformers`' `generate(num_beams=...)`: per example, the
 2·num_beams best continuations of all beams by summed log-probability (log-softmax over the
@@ -133,6 +134,8 @@ def _sample(graphdef, params, inputs_bp, lengths_b, keys_b, stop_next_qv, stop_h
 
   def draw(logits_bv, step):
     logits_bv = tokenizer_logits(logits_bv, sampling.vocab_size, sampling.pad_id)
+    if sampling.temperature <= 0:  # greedy: no random draw over the vocabulary
+      return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     filtered_bv = jax.vmap(lambda l: filter_logits(l, sampling.temperature, sampling.top_k,
                                                    sampling.top_p))(logits_bv)
     keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_b)

@@ -186,7 +186,8 @@ def _seq2seq_model(**overrides):
 
 @pytest.mark.parametrize("overrides", [
     {"position": "learned"}, {"position": "relative", "attention_scale": False},
-    {"position": "sinusoidal", "norm_position": "post", "decoder_layers": 3}],
+    pytest.param({"position": "sinusoidal", "norm_position": "post", "decoder_layers": 3},
+                 marks=pytest.mark.long)],
     ids=["learned", "relative", "sinusoidal-post_LN-3_decoder_layers"])
 def test_encoder_decoder_cached_decoding_equals_full_recomputation(overrides):
   """The encoder runs once, cross-attention keys/values are computed once, the decoder's
