@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from pretrax.data.errors import InputError
-from pretrax.data import classification, files, tokenizers
+from pretrax.data import classification, files
 from pretrax.modeling.classifier import Classifier
 from pretrax.training import config as config_lib, losses
 from pretrax.training import metrics as metrics_lib, run_dir
@@ -110,29 +110,8 @@ class Classification(Task):
   @classmethod
   def open(cls, config: Config, workdir: str) -> "Classification":
     """Resolves the config from --init and the data, reads the examples, writes the run files."""
-    config = config_lib.from_dict(config_lib.to_dict(config))
-    init = init_run.load_init(config.finetune.init)
-    if init.config.model.family not in cls.families:
-      raise ConfigError(f"--init={init.workdir} holds a config.model.family="
-                        f"{init.config.model.family!r} model; classification fine-tunes "
-                        f"{' or '.join(cls.families)} models")
-    config.model = init_run.model_from_init(config.model, init)
-    config.data.objective = init.config.data.objective  # (what validate checks against the family)
-    config.data.tokenizer = init.config.data.tokenizer
-    config.finetune.init = init.workdir
-    config_lib.validate(config)
-
+    config, init, tokenizer = init_run.open_finetuning(config, workdir, cls.families)
     saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
-    if saved is not None and (saved.finetune.task != "classify" or saved.model != config.model):
-      raise ConfigError(f"{workdir} holds a different run (finetune.task={saved.finetune.task!r},"
-                        f" model family {saved.model.family!r}) than a classifier over --init="
-                        f"{init.workdir}; refusing to resume it. Use a new --workdir.")
-    if run_dir.has_tokenizer(workdir):
-      tokenizer = tokenizers.load_from_directory(workdir)
-    else:
-      tokenizer = init.tokenizer
-      if jax.process_index() == 0:
-        tokenizer.save(workdir)
 
     data_dir = config.data.data_dir or None
     train = classification.read_examples(config.data.train, default_split="train",

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 from pretrax.data import tokenizers
 from pretrax.data.errors import InputError
 from pretrax.modeling.config import ModelConfig
-from pretrax.training import checkpointing, run_dir
+from pretrax.training import checkpointing, config as config_lib, run_dir
 from pretrax.training.config import Config, ConfigError
 
 
@@ -54,6 +54,38 @@ def model_from_init(requested: ModelConfig, init: Init) -> ModelConfig:
                         f"model with {field.name}={theirs!r}; fine-tuning takes the model "
                         f"section from --init: drop --config.model.{field.name}")
   return dataclasses.replace(init.config.model)
+
+
+def open_finetuning(config: Config, workdir: str, families: tuple[str, ...],
+                    objective: str | None = None) -> tuple[Config, Init, tokenizers.Tokenizer]:
+  """A fine-tuning run's config, --init and tokenizer: the model section, tokenizer (and
+  data.extra_ids) from --init, data.objective `objective` (None: --init's), validated; a workdir
+  that holds another run is refused; the tokenizer is the workdir's, or --init's copied there."""
+  task = config.finetune.task
+  config = config_lib.from_dict(config_lib.to_dict(config))
+  init = load_init(config.finetune.init)
+  if init.config.model.family not in families:
+    raise ConfigError(f"--init={init.workdir} holds a config.model.family="
+                      f"{init.config.model.family!r} model; finetune.task={task} fine-tunes "
+                      f"{' or '.join(families)} models")
+  config.model = model_from_init(config.model, init)
+  config.data.objective = objective or init.config.data.objective  # validated with the family
+  config.data.tokenizer = init.config.data.tokenizer
+  config.data.extra_ids = init.config.data.extra_ids
+  config.finetune.init = init.workdir
+  config_lib.validate(config)
+  saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
+  if saved is not None and (saved.finetune.task != task or saved.model != config.model):
+    raise ConfigError(f"{workdir} holds a different run (finetune.task={saved.finetune.task!r}, "
+                      f"model family {saved.model.family!r}) than finetune.task={task} over "
+                      f"--init={init.workdir}; refusing to resume it. Use a new --workdir.")
+  if run_dir.has_tokenizer(workdir):
+    tokenizer = tokenizers.load_from_directory(workdir)
+  else:
+    tokenizer = init.tokenizer
+    if jax.process_index() == 0:
+      tokenizer.save(workdir)
+  return config, init, tokenizer
 
 
 def restore_params(init: Init, abstract_params):

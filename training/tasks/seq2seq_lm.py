@@ -13,8 +13,7 @@ import shlex
 import jax
 import jax.numpy as jnp
 
-from pretrax.data import (decoder_pairs, global_batches, seq2seq_pairs, seq2seq_pipeline,
-                          tokenizers)
+from pretrax.data import decoder_pairs, global_batches, seq2seq_pairs, seq2seq_pipeline
 from pretrax.training import config as config_lib, losses, metrics as metrics_lib, run_dir
 from pretrax.training.config import Config, ConfigError
 from pretrax.training.tasks import init_run
@@ -122,29 +121,8 @@ class Seq2SeqPairs(Seq2SeqLM):
 
       tokenizer = run_dir.prepare_tokenizer(config, workdir, training_texts)
       return cls(run_dir.resolve_vocab(config, tokenizer), tokenizer, workdir)
-    config = config_lib.from_dict(config_lib.to_dict(config))
-    init = init_run.load_init(config.finetune.init)
-    if init.config.model.family not in cls.families:
-      raise ConfigError(f"--init={init.workdir} holds a config.model.family="
-                        f"{init.config.model.family!r} model; finetune.task=seq2seq fine-tunes "
-                        "encoder-decoders (BART, T5, the Transformer) and GPT")
-    config.model = init_run.model_from_init(config.model, init)
-    config.data.objective = "seq2seq"
-    config.data.tokenizer = init.config.data.tokenizer
-    config.data.extra_ids = init.config.data.extra_ids
-    config.finetune.init = init.workdir
-    config_lib.validate(config)
-    saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
-    if saved is not None and (saved.finetune.task != "seq2seq" or saved.model != config.model):
-      raise ConfigError(f"{workdir} holds a different run (finetune.task={saved.finetune.task!r},"
-                        f" model family {saved.model.family!r}) than a seq2seq fine-tuning of "
-                        f"--init={init.workdir}; refusing to resume it. Use a new --workdir.")
-    if run_dir.has_tokenizer(workdir):
-      tokenizer = tokenizers.load_from_directory(workdir)
-    else:
-      tokenizer = init.tokenizer
-      if jax.process_index() == 0:
-        tokenizer.save(workdir)
+    config, init, tokenizer = init_run.open_finetuning(config, workdir, cls.families,
+                                                       objective="seq2seq")
     task = cls(config, tokenizer, workdir)
     task.init = init
     return task
