@@ -1,5 +1,6 @@
 """`pretrax sample` (causal models): continuations of one prompt or of a file of prompts, and
-`pretrax generate` (encoder-decoders): an output for each source of a file; both with the KV
+`pretrax generate` (encoder-decoders, GPT trained on pairs): an output for each source of a
+file; both with the KV
 cache of inference/decoding.py, sampling (greedy, temperature, top-k, top-p) or beam search, and
 stop strings (the text is cut before the first; it is not part of the generation).
 
@@ -13,8 +14,9 @@ the context leaves (said on stderr).
 
 `generate` encodes each source as the seq2seq task trains on it (`source [eos]`, at most
 config.data.seq_len tokens; longer ones are cut, said on stderr) and decodes from the start
-token (BOS), in batches of a fixed size with source lengths rounded up to a power of two, so a
-file compiles a handful of programs, not one per batch.
+token (BOS); a GPT trained on pairs continues `[bos] source [sep]` (data/decoder_pairs.py).
+Batches have a fixed size and input lengths are rounded up to a power of two, so a file compiles
+a handful of programs, not one per batch.
 """
 
 import json

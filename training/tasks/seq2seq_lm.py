@@ -92,7 +92,7 @@ class Seq2SeqPairs(Seq2SeqLM):
 
   families = ("encoder_decoder", "gpt")  # GPT: one causal sequence per pair (decoder_pairs)
   init: init_run.Init | None = None       # the pretrained run, when fine-tuning
-  _generation: tuple | None = None        # (sources, targets, Decoder) for generation_metrics
+  _generation: tuple | None = None        # generation_metrics: inputs, sizes, targets, Decoder
 
   @classmethod
   def check_config(cls, config: Config) -> None:
