@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from pretrax.data import packing
+from pretrax.data import packing, seq2seq_pairs
 from pretrax.data.errors import InputError
 from pretrax.data.row_store import Rows
 
@@ -40,7 +40,7 @@ def prompt(tokenizer, source_ids: np.ndarray, t: int) -> np.ndarray:
 
 def sequence(tokenizer, source_ids: np.ndarray, target_ids: np.ndarray, t: int) -> np.ndarray:
   """`[bos] source [sep] target [eos]` in at most t + 1 tokens (module doc)."""
-  target = np.concatenate([target_ids[:target_room(t) - 1], [tokenizer.eos_id]])
+  target = seq2seq_pairs.ends_with_eos(target_ids, target_room(t), tokenizer.eos_id)
   room = t + 1 - len(target) - 2
   return np.concatenate([[tokenizer.bos_id], source_ids[:room], [tokenizer.sep_id],
                          target]).astype(np.int32)

@@ -84,13 +84,14 @@ def identity(spec: str) -> dict:
   return {"file": os.path.abspath(spec), "bytes": os.path.getsize(spec), "sha256": digest}
 
 
-def _ends_with_eos(ids: np.ndarray, room: int, eos_id: int) -> np.ndarray:
+def ends_with_eos(ids: np.ndarray, room: int, eos_id: int) -> np.ndarray:
+  """[N] ids -> their first room - 1 and `eos_id`, int32."""
   return np.concatenate([ids[:room - 1], [eos_id]]).astype(np.int32)
 
 
 def encode_sources(tokenizer, texts: list[str], s: int) -> list[np.ndarray]:
   """Source texts -> encoder ids as pairs are trained on: `source [eos]`, at most `s` tokens."""
-  return [_ends_with_eos(ids, s, tokenizer.eos_id) for ids in tokenizer.encode_batch(texts)]
+  return [ends_with_eos(ids, s, tokenizer.eos_id) for ids in tokenizer.encode_batch(texts)]
 
 
 class PackedPairs:

@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from pretrax.data.errors import InputError
+from pretrax.inference import stop_strings
 
 
 def filter_logits(logits_v: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
@@ -148,8 +149,7 @@ def _sample(graphdef, params, inputs_bp, lengths_b, keys_b, stop_next_qv, stop_h
     if keep_logits:
       kept_bnv = kept_bnv.at[:, step].set(logits_bv)
     eos_b = token_b == sampling.eos_id
-    hit_b = stop_hits_qv[stop_b, token_b]
-    stop_b = stop_next_qv[stop_b, token_b]
+    stop_b, hit_b = stop_strings.advance(stop_b, token_b, stop_next_qv, stop_hits_qv)
     kept_b = kept_b + (~done_b & ~eos_b)
     done_b = done_b | eos_b | hit_b
     logits_bv, cache = jax.lax.cond(step + 1 < max_new_tokens, functools.partial(_step, model),
@@ -205,7 +205,8 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
     parent_bc, token_bc = index_bc // v, (index_bc % v).astype(jnp.int32)
     top_seqs_bcn = gather(running_seqs_bkn, parent_bc).at[:, :, step].set(token_bc)
     parent_stop_bc = gather(stop_bk, parent_bc)
-    hit_bc = stop_hits_qv[parent_stop_bc, token_bc]
+    next_stop_bc, hit_bc = stop_strings.advance(parent_stop_bc, token_bc, stop_next_qv,
+                                                stop_hits_qv)
     eos_bc = token_bc == sampling.eos_id
     ends_bc = eos_bc | hit_bc | (step + 1 >= n)
     # the best num_beams that go on
@@ -213,7 +214,7 @@ def _beam_search(graphdef, params, inputs_bp, lengths_b, stop_next_qv, stop_hits
     _, pick_bk = jax.lax.top_k(live_bc, nb)
     running_seqs_bkn = gather(top_seqs_bcn, pick_bk)
     running_scores_bk = gather(live_bc, pick_bk)
-    stop_bk = gather(stop_next_qv[parent_stop_bc, token_bc], pick_bk)
+    stop_bk = gather(next_stop_bc, pick_bk)
     parent_bk = gather(parent_bc, pick_bk)
     # the finished hypotheses: the old ones and those ending among the first num_beams
     scored_bc = top_bc / ((step + 1).astype(jnp.float32) ** length_penalty)
@@ -326,17 +327,11 @@ class Decoder:
 
   @staticmethod
   def _stop_tables(stop, vocab: int) -> tuple[jax.Array, jax.Array]:
-    """A `StopStrings`' [Q, V'] tables widened to the model's V ids (the padded ones change
-    nothing); without stop strings, one state that never hits."""
+    """A `StopStrings`' tables for the model's V ids; without stop strings, one state that never
+    hits."""
     if stop is None or not stop:
       return jnp.zeros((1, vocab), jnp.int32), jnp.zeros((1, vocab), bool)
-    q, known = stop.next_state_sv.shape
-    known = min(known, vocab)
-    next_qv = np.repeat(np.arange(q, dtype=np.int32)[:, None], vocab, axis=1)
-    next_qv[:, :known] = stop.next_state_sv[:, :known]
-    hits_qv = np.zeros((q, vocab), bool)
-    hits_qv[:, :known] = stop.hits_sv[:, :known]
-    return jnp.asarray(next_qv), jnp.asarray(hits_qv)
+    return tuple(jnp.asarray(table) for table in stop.tables(vocab))
 
   def __call__(self, inputs: list[np.ndarray], max_new_tokens: int, sampling: Sampling, *,
                seed: int = 0, keep_logits: bool = False, stop=None,

@@ -206,11 +206,13 @@ def _seq2seq_inputs(run: loading.Run, workdir: str, texts: list[str], max_new_to
     if cfg.model.position == "learned" and max_new_tokens + 1 > cfg.model.max_seq_len:
       raise InputError(f"--max_new_tokens={max_new_tokens}: the decoder has "
                        f"{cfg.model.max_seq_len} learned positions, the start token included")
-    cut = sum(len(ids) + 1 > limit for ids in tok.encode_batch(texts))
+    encoded = tok.encode_batch(texts)
+    cut = sum(len(ids) + 1 > limit for ids in encoded)
     if cut:
       report(f"pretrax: {cut} source(s) longer than {limit - 1} tokens are cut to that "
              f"(config.data.seq_len={limit}, the EOS included)")
-    return seq2seq_pairs.encode_sources(tok, texts, limit), max_new_tokens, limit
+    sources = [seq2seq_pairs.ends_with_eos(ids, limit, tok.eos_id) for ids in encoded]
+    return sources, max_new_tokens, limit
   if cfg.model.family == "gpt" and "seq2seq" in (cfg.finetune.task, cfg.data.objective):
     prompts = [decoder_pairs.prompt(tok, ids, limit) for ids in tok.encode_batch(texts)]
     width = max(len(p) for p in prompts)

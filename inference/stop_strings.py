@@ -65,6 +65,16 @@ class StopStrings:
   def __bool__(self) -> bool:
     return not self.empty
 
+  def tables(self, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """(next_state_sv, hits_sv) with `vocab` columns: a model's ids past the tokenizer's (its
+    padded rows) leave the state as it is and never hit; ids past `vocab` are dropped."""
+    known = min(self.next_state_sv.shape[1], vocab)
+    next_state_sv = np.repeat(np.arange(self.num_states, dtype=np.int32)[:, None], vocab, axis=1)
+    next_state_sv[:, :known] = self.next_state_sv[:, :known]
+    hits_sv = np.zeros((self.num_states, vocab), bool)
+    hits_sv[:, :known] = self.hits_sv[:, :known]
+    return next_state_sv, hits_sv
+
   def truncate(self, text: str) -> tuple[str, bool]:
     """`truncate(text, self.strings)`."""
     return truncate(text, self.strings)
