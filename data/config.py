@@ -6,7 +6,8 @@ import dataclasses
 @dataclasses.dataclass
 class DataConfig:
   source: str = "default"      # default (embedded Python docs corpus) | text:PATH | tfds:NAME[:FEATURE]
-  tokenizer: str = "byte"      # byte | PATH to a SentencePiece .model | train (train one on the corpus first)
+  tokenizer: str = "byte"      # byte | PATH to a SentencePiece .model | PATH to a Hugging Face
+                               # tokenizer.json (or its folder) | train (train one on the corpus first)
   tokenizer_vocab_size: int = 8_000     # vocabulary of the tokenizer trained when tokenizer=train
   tokenizer_model_type: str = "unigram"  # unigram | bpe, when tokenizer=train
   seq_len: int = 256           # tokens per packed training row

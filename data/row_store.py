@@ -172,10 +172,11 @@ def _records(job: _ShardJob, counts: dict) -> Iterator[np.ndarray]:
       block["row"], block["document"] = rows, docs
       yield block
     return
+  framed = job.spec.kind == "mlm"  # only MLM rows use [CLS] / [SEP] (GPT-2's tokenizer has none)
   yield from packing.pack_blocks(_document_tokens(job, counts), job.spec.seq_len,
-                                 framed=job.spec.kind == "mlm", stream=job.spec.kind == "stream",
-                                 cls_id=job.tokenizer.cls_id,
-                                 sep_id=job.tokenizer.sep_id, dtype=dtype)
+                                 framed=framed, stream=job.spec.kind == "stream",
+                                 cls_id=job.tokenizer.cls_id if framed else 0,
+                                 sep_id=job.tokenizer.sep_id if framed else 0, dtype=dtype)
 
 
 def build_shard(job: _ShardJob) -> dict:

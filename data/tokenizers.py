@@ -1,16 +1,19 @@
-"""Tokenizers: UTF-8 bytes or a SentencePiece model, behind one interface with shared special ids.
+"""Tokenizers: UTF-8 bytes, a SentencePiece model or a Hugging Face tokenizer.json, behind one
+interface. Code asks the tokenizer for its special ids (tok.bos_id, tok.special_ids), never
+assumes them.
 
-Both tokenizers put the same seven special tokens at ids 0..6, so batching, masking and losses
-never ask which tokenizer produced the ids:
+pretrax's own tokenizers put the same seven special tokens at ids 0..6:
 
   <pad>=0  <unk>=1  <s>=2  </s>=3  [CLS]=4  [SEP]=5  [MASK]=6
 
-`encode` never emits a special id: "[MASK]" in the text is ordinary text in both tokenizers.
+`encode` never emits a special id: "[MASK]" in the text is ordinary text in both tokenizers. A
+Hugging Face tokenizer (data/hf_tokenizer.py, an imported model's own) keeps its file's ids.
 
   tok = load_tokenizer("byte")                        # 263 ids, no training
   tok = train_sentencepiece(docs, "/tmp/run/spm", vocab_size=8_000)
   tok.save("/tmp/run")                                # -> /tmp/run/tokenizer.model
   tok = load_from_directory("/tmp/run")
+  tok = load_tokenizer("gpt2_dir/tokenizer.json")     # or the folder; saved as hf_tokenizer/
 """
 
 import abc
@@ -33,6 +36,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKE
 
 MODEL_FILENAME = "tokenizer.model"  # a SentencePiece model proto, copied byte for byte
 JSON_FILENAME = "tokenizer.json"    # the byte tokenizer's description
+HF_DIRNAME = "hf_tokenizer"         # a Hugging Face tokenizer.json and its configs (hf_tokenizer.py)
 MODEL_TYPES = ("unigram", "bpe")
 
 _ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"
@@ -44,7 +48,7 @@ _TRAIN_THREADS = 16         # SentencePiece shards sentences by thread: a fixed 
 class Tokenizer(abc.ABC):
   """Text <-> int32 ids. Subclasses fill the per-id tables [V] in `__init__`."""
 
-  kind: str        # "byte" | "sentencepiece"
+  kind: str        # "byte" | "sentencepiece" | "huggingface"
   vocab_size: int  # V: ids are in [0, V)
   pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
   cls_id, sep_id, mask_id = CLS_ID, SEP_ID, MASK_ID
@@ -121,7 +125,8 @@ class Tokenizer(abc.ABC):
     word belongs to that word. The first token after the beginning or after a special token
     always starts a word, and whitespace there joins the word that follows it, so every
     non-special token belongs to exactly one word. Special tokens are never starts. Whitespace:
-    ASCII whitespace bytes (byte tokenizer); pieces whose text `str.isspace()` (SentencePiece).
+    ASCII whitespace bytes (byte tokenizer, SentencePiece's byte pieces); pieces whose text
+    `str.isspace()`.
     """
     ids = self._check_ids(ids)
     special = self._special_v[ids]
@@ -136,6 +141,11 @@ class Tokenizer(abc.ABC):
     seen_word = words_through - word > at_last_special  # a word token since the last special
     later_start = word & (self._leading_space_v[ids] | prev_white)
     return ~special & np.where(seen_word, later_start, prev_special)
+
+  def special_token_ids(self) -> dict[str, int | None]:
+    """role -> id: pad, unk, bos, eos, cls, sep, mask (None where the tokenizer has none)."""
+    return {"pad": self.pad_id, "unk": self.unk_id, "bos": self.bos_id, "eos": self.eos_id,
+            "cls": self.cls_id, "sep": self.sep_id, "mask": self.mask_id}
 
   def describe(self) -> dict:
     """JSON-able summary for logs and exports."""
@@ -225,7 +235,9 @@ class SentencePieceTokenizer(Tokenizer):
     for i in range(len(SPECIAL_TOKENS), v):
       piece = sp.id_to_piece(i)
       if sp.is_byte(i):  # "<0x0A>"
-        text = bytes([int(piece[1:-1], 16)]).decode("latin-1")
+        # Whitespace only if ASCII, as in ByteTokenizer: 0xA0 is a piece of "à" (C3 A0), no space.
+        byte = bytes([int(piece[1:-1], 16)])
+        text = byte.decode() if byte in _ASCII_WHITESPACE else "x"
         self._byte_lengths_v[i] = 1
       elif sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
         continue
@@ -291,29 +303,50 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-  """Config's `data.tokenizer` -> Tokenizer. spec: "byte" | PATH to a SentencePiece .model."""
+  """Config's `data.tokenizer` -> Tokenizer. spec: "byte" | PATH to a SentencePiece .model |
+  PATH to a Hugging Face tokenizer.json, or a folder holding one (its tokenizer_config.json /
+  special_tokens_map.json next to it name the special tokens)."""
   if spec == "byte":
     return ByteTokenizer()
   if spec == "train":
     raise InputError("tokenizer='train' needs a corpus: train one with train_sentencepiece(...) "
                      "and load the .model it writes")
+  if os.path.isdir(spec) or spec.endswith(".json"):
+    from pretrax.data import hf_tokenizer  # it subclasses Tokenizer
+    return hf_tokenizer.HuggingFaceTokenizer(spec)
   if not os.path.isfile(spec):
-    raise InputError(f"tokenizer {spec!r}: no such file; valid values: byte | PATH.model | train")
+    raise InputError(f"tokenizer {spec!r}: no such file; valid values: byte | PATH.model | "
+                     "PATH/tokenizer.json (Hugging Face) | train")
   return SentencePieceTokenizer(spec)
 
 
+def saved_spec(tokenizer: Tokenizer, directory: str) -> str:
+  """The `data.tokenizer` value naming the copy `tokenizer.save(directory)` writes."""
+  if tokenizer.kind == "byte":
+    return "byte"
+  name = HF_DIRNAME if tokenizer.kind == "huggingface" else MODEL_FILENAME
+  return os.path.abspath(os.path.join(directory, name))
+
+
 def load_from_directory(directory: str) -> Tokenizer:
-  """Reads the tokenizer that `Tokenizer.save` wrote into a run directory."""
+  """Reads the tokenizer that `Tokenizer.save` wrote into a run directory: tokenizer.model
+  (SentencePiece), tokenizer.json (pretrax's byte tokenizer) or hf_tokenizer/ (Hugging Face)."""
   model_path = os.path.join(directory, MODEL_FILENAME)
   json_path = os.path.join(directory, JSON_FILENAME)
-  has_model, has_json = os.path.isfile(model_path), os.path.isfile(json_path)
-  if has_model and has_json:
-    raise InputError(f"{directory!r} holds both {MODEL_FILENAME} and {JSON_FILENAME}; "
-                     "delete the one that does not belong to this run")
-  if has_model:
+  hf_path = os.path.join(directory, HF_DIRNAME)
+  found = [name for name, path in ((MODEL_FILENAME, model_path), (JSON_FILENAME, json_path),
+                                   (HF_DIRNAME, hf_path)) if os.path.exists(path)]
+  if len(found) > 1:
+    raise InputError(f"{directory!r} holds {' and '.join(found)}; delete the one(s) that do not "
+                     "belong to this run")
+  if found == [MODEL_FILENAME]:
     return SentencePieceTokenizer(model_path)
-  if not has_json:
-    raise InputError(f"{directory!r} holds no tokenizer: expected {MODEL_FILENAME} or {JSON_FILENAME}")
+  if found == [HF_DIRNAME]:
+    from pretrax.data import hf_tokenizer
+    return hf_tokenizer.HuggingFaceTokenizer(hf_path)
+  if not found:
+    raise InputError(f"{directory!r} holds no tokenizer: expected {MODEL_FILENAME}, "
+                     f"{JSON_FILENAME} or {HF_DIRNAME}/")
   try:
     with open(json_path) as f:
       description = json.load(f)
@@ -330,7 +363,8 @@ def load_from_directory(directory: str) -> Tokenizer:
     got = description.get(key) if isinstance(description, dict) else None
     if got != want:
       raise InputError(f"{json_path!r}: field {key!r} is {got!r}, expected {want!r} "
-                       "(the only tokenizer.json pretrax writes is the byte tokenizer's)")
+                       "(the tokenizer.json of a run directory is the byte tokenizer's; a "
+                       f"Hugging Face tokenizer.json belongs in {HF_DIRNAME}/)")
   return tokenizer
 
 

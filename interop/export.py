@@ -3,14 +3,18 @@
   pretrax export --workdir=RUN --format=hf --output=OUT [--step=N]
       OUT/config.json, OUT/model.safetensors: `GPT2LMHeadModel` / `BertForPreTraining` /
       `BartForConditionalGeneration` / `T5ForConditionalGeneration` / `MarianMTModel`
-      (`from_pretrained(OUT)`), plus the tokenizer (tokenizer.model for SentencePiece) and
+      (`from_pretrained(OUT)`), the tokenizer as `AutoTokenizer.from_pretrained(OUT)` loads it
+      (tokenizer.json, tokenizer_config.json, special_tokens_map.json: the same ids as pretrax's,
+      BOS added first for a GPT; data/hf_tokenizer.py), tokenizer.model for SentencePiece, and
       pretrax_tokenizer.json / pretrax_config.json, which `pretrax import` reads back.
   pretrax export --workdir=RUN --format=params --output=OUT [--step=N]
       a run directory without optimizer or data state: OUT/config.json, OUT/tokenizer.*,
       OUT/checkpoints/STEP/state = {"params"}; `pretrax eval/score/sample --workdir=OUT` read it.
-  pretrax import --format=hf --input=HF_DIR --workdir=RUN [--tokenizer=byte|PATH.model]
+  pretrax import --format=hf --input=HF_DIR --workdir=RUN [--tokenizer=byte|PATH.model|PATH.json]
       a local GPT-2 / BERT / BART / T5 / Marian folder -> a run directory with checkpoint 0
-      (params + a fresh optimizer state) that `pretrax train` continues.
+      (params + a fresh optimizer state) that `pretrax train` continues. The run keeps the
+      folder's own tokenizer (tokenizer.json, or files `transformers` turns into one, such as
+      GPT-2's vocab.json + merges.txt) unless --tokenizer names another.
 
 The parameter mapping itself lives in `interop/hf.py`.
 """
@@ -18,6 +22,7 @@ The parameter mapping itself lives in `interop/hf.py`.
 import dataclasses
 import json
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +32,7 @@ from flax import nnx
 from pretrax.modeling import models
 from pretrax.inference import loading
 from pretrax.data.errors import InputError
-from pretrax.data import tokenizers
+from pretrax.data import hf_tokenizer, tokenizers
 from pretrax.modeling.config import ModelConfig
 from pretrax.interop import hf, hf_seq2seq
 from pretrax.training import checkpointing, config as config_lib, optimizer as optimizer_lib
@@ -89,7 +94,9 @@ def export_hf(workdir: str, output: str, step: int | None = None) -> dict:
   run = loading.load_run(workdir, step)
   model = run.config.model
   tok = run.tokenizer
-  special = {"pad_token_id": tok.pad_id, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
+  roles = tok.special_token_ids()
+  special = {"pad_token_id": roles["pad"] if roles["pad"] not in (None, -1) else None,
+             "bos_token_id": roles["bos"], "eos_token_id": roles["eos"]}
   hf_config = hf.to_hf_config(model, special)
   state = hf.to_hf_state(model, jax.device_get(run.params))
   os.makedirs(output, exist_ok=True)
@@ -99,13 +106,15 @@ def export_hf(workdir: str, output: str, step: int | None = None) -> dict:
   with open(os.path.join(output, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
     f.write("\n")
-  tokenizer_file = tok.save(output) if tok.kind == "sentencepiece" else None
+  hf_tokenizer.write_hf_tokenizer(tok, output, model.family, model.max_seq_len)
+  tokenizer_file = None  # the file `pretrax import` reads the tokenizer from
+  if tok.kind == "sentencepiece":
+    tokenizer_file = tok.save(output)
+  elif tok.kind == "huggingface":
+    tokenizer_file = hf_tokenizer.TOKENIZER_JSON
   description = {**tok.describe(),
                  "file": os.path.basename(tokenizer_file) if tokenizer_file else None,
-                 "model_vocab_size": model.vocab_size,
-                 "special_token_ids": {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id,
-                                       "eos": tok.eos_id, "cls": tok.cls_id, "sep": tok.sep_id,
-                                       "mask": tok.mask_id}}
+                 "model_vocab_size": model.vocab_size, "special_token_ids": roles}
   if tok.kind == "byte":
     description["byte_offset"] = tok.byte_offset
   with open(os.path.join(output, PRETRAX_TOKENIZER), "w") as f:
@@ -182,6 +191,9 @@ def _folder_tokenizer(input_dir: str) -> tokenizers.Tokenizer | None:
     description = json.load(f)
   if description.get("kind") == "byte":
     return tokenizers.ByteTokenizer()
+  if description.get("kind") == "huggingface":
+    return hf_tokenizer.HuggingFaceTokenizer(
+        os.path.join(input_dir, description.get("file") or hf_tokenizer.TOKENIZER_JSON))
   if description.get("kind") != "sentencepiece":
     raise InputError(f"{path}: unknown tokenizer kind {description.get('kind')!r}")
   model_path = os.path.join(input_dir, description.get("file") or tokenizers.MODEL_FILENAME)
@@ -192,10 +204,45 @@ def _folder_tokenizer(input_dir: str) -> tokenizers.Tokenizer | None:
   return tok
 
 
+# Files from which `transformers` builds a model's tokenizer when tokenizer.json is missing.
+SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+                        "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def _hf_folder_tokenizer(input_dir: str) -> tokenizers.Tokenizer | None:
+  """The folder's own Hugging Face tokenizer: its tokenizer.json, else the one `transformers`
+  builds from its other tokenizer files (GPT-2's vocab.json + merges.txt); None if it has none."""
+  if os.path.isfile(os.path.join(input_dir, hf_tokenizer.TOKENIZER_JSON)):
+    return hf_tokenizer.HuggingFaceTokenizer(input_dir)
+  found = [f for f in SLOW_TOKENIZER_FILES if os.path.isfile(os.path.join(input_dir, f))]
+  if not found:
+    return None
+  what = f"{input_dir} ({', '.join(found)})"
+  try:
+    import transformers
+    converted = transformers.AutoTokenizer.from_pretrained(input_dir, local_files_only=True)
+  except Exception as e:  # whatever the files' parser raises
+    raise InputError(f"cannot read the tokenizer of {what} with transformers.AutoTokenizer: "
+                     f"{type(e).__name__}: {e}. Pass --tokenizer=byte, --tokenizer=PATH.model "
+                     "or --tokenizer=PATH/tokenizer.json") from None
+  if getattr(converted, "backend_tokenizer", None) is None:
+    raise InputError(f"the tokenizer of {what} has no tokenizer.json form (transformers gives a "
+                     f"{type(converted).__name__}). Pass --tokenizer=byte, "
+                     "--tokenizer=PATH.model or --tokenizer=PATH/tokenizer.json")
+  with tempfile.TemporaryDirectory() as tmp:
+    converted.save_pretrained(tmp)
+    return hf_tokenizer.HuggingFaceTokenizer(tmp)
+
+
 def _import_tokenizer(input_dir: str, spec: str | None,
                       vocab_size: int) -> tuple[tokenizers.Tokenizer, list[str]]:
   notes = []
-  own = _folder_tokenizer(input_dir)
+  try:
+    own = _folder_tokenizer(input_dir) or _hf_folder_tokenizer(input_dir)
+  except InputError:
+    if not spec:
+      raise
+    own = None  # --tokenizer replaces it anyway
   if spec:
     tok = tokenizers.load_tokenizer(spec)
     if own is None:
@@ -207,16 +254,12 @@ def _import_tokenizer(input_dir: str, spec: str | None,
   elif own is not None:
     tok = own
   else:
-    hf_files = [f for f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer.model")
-                if os.path.exists(os.path.join(input_dir, f))]
-    found = f" (it holds {', '.join(hf_files)}: a Hugging Face tokenizer)" if hf_files else ""
     raise InputError(
-        f"{input_dir} holds no pretrax tokenizer ({PRETRAX_TOKENIZER}){found}. Pass "
-        "--tokenizer=byte or --tokenizer=PATH.model (a SentencePiece model trained with `pretrax "
-        "tokenizer train`). Hugging Face tokenizers, such as GPT-2's byte-level BPE "
-        "(vocab.json + merges.txt), are not supported: pretrax tokenizers put their 7 special "
-        "tokens at ids 0..6, so with another tokenizer the pretrained embedding rows only serve "
-        "as an initialization")
+        f"{input_dir} holds no tokenizer: no {PRETRAX_TOKENIZER}, no "
+        f"{hf_tokenizer.TOKENIZER_JSON} and none of {', '.join(SLOW_TOKENIZER_FILES)}. Pass "
+        "--tokenizer=byte, --tokenizer=PATH.model (a SentencePiece model trained with `pretrax "
+        "tokenizer train`) or --tokenizer=PATH/tokenizer.json; a tokenizer other than the "
+        "model's own makes the pretrained embedding rows only an initialization")
   if tok.vocab_size > vocab_size:
     raise InputError(f"the {tok.kind} tokenizer has {tok.vocab_size} ids but the model's "
                      f"embedding (vocab_size in {input_dir}/config.json) has only {vocab_size} "
@@ -251,8 +294,8 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
   the tokenizer, and WORKDIR/checkpoints/0 with the parameters and a fresh optimizer state (no
   data-iterator state). BERT heads the folder lacks (BertModel: MLM head and NSP;
   BertForMaskedLM: pooler and NSP) are initialized fresh and listed in the result.
-  `tokenizer`: "byte" or a SentencePiece .model path; required unless the folder holds a
-  pretrax tokenizer.
+  `tokenizer`: "byte", a SentencePiece .model path or a Hugging Face tokenizer.json (or its
+  folder); default: the folder's own (pretrax's from `export_hf`, else its Hugging Face one).
   """
   require_hf_extra("import")
   config_path = os.path.join(input_dir, "config.json")
@@ -276,8 +319,7 @@ def import_hf(input_dir: str, workdir: str, tokenizer: str | None = None) -> dic
   config.model = model
   tok, notes = _import_tokenizer(input_dir, tokenizer, model.vocab_size)
   if not from_pretrax or tokenizer:
-    config.data.tokenizer = "byte" if tok.kind == "byte" else os.path.abspath(
-        os.path.join(workdir, tokenizers.MODEL_FILENAME))
+    config.data.tokenizer = tokenizers.saved_spec(tok, workdir)
   config.data.seq_len = min(config.data.seq_len, model.max_seq_len)
   config_lib.validate(config)
 

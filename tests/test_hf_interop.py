@@ -426,12 +426,14 @@ def test_import_errors_are_clear(gpt2, tmp_path):
   with pytest.raises(ValueError, match="BertForSequenceClassification.*not supported"):
     export.import_hf(str(classifier), str(tmp_path / "c"), tokenizer="byte")
 
-  # A plain GPT-2 folder with GPT-2's BPE tokenizer files and no pretrax tokenizer.
+  # A plain GPT-2 folder: no tokenizer at all, then unreadable vocab.json + merges.txt.
   plain = tmp_path / "plain"
   shutil.copytree(hf_dir, plain)
-  (plain / "vocab.json").write_text("{}")
+  with pytest.raises(ValueError, match="holds no tokenizer.*--tokenizer=byte"):
+    export.import_hf(str(plain), str(tmp_path / "d"))
+  (plain / "vocab.json").write_text("{not json")
   (plain / "merges.txt").write_text("")
-  with pytest.raises(ValueError, match="no pretrax tokenizer.*--tokenizer=byte.*BPE"):
+  with pytest.raises(ValueError, match="cannot read the tokenizer of .*vocab.json, merges.txt"):
     export.import_hf(str(plain), str(tmp_path / "d"))
   assert not (tmp_path / "d").exists()
 

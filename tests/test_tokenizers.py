@@ -158,8 +158,9 @@ def test_dummy_prefix_of_other_models_is_one_more_byte(tmp_path):
 @pytest.mark.parametrize("model_type", tokenizers.MODEL_TYPES)
 def test_trained_word_starts_split_text_into_words(trained, model_type):
   tok = trained[model_type]
+  # "ठ" and "à" fall back to bytes (E0 A4 A0, C3 A0): 0xA0 in them is no space.
   for text in ["the king hath sent for thee", "O Romeo,\nwherefore art thou", "héllo 世界 🙂",
-               "  indented\tand  spaced out \n"]:
+               "  indented\tand  spaced out \n", "xठy là-bas"]:
     ids = tok.encode(text)
     starts = np.flatnonzero(tok.word_starts(ids))
     words = [tok.decode(group) for group in np.split(ids, starts[1:])]
@@ -208,8 +209,12 @@ def test_load_tokenizer(trained, tmp_path):
   assert isinstance(tok, tokenizers.SentencePieceTokenizer)
   np.testing.assert_array_equal(tok.encode("my lord"), trained["bpe"].encode("my lord"))
   missing = str(tmp_path / "nope.model")
-  with pytest.raises(ValueError, match=re.escape(missing) + ".*byte \\| PATH.model \\| train"):
+  with pytest.raises(ValueError, match=re.escape(missing) + ".*byte \\| PATH.model \\| "
+                     "PATH/tokenizer.json .*\\| train"):
     tokenizers.load_tokenizer(missing)
+  missing_json = str(tmp_path / "nope" / "tokenizer.json")
+  with pytest.raises(ValueError, match="no Hugging Face tokenizer at " + re.escape(repr(missing_json))):
+    tokenizers.load_tokenizer(missing_json)
   with pytest.raises(ValueError, match="train_sentencepiece"):
     tokenizers.load_tokenizer("train")
 

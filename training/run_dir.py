@@ -107,9 +107,12 @@ def write_config(config: Config, workdir: str) -> None:
     config_lib.save_json(config, os.path.join(workdir, CONFIG))
 
 
+# What a run directory's tokenizer is saved as (one of them): SentencePiece, byte, Hugging Face.
+TOKENIZER_FILES = (tokenizers.MODEL_FILENAME, tokenizers.JSON_FILENAME, tokenizers.HF_DIRNAME)
+
+
 def has_tokenizer(workdir: str) -> bool:
-  return any(os.path.exists(os.path.join(workdir, f))
-             for f in (tokenizers.MODEL_FILENAME, tokenizers.JSON_FILENAME))
+  return any(os.path.exists(os.path.join(workdir, f)) for f in TOKENIZER_FILES)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -161,8 +164,7 @@ def check_resumable(workdir: str) -> None:
 def set_aside_previous_run(workdir: str) -> str | None:
   """`train --restart`: moves the previous run's files into WORKDIR/previous_runs/TIME/ (itself a
   run directory eval can read) and returns that path; None if there was nothing to move."""
-  names = [CONFIG, METRICS, "checkpoints", *SET_ASIDE, tokenizers.MODEL_FILENAME,
-           tokenizers.JSON_FILENAME, "labels.json"]
+  names = [CONFIG, METRICS, "checkpoints", *SET_ASIDE, *TOKENIZER_FILES, "labels.json"]
   present = [n for n in names if os.path.exists(os.path.join(workdir, n))]
   target = None
   if jax.process_index() == 0 and present:
@@ -195,8 +197,8 @@ def _tokenizer_change(config: Config, saved: Config | None,
 def _describe(tokenizer: tokenizers.Tokenizer) -> str:
   if tokenizer.kind == "byte":
     return "bytes"
-  return (f"SentencePiece, vocab {tokenizer.vocab_size}, sha256 "
-          f"{tokenizer.describe()['sha256'][:12]}")
+  name = "Hugging Face" if tokenizer.kind == "huggingface" else "SentencePiece"
+  return f"{name}, vocab {tokenizer.vocab_size}, sha256 {tokenizer.describe()['sha256'][:12]}"
 
 
 def prepare_tokenizer(config: Config, workdir: str, training_texts=None) -> tokenizers.Tokenizer:
@@ -213,16 +215,19 @@ def prepare_tokenizer(config: Config, workdir: str, training_texts=None) -> toke
     if change is None:
       return own
     if checkpoint_steps(workdir):
-      same = "byte" if own.kind == "byte" else os.path.join(workdir, tokenizers.MODEL_FILENAME)
+      same = tokenizers.saved_spec(own, workdir)
       raise ConfigError(
           f"config.data.tokenizer: {workdir} was trained with its own tokenizer ({_describe(own)})"
           f", and this config names {change}. Its checkpoints work only with the tokenizer they "
           f"were trained with: set --config.data.tokenizer={same}, or start a new run with "
           "another --workdir (or --restart).")
     if jax.process_index() == 0:  # no checkpoint yet: the configured one replaces it
-      for name in (tokenizers.MODEL_FILENAME, tokenizers.JSON_FILENAME):
-        if os.path.exists(os.path.join(workdir, name)):
-          os.remove(os.path.join(workdir, name))
+      for name in TOKENIZER_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
+          os.remove(path)
     distributed.sync("pretrax old tokenizer removed")
   spec = config.data.tokenizer
   if spec == "train":
