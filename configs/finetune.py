@@ -5,8 +5,21 @@ source -> target pairs.
       --config.data.train=train.jsonl --config.data.eval=dev.jsonl
   pretrax finetune --config=finetune:classify --init=... --workdir=... \
       --config.data.train=tfds:glue/sst2 --config.data.eval=tfds:glue/sst2:validation
+  pretrax finetune --config=finetune:entailment --init=PRETRAINED_WORKDIR --workdir=DIR \
+      --config.data.train=nli_train.jsonl --config.data.eval=nli_dev.jsonl
+  pretrax finetune --config=finetune:similarity --init=PRETRAINED_WORKDIR --workdir=DIR \
+      --config.data.train=tfds:glue/qqp --config.data.eval=tfds:glue/qqp:validation
+  pretrax finetune --config=finetune:multiple_choice --init=PRETRAINED_WORKDIR --workdir=DIR \
+      --config.data.train=mc_train.jsonl --config.data.eval=mc_dev.jsonl
   pretrax finetune --config=finetune:seq2seq --init=PRETRAINED_BART_RUN --workdir=DIR \
       --config.data.train=train.jsonl --config.data.eval=val.jsonl
+
+The classifier presets differ only in config.finetune.format, GPT-1's input transformations
+(data/classification.py): entailment reads {"premise", "hypothesis", "label"} as a pair;
+similarity {"text", "text_b", "label"}, GPT reading both orderings and adding their final states
+(BERT: the pair); multiple_choice {"context", "choices": [...], "label": index}, one sequence
+and one logit per choice, softmax over the choices (every example has the same number of
+choices; a batch holds batch_size x choices sequences).
 
 The model section is ignored: it is taken from --init (the architecture must match its
 checkpoint), and so are the tokenizer and data.objective. A model field set to something other
@@ -22,6 +35,9 @@ from pretrax.training.config import Config
 
 VARIANTS = {  # name -> what it is for (pretrax finetune --help lists them)
     "classify": "a classifier over a pretrained GPT or BERT run (pretrax finetune --init=RUN)",
+    "entailment": "classify premise -> hypothesis pairs (JSONL premise, hypothesis, label)",
+    "similarity": "classify text pairs with no order (GPT: both orderings added)",
+    "multiple_choice": "pick the correct choice for a context (JSONL context, choices, label)",
     "seq2seq": "a pretrained BART / T5 / Transformer run on source -> target pairs, judged by "
                "what it generates (exact match, BLEU, chrF, ROUGE)",
 }
@@ -34,6 +50,8 @@ def get_config(variant: str | None = None) -> Config:
   config = Config()
   if variant == "seq2seq":
     return _seq2seq(config)
+  if variant != "classify":
+    config.finetune.format = variant  # entailment, similarity, multiple_choice: classify's rest
   config.finetune.task = "classify"
   config.finetune.lm_weight = 0.5   # GPT-1's λ for the auxiliary LM loss (ignored for BERT)
   config.finetune.classifier_dropout = 0.1

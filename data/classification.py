@@ -1,20 +1,34 @@
 """Labelled examples for fine-tuning a classifier: JSONL files or TFDS datasets -> padded arrays.
 
 `config.data.train` / `config.data.eval` take two forms:
-  PATH                 a JSONL file, one object a line: {"text": str, "text_b": str (optional),
-                       "label": int | str}. Blank lines are skipped.
+  PATH                 a JSONL file, one object a line, its fields set by the format (below).
+                       Blank lines are skipped.
   tfds:NAME[:SPLIT]    a TFDS dataset, read with `tfds.data_source` (ArrayRecord, as
                        data/sources.py does). NAME may carry a version (`glue/sst2:2.0.0`);
                        SPLIT defaults to train (data.train) or validation (data.eval). The text
                        fields are the first pair in TFDS_TEXT_FIELDS present (e.g. GLUE's `sentence`,
                        `sentence1`/`sentence2`, `premise`/`hypothesis`); the label is `label`.
+                       Not for multiple_choice.
+
+Formats (config.finetune.format; GPT-1's input transformations, Radford et al. 2018, §3.3), each
+example K sequences:
+  classify         {"text", "text_b" (optional), "label"}: one sequence, a or the pair (a, b).
+  entailment       {"premise", "hypothesis", "label"} (or "text", "text_b"): the pair
+                   (premise, hypothesis), one sequence.
+  similarity       {"text", "text_b", "label"}: GPT reads both orderings, (a, b) and (b, a), K = 2,
+                   and adds their final states; BERT reads the pair (a, b) as classify does. The
+                   label is a class (no regression).
+  multiple_choice  {"context", "choices": [str, ...], "label": index of the correct choice}: one
+                   sequence (context, choice_i) per choice, K = the number of choices, the same
+                   for every example of a run (`check_choices`).
 
 Labels (`label_vocabulary`): all ints or all strings within a run. Ints are class indices
 0..max (a negative one, e.g. GLUE's -1 for unlabelled test examples, is an error); strings are
 mapped to 0..K-1 in sorted order. The mapping (a list, index = class id) is saved as labels.json
 in the fine-tuned workdir; an eval label not in it is an error naming FILE:LINE and the label.
+Multiple choice: the labels are the choice indices 0..C-1.
 
-Framing (`encode_examples`, T = config.data.seq_len), per model family:
+Framing (`frame`, T = config.data.seq_len), per model family, of a sequence (a, b):
   bert  [CLS] a [SEP]            token types 0                        (BERT paper, §3)
         [CLS] a [SEP] b [SEP]    token types 0 on [CLS] a [SEP], 1 on b [SEP]
   gpt   <s> a </s>               token types all 0 (GPT has no type embeddings)
@@ -22,7 +36,8 @@ Framing (`encode_examples`, T = config.data.seq_len), per model family:
                                  </s>; the classifier reads the hidden state of the final </s>.
 A pair longer than T loses tokens from the end of the longer of a and b (b on ties), one at a
 time, as BERT's `_truncate_seq_pair`; a single text loses tokens from its end. Rows are
-left-aligned: segment ids are 1 on the tokens and 0 on the padding after them.
+left-aligned: segment ids are 1 on the tokens and 0 on the padding after them. The arrays are
+[N, K, T]: example, sequence of the example, position.
 """
 
 import dataclasses
@@ -41,15 +56,23 @@ TFDS_TEXT_FIELDS = (("text", "text_b"), ("sentence1", "sentence2"), ("question1"
                     ("premise", "hypothesis"), ("question", "sentence"), ("question", "passage"),
                     ("text", None), ("sentence", None))
 TFDS_LABEL_FIELD = "label"
-FEATURES = ("input_ids", "segment_ids", "token_type_ids")  # [N, T] int32; plus "label" [N] int32
+FEATURES = ("input_ids", "segment_ids", "token_type_ids")  # [N, K, T] int32; "label" [N] int32
+# What a JSONL line of each format holds, for error messages.
+JSONL_FIELDS = {
+    "classify": '"text" and "label" ("text_b" optional)',
+    "entailment": '"premise", "hypothesis" and "label" (or "text", "text_b" and "label")',
+    "similarity": '"text", "text_b" and "label"',
+    "multiple_choice": '"context", "choices" (a list of strings) and "label" (the index of the '
+                       'correct choice)'}
 
 
 @dataclasses.dataclass
 class Example:
-  text: str
-  text_b: str | None
-  label: int | str
+  text: str                   # the text, premise or context
+  text_b: str | None          # the second text or hypothesis; None: a single text
+  label: int | str            # a class; multiple choice: the correct choice's index
   where: str  # "FILE:LINE" or "tfds:NAME[SPLIT] example I": where error messages point
+  choices: list[str] | None = None  # multiple choice only
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,31 +80,59 @@ class Example:
 
 
 def read_examples(spec: str, *, default_split: str, data_dir: str | None = None,
-                  field: str = "config.data.train") -> list[Example]:
-  """The examples of a JSONL file or `tfds:NAME[:SPLIT]`; `field` names the setting in errors."""
+                  field: str = "config.data.train", format: str = "classify") -> list[Example]:
+  """The examples of a JSONL file or `tfds:NAME[:SPLIT]` in `format` (config.finetune.format);
+  `field` names the setting in errors."""
   if not spec:
     raise InputError(f"{field} is empty: give a JSONL file or tfds:NAME[:SPLIT], e.g. "
                      f"--{field}=train.jsonl")
-  if spec.startswith("tfds:"):
-    return _read_tfds(spec, default_split, data_dir, field)
-  return read_jsonl(spec, field)
+  if not spec.startswith("tfds:"):
+    return read_jsonl(spec, field, format)
+  if format == "multiple_choice":
+    raise InputError(f"{field}={spec!r}: config.finetune.format=multiple_choice reads JSONL "
+                     f"files ({JSONL_FIELDS[format]}), not TFDS datasets")
+  examples = _read_tfds(spec, default_split, data_dir, field)
+  if format in ("entailment", "similarity") and examples[0].text_b is None:
+    raise InputError(f"{field}={spec!r}: config.finetune.format={format} needs text pairs, but "
+                     "this dataset has a single text field")
+  return examples
 
 
-def read_jsonl(path: str, field: str = "config.data.train") -> list[Example]:
-  """One Example per non-blank line; errors name PATH:LINE."""
+def read_jsonl(path: str, field: str = "config.data.train",
+               format: str = "classify") -> list[Example]:
+  """One Example per non-blank line; errors name PATH:LINE and the missing field."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{field}={path!r}: no such file (expected a JSONL file with "
-                            '{"text": ..., "label": ...} lines, or tfds:NAME[:SPLIT])')
-  examples = []
-  for where, record in jsonl.read_objects(path, '"text" and "label"'):
-    for name in ("text", "label"):
-      if name not in record:
-        raise InputError(f"{where}: missing field {name!r} (each line needs \"text\" and "
-                         "\"label\"; \"text_b\" is optional)")
-    examples.append(_example(record["text"], record.get("text_b"), record["label"], where))
+                            f"{JSONL_FIELDS[format]} on each line, or tfds:NAME[:SPLIT])")
+  examples = [_jsonl_example(record, where, format)
+              for where, record in jsonl.read_objects(path, JSONL_FIELDS[format])]
   if not examples:
     raise InputError(f"{field}={path!r} holds no examples")
   return examples
+
+
+def _jsonl_example(record: dict, where: str, format: str) -> Example:
+  """One JSONL object in `format` -> Example."""
+  names = {"classify": ("text", "text_b"), "similarity": ("text", "text_b"),
+           "multiple_choice": ("context", "choices"),
+           "entailment": ("premise", "hypothesis") if "text" not in record else ("text", "text_b")}
+  a, b = names[format]
+  required = (a, "label") if format == "classify" else (a, b, "label")
+  for name in required:
+    if name not in record:
+      raise InputError(f"{where}: missing field {name!r} (config.finetune.format={format}: each "
+                       f"line needs {JSONL_FIELDS[format]})")
+  if format != "multiple_choice":
+    return _example(record[a], record.get(b), record["label"], where)
+  choices, label = record["choices"], record["label"]
+  if (not isinstance(choices, list) or len(choices) < 2
+      or not all(isinstance(c, str) for c in choices)):
+    raise InputError(f"{where}: field 'choices' must be a list of at least 2 strings, got "
+                     f"{choices!r:.80}")
+  if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+    raise InputError(f"{where}: label {label!r} must be the index of the correct choice, an int "
+                     f"in 0..{len(choices) - 1}")
+  return dataclasses.replace(_example(record[a], None, label, where), choices=choices)
 
 
 def _example(text, text_b, label, where: str) -> Example:
@@ -175,6 +226,15 @@ def label_ids(examples: list[Example], labels: list, known_from: str) -> np.ndar
   return ids
 
 
+def check_choices(examples: list[Example], num_choices: int, known_from: str) -> None:
+  """Raises naming FILE:LINE for an example without exactly `num_choices` choices; `known_from`
+  says where that number came from."""
+  for ex in examples:
+    if len(ex.choices) != num_choices:
+      raise InputError(f"{ex.where}: {len(ex.choices)} choices, but this run has {num_choices} "
+                       f"({known_from}); every example needs the same number of choices")
+
+
 # --------------------------------------------------------------------------------------------
 # Token ids.
 
@@ -211,20 +271,35 @@ def frame(tokenizer, family: str, a: np.ndarray, b: np.ndarray | None,
   return ids, types, truncated
 
 
-def encode_examples(tokenizer, examples: list[Example], *, family: str,
-                    seq_len: int) -> tuple[dict[str, np.ndarray], int]:
-  """Examples -> ({input_ids, segment_ids, token_type_ids: [N, T] int32}, number truncated)."""
-  n = len(examples)
-  out = {k: np.zeros((n, seq_len), np.int32) for k in FEATURES}
+def sequences(ex: Example, format: str, family: str) -> list[tuple[str, str | None]]:
+  """The (a, b) text pairs an example is read as, one per sequence (the K axis)."""
+  if format == "multiple_choice":
+    return [(ex.text, choice) for choice in ex.choices]
+  if format == "similarity" and family == "gpt":
+    return [(ex.text, ex.text_b), (ex.text_b, ex.text)]  # no inherent order: both (GPT-1 §3.3)
+  return [(ex.text, ex.text_b)]
+
+
+def encode_examples(tokenizer, examples: list[Example], *, family: str, seq_len: int,
+                    format: str = "classify") -> tuple[dict[str, np.ndarray], int]:
+  """Examples -> ({input_ids, segment_ids, token_type_ids: [N, K, T] int32}, number of
+  sequences truncated); K sequences per example as `sequences` gives them."""
+  n, k = len(examples), len(sequences(examples[0], format, family))
+  out = {name: np.zeros((n, k, seq_len), np.int32) for name in FEATURES}
   truncated = 0
   for i, ex in enumerate(examples):
-    a = np.asarray(tokenizer.encode(ex.text), np.int32)
-    b = None if ex.text_b is None else np.asarray(tokenizer.encode(ex.text_b), np.int32)
-    ids, types, cut = frame(tokenizer, family, a, b, seq_len)
-    out["input_ids"][i, :len(ids)] = ids
-    out["segment_ids"][i, :len(ids)] = 1
-    out["token_type_ids"][i, :len(ids)] = types
-    truncated += cut
+    pairs = sequences(ex, format, family)
+    if len(pairs) != k:
+      raise InputError(f"{ex.where}: {len(pairs)} sequences, but {examples[0].where} has {k}")
+    ids_of = {}  # each distinct text tokenized once (a context is shared by its choices)
+    for j, pair in enumerate(pairs):
+      a, b = (None if text is None else ids_of.setdefault(
+          text, np.asarray(tokenizer.encode(text), np.int32)) for text in pair)
+      ids, types, cut = frame(tokenizer, family, a, b, seq_len)
+      out["input_ids"][i, j, :len(ids)] = ids
+      out["segment_ids"][i, j, :len(ids)] = 1
+      out["token_type_ids"][i, j, :len(ids)] = types
+      truncated += cut
   return out, truncated
 
 

@@ -4,7 +4,8 @@ The learnable task: a line of tinyshakespeare (>= 30 characters) or the same lin
 backwards, character by character; balanced, so chance is 0.5. Train on 3,000 lines from the
 start of the file, evaluate on the last 400 lines (another play). The GPT is pretrained here
 with `trainer.train`; the BERT "pretrained" run is a freshly initialized BERT saved as a run
-directory (config.json, tokenizer.json, checkpoint), which is all fine-tuning reads.
+directory (config.json, tokenizer.json, checkpoint), which is all fine-tuning reads. GPT-1's
+task formats (entailment, similarity, multiple choice) run here on the same two runs.
 """
 
 import json
@@ -90,18 +91,34 @@ def bert_init(tmp_path_factory):
   return workdir
 
 
-def _config(train, eval_="", **overrides):
+def _config(train, eval_="", variant="classify", **overrides):
   values = {"data.train": train, "data.eval": eval_, "data.seq_len": str(SEQ_LEN),
             "optimizer.warmup_steps": "10"}
   values.update(overrides)
   return config_lib.apply_overrides(
-      config_lib.load_preset("finetune:classify"), values)
+      config_lib.load_preset(f"finetune:{variant}"), values)
 
 
 def _finetune(config, init, workdir, **kwargs):
   """`pretrax finetune --init=INIT --workdir=WORKDIR` with `config`, in this process."""
   config = config_lib.apply_overrides(config, {"finetune.init": init})
   return trainer.train(config, workdir, **kwargs)
+
+
+def _choice_task(n, seed, num_choices=4):
+  """Multiple choice by a rule that needs the context: it is "big" or "small", and the correct
+  choice is the one uppercase letter among lowercase ones ("big"), or the one lowercase letter
+  among uppercase ones ("small"). Chance: 1 / num_choices."""
+  rng = np.random.default_rng(seed)
+  records = []
+  for _ in range(n):
+    big = bool(rng.integers(2))
+    label = int(rng.integers(num_choices))
+    choices = [str(c) if big else str(c).upper()
+               for c in rng.choice(list("abcdefghijklmnop"), num_choices, replace=False)]
+    choices[label] = choices[label].upper() if big else choices[label].lower()
+    records.append({"context": "big" if big else "small", "choices": choices, "label": label})
+  return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +230,79 @@ def test_gradient_accumulation_equals_one_big_batch(bert_init, tmp_path, read_me
 
 
 # --------------------------------------------------------------------------------------------
+# GPT-1's task formats through the trainer (their data and model: test_finetune_formats.py).
+
+
+@pytest.mark.slow
+def test_gpt_multiple_choice_learns_a_rule_and_evaluates_again(gpt_init, tmp_path):
+  train = _write_jsonl(tmp_path / "train.jsonl", _choice_task(2000, seed=0))
+  eval_ = _write_jsonl(tmp_path / "eval.jsonl", _choice_task(200, seed=1))
+  workdir = str(tmp_path / "mc")
+  config = _config(train, eval_, "multiple_choice",
+                   **{"data.seq_len": "16", "train.steps": "40", "train.batch_size": "8",
+                      "train.eval_every": "40", "checkpoint.every": "40",
+                      "optimizer.warmup_steps": "5", "finetune.classifier_dropout": "0"})
+  last = _finetune(config, gpt_init, workdir, devices=ONE_DEVICE)
+  assert last["eval_accuracy"] >= 0.8  # chance: 0.25
+  assert "eval_macro_f1" not in last and last["eval_examples"] == 200
+  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  assert (saved.finetune.format, saved.finetune.num_labels) == ("multiple_choice", 4)
+  result = evaluate.eval_run(workdir)  # the format comes back from the run's config.json
+  np.testing.assert_allclose(result["accuracy"], last["eval_accuracy"])
+  np.testing.assert_allclose(result["loss"], last["eval_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format, family", [
+    # One pair, as classify's pairs, whose resume CI checks above: long.
+    pytest.param("entailment", "bert", marks=pytest.mark.long),
+    ("similarity", "gpt"), ("multiple_choice", "bert")])
+def test_each_format_resumed_equals_uninterrupted(format, family, request, tmp_path,
+                                                  assert_equal_runs, read_metrics):
+  """3 steps and an eval (dropout on), against 2 steps stopped and 1 resumed."""
+  init = request.getfixturevalue(f"{family}_init")
+  rng = np.random.default_rng(2)
+  words = "to be or not that is the question whether tis nobler".split()
+  records = [{"text": " ".join(rng.choice(words, 3)), "text_b": " ".join(rng.choice(words, 2)),
+              "label": i % 2} for i in range(24)]
+  if format == "entailment":
+    records = [{"premise": r["text"], "hypothesis": r["text_b"], "label": r["label"]}
+               for r in records]
+  if format == "multiple_choice":
+    records = _choice_task(24, seed=2)
+  train = _write_jsonl(tmp_path / "train.jsonl", records)
+  eval_ = _write_jsonl(tmp_path / "eval.jsonl", records[:6])  # 6: the last batch is padded
+  config = _config(train, eval_, format, **{
+      "data.seq_len": "32", "train.steps": "3", "train.batch_size": "4", "train.log_every": "1",
+      "train.eval_every": "3", "checkpoint.every": "2", "optimizer.warmup_steps": "2"})
+  whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+  last = _finetune(config, init, whole, devices=ONE_DEVICE)
+  _finetune(config, init, split, stop_after=2, devices=ONE_DEVICE)
+  _finetune(config, init, split, devices=ONE_DEVICE)
+  assert_equal_runs(whole, split)
+  assert [r["step"] for r in read_metrics(whole) if "eval_accuracy" in r] == [3]
+  assert last["eval_examples"] == 6 and ("lm_loss" in last) == (family == "gpt")
+  assert config_lib.load_json(os.path.join(split, "config.json")).finetune.format == format
+  with pytest.raises(ConfigError, match=rf"config.finetune.format='classify', but .* was started "
+                                        rf"with '{format}'"):
+    _finetune(config_lib.apply_overrides(config, {"finetune.format": "classify"}), init, split)
+
+
+@pytest.mark.slow
+def test_a_choice_count_other_than_the_runs_is_an_error(bert_init, tmp_path):
+  train = _write_jsonl(tmp_path / "train.jsonl", _choice_task(4, seed=3))
+  eval_ = _write_jsonl(tmp_path / "eval.jsonl", _choice_task(2, seed=3) + _choice_task(
+      1, seed=4, num_choices=3))
+  with pytest.raises(ValueError, match=rf"{eval_}:3: 3 choices, but this run has 4 \(the first "
+                                       rf"training example, {train}:1\)"):
+    _finetune(_config(train, eval_, "multiple_choice"), bert_init, str(tmp_path / "ft"))
+  with pytest.raises(ValueError, match=rf"{train}:1: 4 choices, but this run has 3 \(config."
+                                       rf"finetune.num_labels=3\)"):
+    _finetune(_config(train, "", "multiple_choice", **{"finetune.num_labels": "3"}), bert_init,
+              str(tmp_path / "ft3"))
+
+
+# --------------------------------------------------------------------------------------------
 # Data: framing, labels, TFDS.
 
 
@@ -234,8 +324,9 @@ def test_framing_token_types_and_truncation():
   examples = [classification.Example("hi", "yo", 0, "x:1"),
               classification.Example("", None, 1, "x:2")]
   arrays, _ = classification.encode_examples(tok, examples, family="bert", seq_len=10)
-  np.testing.assert_array_equal(arrays["segment_ids"], [[1] * 7 + [0] * 3, [1, 1] + [0] * 8])
-  np.testing.assert_array_equal(arrays["token_type_ids"][0], [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+  # [N, K, T]: one sequence per example in the classify format.
+  np.testing.assert_array_equal(arrays["segment_ids"], [[[1] * 7 + [0] * 3], [[1, 1] + [0] * 8]])
+  np.testing.assert_array_equal(arrays["token_type_ids"][0, 0], [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_step():

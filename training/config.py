@@ -94,8 +94,13 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class FinetuneConfig:
   task: str = ""                # "": pretraining | classify: a label per example from [CLS] / last token
+  # classify: how examples become sequences (GPT-1 §3.3): "classify" (text, optional text_b),
+  # "entailment" (premise, hypothesis), "similarity" (text, text_b; GPT reads both orderings),
+  # "multiple_choice" (context, choices, label = the correct choice's index)
+  format: str = "classify"
   init: str = ""                # the pretrained run directory (set by `pretrax finetune --init=DIR`)
   num_labels: int = 0           # 0: the number of distinct labels in the training data
+                                # (multiple_choice: the number of choices of every example)
   lm_weight: float = 0.5        # GPT only: weight λ of the auxiliary language-modelling loss
   classifier_dropout: float = 0.1  # on the pooled / last-token vector before the linear classifier
 
@@ -375,9 +380,18 @@ def _check_at_least(section, prefix: str, names, low: float = 0) -> None:
       raise ConfigError(f"{prefix}.{name} must be >= {low}, got {getattr(section, name)}")
 
 
+FINETUNE_FORMATS = ("classify", "entailment", "similarity", "multiple_choice")
+
+
 def validate_finetune(ft: FinetuneConfig) -> None:
   """The fine-tuning fields on their own (checked before the model is taken from --init)."""
   _check_finite(ft, "config.finetune")
+  if ft.format not in FINETUNE_FORMATS:
+    raise ConfigError(f"config.finetune.format={ft.format!r} is not a format; choose one of "
+                      f"{', '.join(FINETUNE_FORMATS)}")
+  if ft.format != "classify" and ft.task != "classify":
+    raise ConfigError(f"config.finetune.format={ft.format!r} applies to finetune.task=classify, "
+                      f"not {ft.task!r}; drop --config.finetune.format")
   _check_at_least(ft, "config.finetune", ("num_labels", "lm_weight"))
   if not 0.0 <= ft.classifier_dropout < 1.0:
     raise ConfigError(f"config.finetune.classifier_dropout must be in [0, 1), got "

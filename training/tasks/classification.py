@@ -3,19 +3,29 @@
   pretrax finetune --config=finetune:classify --init=PRETRAINED_WORKDIR --workdir=DIR \
       --config.data.train=train.jsonl --config.data.eval=dev.jsonl
 
-The objective (modeling/classifier.py reads the vector; data/classification.py frames the text):
-  bert  cross-entropy of a linear classifier on the pooled [CLS] vector (BERT).
-  gpt   cross-entropy of a linear classifier on the last token's hidden state, plus
-        λ = config.finetune.lm_weight times the next-token loss on the same sequences (GPT-1).
+config.finetune.format says how an example becomes K sequences (data/classification.py frames
+them; modeling/classifier.py folds K into the batch and reads one vector per sequence):
+  classify, entailment  K = 1: a text or a pair; class logits [B, N].
+  similarity            GPT: K = 2, both orderings, their vectors added; BERT: K = 1, the pair.
+  multiple_choice       K = C choices; one logit per choice [B, C], softmax over the choices.
+The objective:
+  bert  cross-entropy of a linear layer on the pooled [CLS] vector (BERT).
+  gpt   cross-entropy of a linear layer on the last token's hidden state, plus
+        λ = config.finetune.lm_weight times the next-token loss on every sequence of the example
+        (GPT-1's L3 = L2 + λ·L1 over the task's inputs: both similarity orderings, every choice of
+        a multiple-choice example, so the term never sees the label).
 Every parameter is trained (backbone and head). Terms: "cls_" (weight 1) and, for GPT with λ > 0,
-"lm_" (weight λ). Batches: input_ids, segment_ids, token_type_ids [B, T]; label [B].
+"lm_" (weight λ). Batches: input_ids, segment_ids, token_type_ids [B, K, T]; label [B] (a class,
+or the correct choice's index).
 
 The fine-tuned workdir is self-contained (`pretrax eval` reads it with `evaluate_checkpoint`):
-  config.json     the model section of --init, finetune.task="classify", num_labels resolved
+  config.json     the model section of --init, finetune.task="classify", finetune.format,
+                  num_labels resolved (multiple_choice: the number of choices)
   tokenizer.*     copied from --init
-  labels.json     {"labels": [class of id 0, class of id 1, ...]}
+  labels.json     {"labels": [class of id 0, class of id 1, ...]} (multiple_choice: 0..C-1)
   checkpoints/N/  {"params": {"backbone", "head"}, ...} and the batch position
-Eval metrics: accuracy, macro_f1, loss (the classifier's), lm_loss (GPT), examples.
+Eval metrics: accuracy, macro_f1 (not for multiple_choice: its classes are answer positions),
+loss (the classifier's), lm_loss (GPT), examples.
 """
 
 import dataclasses
@@ -56,14 +66,24 @@ def load_labels(workdir: str) -> list:
   return labels
 
 
+def read(config: Config, spec: str, default_split: str, field: str) -> list:
+  """The examples of `spec` in the run's format (config.finetune.format)."""
+  return classification.read_examples(spec, default_split=default_split,
+                                      data_dir=config.data.data_dir or None, field=field,
+                                      format=config.finetune.format)
+
+
 def encode(config: Config, tokenizer, examples, labels, known_from: str) -> dict:
-  """Examples -> {input_ids, segment_ids, token_type_ids [N, T], label [N]}."""
+  """Examples -> {input_ids, segment_ids, token_type_ids [N, K, T], label [N]}."""
+  if config.finetune.format == "multiple_choice":
+    classification.check_choices(examples, len(labels), known_from)
   ids = classification.label_ids(examples, labels, known_from)
   arrays, truncated = classification.encode_examples(
-      tokenizer, examples, family=config.model.family, seq_len=config.data.seq_len)
+      tokenizer, examples, family=config.model.family, seq_len=config.data.seq_len,
+      format=config.finetune.format)
   if truncated and jax.process_index() == 0:
-    print(f"{truncated} of {len(examples)} examples truncated to config.data.seq_len="
-          f"{config.data.seq_len} tokens", flush=True)
+    print(f"{truncated} of {arrays['input_ids'][..., 0].size} sequences ({len(examples)} "
+          f"examples) truncated to config.data.seq_len={config.data.seq_len} tokens", flush=True)
   return arrays | {"label": ids}
 
 
@@ -86,7 +106,18 @@ def classification_metrics(confusion_nn: np.ndarray) -> dict[str, float]:
 
 def _example_weights(batch) -> jax.Array:
   """[B] 1 for real examples, 0 for the all-padding rows that fill the last eval batch."""
-  return (batch["segment_ids"][:, 0] > 0).astype(jnp.float32)
+  return (batch["segment_ids"][:, 0, 0] > 0).astype(jnp.float32)
+
+
+def _labels_of(config: Config, train: list) -> tuple[list, str]:
+  """The label of each id for a new run, and where they come from (for errors)."""
+  known_from = f"the training data (config.data.train={config.data.train})"
+  if config.finetune.format != "multiple_choice":
+    return classification.label_vocabulary(train), known_from
+  if config.finetune.num_labels:
+    return (list(range(config.finetune.num_labels)),
+            f"config.finetune.num_labels={config.finetune.num_labels}")
+  return list(range(len(train[0].choices))), f"the first training example, {train[0].where}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,17 +143,17 @@ class Classification(Task):
     """Resolves the config from --init and the data, reads the examples, writes the run files."""
     config, init, tokenizer = init_run.open_finetuning(config, workdir, cls.families)
     saved = run_dir.saved_config(workdir) if run_dir.checkpoint_steps(workdir) else None
+    if saved is not None and saved.finetune.format != config.finetune.format:
+      raise ConfigError(f"config.finetune.format={config.finetune.format!r}, but {workdir} was "
+                        f"started with {saved.finetune.format!r}; use a new --workdir")
 
-    data_dir = config.data.data_dir or None
-    train = classification.read_examples(config.data.train, default_split="train",
-                                         data_dir=data_dir, field="config.data.train")
+    train = read(config, config.data.train, "train", "config.data.train")
     labels_path = os.path.join(workdir, LABELS_FILENAME)
     if os.path.exists(labels_path):
       labels = load_labels(workdir)
       known_from = f"{labels_path} (the labels this run started with)"
     else:
-      labels = classification.label_vocabulary(train)
-      known_from = f"the training data (config.data.train={config.data.train})"
+      labels, known_from = _labels_of(config, train)
     if len(labels) < 2:
       raise InputError(f"config.data.train={config.data.train!r} has a single label "
                        f"{labels[0]!r}: a classifier needs at least 2 classes")
@@ -138,8 +169,7 @@ class Classification(Task):
     train_arrays = encode(config, tokenizer, train, labels, known_from)
     eval_arrays = None
     if config.data.eval:
-      examples = classification.read_examples(config.data.eval, default_split="validation",
-                                              data_dir=data_dir, field="config.data.eval")
+      examples = read(config, config.data.eval, "validation", "config.data.eval")
       eval_arrays = encode(config, tokenizer, examples, labels, known_from)
     if jax.process_index() == 0:
       files.atomic_write_json(labels_path, {"labels": labels})
@@ -165,6 +195,7 @@ class Classification(Task):
   def build_model(self, seed: int) -> Classifier:
     return Classifier(self.config.model, self.config.finetune.num_labels,
                       dropout=self.config.finetune.classifier_dropout,
+                      per_choice=self.config.finetune.format == "multiple_choice",
                       rngs=nnx.Rngs(params=seed))
 
   @property
@@ -211,21 +242,22 @@ class Classification(Task):
   def weights(self, batch):
     totals = {"cls_": jnp.sum(_example_weights(batch))}
     if "lm_" in self.terms:
-      totals["lm_"] = jnp.sum(batch["segment_ids"][:, 1:] > 0).astype(jnp.float32)
+      totals["lm_"] = jnp.sum(batch["segment_ids"][..., 1:] > 0).astype(jnp.float32)
     return totals
 
   def _forward(self, model, batch, rngs=None):
-    """(sums, class logits [B, N]): cls_{loss,correct,weight}_sum, and lm_* for GPT (the
-    next-token loss: position t's target is the row's token t + 1, weighted where it is real)."""
-    logits_bn, lm_logits_btv = model(batch["input_ids"], batch["segment_ids"],
-                                     batch["token_type_ids"], rngs=rngs)
+    """(sums, logits [B, N] over classes or choices): cls_{loss,correct,weight}_sum, and lm_*
+    for GPT (the next-token loss of every sequence: position t's target is the sequence's token
+    t + 1, weighted where it is real)."""
+    logits_bn, lm_logits_bktv = model(batch["input_ids"], batch["segment_ids"],
+                                      batch["token_type_ids"], rngs=rngs)
     sums = losses.cross_entropy_sums(logits_bn, batch["label"], _example_weights(batch),
                                      prefix="cls_")
-    if lm_logits_btv is not None:
-      targets_bt = jnp.roll(batch["input_ids"], -1, axis=1)
-      next_real_bt = jnp.pad(batch["segment_ids"][:, 1:] > 0, ((0, 0), (0, 1)))
-      sums |= losses.cross_entropy_sums(lm_logits_btv, targets_bt,
-                                        next_real_bt.astype(jnp.float32), prefix="lm_")
+    if lm_logits_bktv is not None:
+      targets_bkt = jnp.roll(batch["input_ids"], -1, axis=-1)
+      next_real_bkt = jnp.pad(batch["segment_ids"][..., 1:] > 0, ((0, 0), (0, 0), (0, 1)))
+      sums |= losses.cross_entropy_sums(lm_logits_bktv, targets_bkt,
+                                        next_real_bkt.astype(jnp.float32), prefix="lm_")
     return sums, logits_bn
 
   def sums(self, model, batch, rngs=None):
@@ -248,6 +280,8 @@ class Classification(Task):
   def summarize(self, totals):
     totals = {k: np.asarray(v, np.float64) for k, v in jax.device_get(totals).items()}
     out = classification_metrics(totals["confusion_nn"])
+    if self.config.finetune.format == "multiple_choice":
+      del out["macro_f1"]  # its classes are answer positions: only accuracy means something
     out["loss"] = float(totals["cls_loss_sum"] / max(totals["cls_weight_sum"], 1.0))
     if "lm_loss_sum" in totals:
       out["lm_loss"] = float(totals["lm_loss_sum"] / max(totals["lm_weight_sum"], 1.0))
@@ -257,6 +291,21 @@ class Classification(Task):
   # ------------------------------------------------------------------------------------------
   # Accounting and reports.
 
+  @property
+  def sequences_per_example(self) -> int:
+    """K: 2 for GPT similarity (both orderings), the choices for multiple choice, else 1 (and
+    before the data is read)."""
+    return 1 if self.train_arrays is None else self.train_arrays["input_ids"].shape[1]
+
+  @property
+  def tokens_per_step(self) -> int:
+    return super().tokens_per_step * self.sequences_per_example
+
+  def describe_step(self) -> str:
+    k = self.sequences_per_example
+    return (super().describe_step() if k == 1 else
+            f"{self.config.train.batch_size}x{k}x{self.config.data.seq_len} tokens/step")
+
   def flops_per_token(self, n_params: int) -> float:
     # No MLM head runs during fine-tuning: a BERT counts zero masked positions.
     data = dataclasses.replace(self.config.data, max_predictions_per_seq=0)
@@ -264,7 +313,10 @@ class Classification(Task):
 
   def describe(self) -> str:
     n_eval = 0 if self.eval_arrays is None else len(self.eval_arrays["label"])
-    return (f"{self.config.model.family} classifier ({self.config.finetune.num_labels} labels) "
+    ft = self.config.finetune
+    classes = (f"{ft.num_labels} choices" if ft.format == "multiple_choice"
+               else f"{ft.num_labels} labels")
+    return (f"{self.config.model.family} classifier, format {ft.format} ({classes}) "
             f"from {self.init.workdir} (step {self.init.step}), "
             f"{len(self.train_arrays['label'])} train / {n_eval} eval examples")
 
@@ -280,10 +332,8 @@ class Classification(Task):
     if not spec:
       raise ConfigError(f"{workdir} has no config.data.eval; pass a data set with "
                         "--split=FILE.jsonl or tfds:NAME[:SPLIT]")
-    examples = classification.read_examples(
-        spec, default_split="train" if spec == config.data.train else "validation",
-        data_dir=config.data.data_dir or None,
-        field="--split" if spec == split else "config.data.eval")
+    examples = read(config, spec, "train" if spec == config.data.train else "validation",
+                    "--split" if spec == split else "config.data.eval")
     arrays = encode(config, self.tokenizer, examples, load_labels(workdir),
                     f"{os.path.join(workdir, LABELS_FILENAME)} (the training labels)")
     return spec, self.eval_batches(arrays=arrays)
