@@ -27,19 +27,27 @@ setuptools.setup(
         "array-record>=0.8",
         "importlib_resources",   # used by tensorflow-datasets, which does not declare it
         "sentencepiece>=0.2",
+        "tokenizers>=0.20",      # Hugging Face tokenizer.json files (data/hf_tokenizer.py)
         "filelock",              # JAX's compilation cache locks its directory with it
         "numpy",
         "tqdm",
         "sacrebleu>=2",          # BLEU and chrF of generations (pretrax generate, seq2seq eval)
         "rouge-score",
+        "jinja2",                # few-shot task files (lm-evaluation-harness YAML + Jinja)
+        "pyyaml",
     ],
     extras_require={
         # Export/import and parity tests. Install torch first: pip install torch==2.13.0
         "hf": ["transformers>=4.40", "safetensors", "torch"],
         # Corpora as .zst and Parquet files (data/local_text.py).
         "data": ["zstandard", "pyarrow"],
+        # pretrax as an lm-evaluation-harness model (pretrax-lm-eval --model pretrax ...).
+        "lm_eval": ["lm-eval>=0.4.13"],
         "test": ["pytest>=8", "pytest-xdist", "transformers>=4.40", "safetensors", "torch",
-                 "zstandard", "pyarrow"],
+                 "zstandard", "pyarrow", "lm-eval>=0.4.13", "accelerate"],
     },
-    entry_points={"console_scripts": ["pretrax = pretrax.cli.main:main"]},
+    entry_points={"console_scripts": [
+        "pretrax = pretrax.cli.main:main",
+        "pretrax-lm-eval = pretrax.interop.lm_eval_model:main",
+    ]},
 )

@@ -4,11 +4,12 @@ r"""The `pretrax` command line.
   pretrax finetune --config=finetune:classify --init=PRETRAINED_DIR --workdir=DIR \
       --config.data.train=FILE --config.data.eval=FILE [--config.SECTION.FIELD=VALUE ...]
   pretrax eval --workdir=DIR [--split=validation] [--step=N] [--batches=N]
+  pretrax eval --workdir=DIR --task=TASK.yaml [--num_fewshot=K] [--limit=N] [--seed=S]
   pretrax score --workdir=DIR --text=FILE [--step=N]
   pretrax sample --workdir=DIR --prompt=TEXT [--max_new_tokens=N --temperature --top_k --top_p --seed]
   pretrax generate --workdir=DIR --input=FILE.jsonl --output=FILE.jsonl [--num_beams=4]
   pretrax export --workdir=DIR --format=hf|params --output=OUT [--step=N]
-  pretrax import --format=hf --input=HF_DIR --workdir=DIR [--tokenizer=byte|PATH.model]
+  pretrax import --format=hf --input=HF_DIR --workdir=DIR [--tokenizer=byte|PATH.model|PATH.json]
   pretrax data build --config=gpt:small [--config.SECTION.FIELD=VALUE ...] [--workdir=DIR]
   pretrax tokenizer train --input=PATH [PATH ...] --output=PREFIX --vocab_size=N [--model_type=unigram|bpe]
 """
@@ -115,15 +116,26 @@ def _parser() -> argparse.ArgumentParser:
   _restart_arguments(p)
   _multi_process_arguments(p)
 
-  p = sub.add_parser("eval", help="evaluate a checkpoint; prints one JSON line",
-                     formatter_class=raw, epilog="examples:\n"
+  p = sub.add_parser("eval", help="evaluate a checkpoint (validation split, or a few-shot task "
+                     "file); prints one JSON line", formatter_class=raw, epilog="examples:\n"
                      "  pretrax eval --workdir=workdirs/gpt_tiny\n"
-                     "  pretrax eval --workdir=workdirs/gpt_tiny --batches=0   # the whole split")
+                     "  pretrax eval --workdir=workdirs/gpt_tiny --batches=0   # the whole split\n"
+                     "  pretrax eval --workdir=workdirs/gpt_tiny --task=configs/tasks/"
+                     "pydoc_next_sentence.yaml --num_fewshot=3")
   p.add_argument("--workdir", required=True)
   p.add_argument("--split", default=None, help="default: validation (or test)")
   p.add_argument("--step", type=int, default=None, help="default: latest checkpoint")
   p.add_argument("--batches", type=int, default=None,
                  help="validation batches (default: config.train.eval_steps; 0 = whole split)")
+  p.add_argument("--task", default=None,
+                 help="a few-shot task file (lm-evaluation-harness YAML; see README)")
+  p.add_argument("--num_fewshot", type=int, default=None,
+                 help="worked examples per document (default: the task file's, else 0)")
+  p.add_argument("--limit", type=int, default=None, help="evaluate the first N documents")
+  p.add_argument("--seed", type=int, default=1234,
+                 help="seed of the worked examples' draw (lm-evaluation-harness's default)")
+  p.add_argument("--no_bos", action="store_true",
+                 help="do not start contexts with BOS (for models trained without it)")
 
   p = sub.add_parser("score", help="loss and bits per byte of a text file; prints one JSON line",
                      formatter_class=raw, epilog="example:\n"
@@ -201,7 +213,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--input", required=True)
   p.add_argument("--workdir", required=True)
   p.add_argument("--tokenizer", default=None,
-                 help="byte | PATH.model (needed unless the folder came from pretrax export)")
+                 help="byte | PATH.model | PATH/tokenizer.json (default: the folder's own: "
+                      "pretrax's from pretrax export, else its Hugging Face tokenizer.json or "
+                      "vocab.json + merges.txt)")
 
   p = sub.add_parser("data", help="data tools")
   dsub = p.add_subparsers(dest="data_command", required=True)
@@ -221,6 +235,19 @@ def _parser() -> argparse.ArgumentParser:
                       "config.data.tokenizer=train, which trains it there first)")
   d.add_argument("--split", action="append", default=None,
                  help="a split to build (repeatable; default: the training and validation splits)")
+
+  d = dsub.add_parser(
+      "tasks", formatter_class=raw,
+      help="write the data of the example few-shot tasks (configs/tasks/) from the default corpus",
+      description="Writes JSONL files made from the default corpus's held-out documents, which "
+                  "the task files under configs/tasks/ read (see data/example_tasks.py).",
+      epilog="example (from the repository root):\n"
+             "  pretrax data tasks --output=workdirs/tasks\n"
+             "  pretrax eval --workdir=RUN --task=configs/tasks/pydoc_next_sentence.yaml "
+             "--num_fewshot=3")
+  d.add_argument("--output", default="workdirs/tasks",
+                 help="directory to write (the task files read workdirs/tasks)")
+  d.add_argument("--seed", type=int, default=0)
 
   p = sub.add_parser("tokenizer", help="tokenizer tools")
   tsub = p.add_subparsers(dest="tokenizer_command", required=True)
@@ -335,10 +362,23 @@ def main(argv: list[str] | None = None) -> int:
       from pretrax.training import distributed
       distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
       (_train if args.command == "train" else _finetune)(args, preset, overrides)
+    elif args.command == "data" and args.data_command == "tasks":
+      from pretrax.data import example_tasks
+      print(json.dumps({"output": args.output,
+                        "files": example_tasks.write_example_tasks(args.output, seed=args.seed)}))
     elif args.command == "data":
       _data_build(args, preset, overrides)
+    elif args.command == "eval" and args.task:
+      from pretrax.inference import fewshot
+      if args.split is not None or args.batches is not None:
+        raise InputError("--task evaluates the task file's documents: drop --split / --batches")
+      print(json.dumps(fewshot.eval_task(args.workdir, args.task, num_fewshot=args.num_fewshot,
+                                         limit=args.limit, seed=args.seed,
+                                         add_bos=not args.no_bos, step=args.step)))
     elif args.command == "eval":
       from pretrax.inference import evaluate
+      if args.num_fewshot is not None or args.limit is not None:
+        raise InputError("--num_fewshot and --limit go with --task=TASK.yaml")
       result = evaluate.eval_run(args.workdir, args.split, args.step, args.batches)
       if "bits_per_byte" in result:  # a language model
         run = shlex.quote(args.workdir)
