@@ -203,8 +203,16 @@ class Scorer:
     """Requests with one context: the context once, its continuations from its cache."""
     groups = sorted(groups, key=lambda members: len(pairs[members[0]][0]))
     per_batch = max(1, self.rows // 2)
-    for first in range(0, len(groups), per_batch):
-      batch = groups[first:first + per_batch]
+    batches, batch = [], []
+    for group in groups:  # at most per_batch contexts and 2 x rows continuations a batch
+      if batch and (len(batch) == per_batch or
+                    sum(map(len, batch)) + len(group) > 2 * self.rows):
+        batches.append(batch)
+        batch = []
+      batch.append(group)
+    if batch:
+      batches.append(batch)
+    for batch in batches:
       members = [i for group in batch for i in group]
       # Lengths rounded up to multiples of 16: little padding, a few compiled shapes.
       p = min(self.width, _round_up(max(len(pairs[g[0]][0]) for g in batch), 16))

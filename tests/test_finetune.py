@@ -256,7 +256,8 @@ def test_gpt_multiple_choice_learns_a_rule_and_evaluates_again(gpt_init, tmp_pat
 @pytest.mark.parametrize("format, family", [
     # One pair, as classify's pairs, whose resume CI checks above: long.
     pytest.param("entailment", "bert", marks=pytest.mark.long),
-    ("similarity", "gpt"), ("multiple_choice", "bert")])
+    # GPT's K-sequence path through the trainer: the multiple-choice test above; long.
+    pytest.param("similarity", "gpt", marks=pytest.mark.long), ("multiple_choice", "bert")])
 def test_each_format_resumed_equals_uninterrupted(format, family, request, tmp_path,
                                                   assert_equal_runs, read_metrics):
   """3 steps and an eval (dropout on), against 2 steps stopped and 1 resumed."""

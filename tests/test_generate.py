@@ -43,6 +43,7 @@ def upper_run(build_once):
   return build_once("generate_upper_run", build)
 
 
+@pytest.mark.long  # in CI: fine-tuning from this run is judged by generation (below)
 def test_a_tiny_seq2seq_task_is_learned_and_judged_by_generation(upper_run, tmp_path, capsys):
   val = [json.loads(line) for line in (upper_run / "val.jsonl").read_text().splitlines()]
   out = tmp_path / "out.jsonl"

@@ -16,7 +16,8 @@ def _largest_file(step_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job,damage", [("pretrain", "truncate"), ("pretrain", "alter"),
+@pytest.mark.parametrize("job,damage", [("pretrain", "truncate"),
+                                        pytest.param("pretrain", "alter", marks=pytest.mark.long),
                                         pytest.param("finetune", "alter", marks=pytest.mark.long)])
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(request, tmp_path, job, damage,
                                                                   read_metrics):

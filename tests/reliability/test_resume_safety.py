@@ -90,7 +90,7 @@ def spm_model(tmp_path_factory, shakespeare_text):
   return str(tmp / "spm.model")
 
 
-@pytest.mark.slow
+@pytest.mark.long  # in CI: run_dir.prepare_tokenizer's refusal (tests/test_hf_tokenizer.py)
 def test_the_configured_tokenizer_is_the_one_used(runner, tmp_path, spm_model):
   # A workdir with checkpoints keeps its tokenizer: another one is refused.
   workdir = str(tmp_path / "run")
