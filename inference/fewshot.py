@@ -124,7 +124,7 @@ def _shared_context_scores(graphdef, params, contexts_gp, context_lengths_g, con
   context group_n[n] from a copy of its cache. -> ([N, L] log p(continuation token), [N, L]
   it is the argmax). Positions past `width` - 1 (padding only) are clipped to stay in range."""
   model = nnx.merge(graphdef, params)
-  (g, p), (n, l) = contexts_gp.shape, continuations_nl.shape
+  (g, p), l = contexts_gp.shape, continuations_nl.shape[1]
   cache = model.init_cache(g, p + l)
   positions_gp = jnp.minimum(jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (g, p)), width - 1)
   hidden_gpd, cache = model.cached_hidden_states(contexts_gp, positions_gp, cache)
