@@ -108,13 +108,19 @@ def pack(lengths: list[int], width: int) -> list[list[int]]:
   return rows
 
 
-def _token_scores(graphdef, params, inputs_bt, targets_bt, segment_ids_bt, positions_bt):
-  """-> ([B, T] log p(target), [B, T] target is the argmax), over all of the model's logits."""
-  logits_btv = nnx.merge(graphdef, params)(inputs_bt, segment_ids_bt, positions_bt)
+def _target_scores(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """[B, T, V] logits, [B, T] targets -> ([B, T] log p(target), [B, T] target is the argmax),
+  over all of the model's logits."""
   logits_btv = logits_btv.astype(jnp.float32)
   logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
   logp_bt = jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
   return logp_bt, jnp.argmax(logits_btv, axis=-1) == targets_bt
+
+
+def _token_scores(graphdef, params, inputs_bt, targets_bt, segment_ids_bt, positions_bt):
+  """Packed rows -> `_target_scores` of every position."""
+  model = nnx.merge(graphdef, params)
+  return _target_scores(model(inputs_bt, segment_ids_bt, positions_bt), targets_bt)
 
 
 def _shared_context_scores(graphdef, params, contexts_gp, context_lengths_g, continuations_nl,
@@ -135,10 +141,7 @@ def _shared_context_scores(graphdef, params, contexts_gp, context_lengths_g, con
   hidden_nld, _ = model.cached_hidden_states(continuations_nl, positions_nl, cache_n)
   # Token j of a continuation is predicted by the state before it: the context's last for j = 0.
   before_nld = jnp.concatenate([last_nd[:, None], hidden_nld[:, :-1]], axis=1)
-  logits_nlv = model.logits(before_nld).astype(jnp.float32)
-  logp_nl = jnp.take_along_axis(jax.nn.log_softmax(logits_nlv, -1), continuations_nl[..., None],
-                                axis=-1)[..., 0]
-  return logp_nl, jnp.argmax(logits_nlv, axis=-1) == continuations_nl
+  return _target_scores(model.logits(before_nld), continuations_nl)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -149,11 +152,8 @@ def _seq2seq_scores(graphdef, params, sources_bs, inputs_bt, targets_bt, source_
                     target_segments_bt):
   """An encoder-decoder's `_token_scores`: one source and target per row, padding segment 0."""
   model = nnx.merge(graphdef, params)
-  logits_btv = model(sources_bs, inputs_bt, source_segments_bs, target_segments_bt)
-  logits_btv = logits_btv.astype(jnp.float32)
-  logp_bt = jnp.take_along_axis(jax.nn.log_softmax(logits_btv, -1), targets_bt[..., None],
-                                axis=-1)[..., 0]
-  return logp_bt, jnp.argmax(logits_btv, axis=-1) == targets_bt
+  return _target_scores(model(sources_bs, inputs_bt, source_segments_bs, target_segments_bt),
+                        targets_bt)
 
 
 class Scorer:
