@@ -15,9 +15,6 @@ begins (`encode` never returns a special id, so the first SEP of a segment is th
 in memory, as data/seq2seq_pairs.PackedPairs does.
 """
 
-import hashlib
-import os
-
 import numpy as np
 
 from pretrax.data import packing, seq2seq_pairs
@@ -46,10 +43,8 @@ def sequence(tokenizer, source_ids: np.ndarray, target_ids: np.ndarray, t: int) 
                          target]).astype(np.int32)
 
 
-class PackedSequences:
+class PackedSequences(seq2seq_pairs.PackedRowTable):
   """Pairs as causal sequences packed into rows of [T + 1] slots (module doc)."""
-
-  has_documents = False
 
   def __init__(self, pairs: list[tuple[str, str]], tokenizer, *, t: int, name: str):
     if t < 4:
@@ -67,24 +62,15 @@ class PackedSequences:
       row.append(seq)
       fill += len(seq)
     rows.append(row)
-    self.tokens = np.zeros((len(rows), width), np.int32)
-    self.segments = np.zeros((len(rows), width), np.int32)
+    tokens = np.zeros((len(rows), width), np.int32)
+    segments = np.zeros((len(rows), width), np.int32)
     for r, row in enumerate(rows):
       fill = 0
       for k, seq in enumerate(row, start=1):
-        self.tokens[r, fill:fill + len(seq)] = seq
-        self.segments[r, fill:fill + len(seq)] = k
+        tokens[r, fill:fill + len(seq)] = seq
+        segments[r, fill:fill + len(seq)] = k
         fill += len(seq)
-    self.num_pairs = len(pairs)
-    digest = hashlib.sha256(self.tokens.tobytes() + self.segments.tobytes()).hexdigest()[:16]
-    self.name = f"{os.path.basename(name)}-sequences{t}-{digest}"
-
-  def __len__(self) -> int:
-    return len(self.tokens)
-
-  def read(self, indices) -> Rows:
-    indices = np.asarray(indices, np.int64)
-    return Rows(self.tokens[indices], self.segments[indices], None)
+    self._keep(tokens, segments, len(pairs), name, f"sequences{t}")
 
 
 class SequenceRows:

@@ -94,10 +94,28 @@ def encode_sources(tokenizer, texts: list[str], s: int) -> list[np.ndarray]:
   return [ends_with_eos(ids, s, tokenizer.eos_id) for ids in tokenizer.encode_batch(texts)]
 
 
-class PackedPairs:
-  """Tokenized pairs packed into rows of [S + T] slots (see module doc), read by row index."""
+class PackedRowTable:
+  """Rows packed in memory, read like a row store by row index: `tokens` and `segments`
+  [N, W] int32 (`_keep` sets them), named by their content."""
 
   has_documents = False
+
+  def _keep(self, tokens: np.ndarray, segments: np.ndarray, num_pairs: int, name: str,
+            layout: str) -> None:
+    self.tokens, self.segments, self.num_pairs = tokens, segments, num_pairs
+    digest = hashlib.sha256(tokens.tobytes() + segments.tobytes()).hexdigest()[:16]
+    self.name = f"{os.path.basename(name)}-{layout}-{digest}"
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def read(self, indices) -> Rows:
+    indices = np.asarray(indices, np.int64)
+    return Rows(self.tokens[indices], self.segments[indices], None)
+
+
+class PackedPairs(PackedRowTable):
+  """Tokenized pairs packed into rows of [S + T] slots (see module doc), read by row index."""
 
   def __init__(self, pairs: list[tuple[str, str]], tokenizer, *, s: int, t: int, name: str):
     if s < 2 or t < 2:
@@ -115,26 +133,17 @@ class PackedPairs:
       row.append((a, b))
       fill_s, fill_t = fill_s + len(a), fill_t + len(b)
     rows.append(row)
-    self.tokens = np.zeros((len(rows), s + t), np.int32)
-    self.segments = np.zeros((len(rows), s + t), np.int32)
+    tokens = np.zeros((len(rows), s + t), np.int32)
+    segments = np.zeros((len(rows), s + t), np.int32)
     for r, row in enumerate(rows):
       fill_s = fill_t = 0
       for k, (a, b) in enumerate(row, start=1):
-        self.tokens[r, fill_s:fill_s + len(a)] = a
-        self.segments[r, fill_s:fill_s + len(a)] = k
-        self.tokens[r, s + fill_t:s + fill_t + len(b)] = b
-        self.segments[r, s + fill_t:s + fill_t + len(b)] = k
+        tokens[r, fill_s:fill_s + len(a)] = a
+        segments[r, fill_s:fill_s + len(a)] = k
+        tokens[r, s + fill_t:s + fill_t + len(b)] = b
+        segments[r, s + fill_t:s + fill_t + len(b)] = k
         fill_s, fill_t = fill_s + len(a), fill_t + len(b)
-    self.num_pairs = len(pairs)
-    digest = hashlib.sha256(self.tokens.tobytes() + self.segments.tobytes()).hexdigest()[:16]
-    self.name = f"{os.path.basename(name)}-pairs{s}+{t}-{digest}"
-
-  def __len__(self) -> int:
-    return len(self.tokens)
-
-  def read(self, indices) -> Rows:
-    indices = np.asarray(indices, np.int64)
-    return Rows(self.tokens[indices], self.segments[indices], None)
+    self._keep(tokens, segments, len(pairs), name, f"pairs{s}+{t}")
 
 
 class PairRows:
