@@ -113,17 +113,23 @@ def test_sample_beams_and_stop_strings(build_once, tiny_gpt_config, capsys):
     generate.generate_records(run, [{"source": "x"}], 4)
 
 
+def _pairs_finetune_config(upper_run, init: str, **overrides):
+  """finetune:seq2seq on the upper-casing pairs from `init`, 24 positions, batch 16."""
+  config = config_lib.apply_overrides(config_lib.load_preset("finetune:seq2seq"), {
+      "data.train": str(upper_run / "train.jsonl"), "data.eval": str(upper_run / "val.jsonl"),
+      "data.seq_len": "24", "train.eval_steps": "2", "train.batch_size": "16", **overrides})
+  config.finetune.init = init
+  return config
+
+
 def test_seq2seq_finetuning_starts_from_init_and_is_judged_by_generation(
     upper_run, tmp_path, read_metrics):
   """finetune:seq2seq from the upper-casing run: its first eval already generates the targets
   (the parameters are --init's), and every eval reports the generation metrics."""
-  config = config_lib.apply_overrides(config_lib.load_preset("finetune:seq2seq"), {
-      "data.train": str(upper_run / "train.jsonl"), "data.eval": str(upper_run / "val.jsonl"),
-      "data.seq_len": "24", "train.steps": "4", "train.eval_every": "2",
-      "train.eval_generate": "20", "train.eval_steps": "2", "train.batch_size": "16",
+  config = _pairs_finetune_config(upper_run, str(upper_run / "run"), **{
+      "train.steps": "4", "train.eval_every": "2", "train.eval_generate": "20",
       "train.log_every": "2", "checkpoint.every": "4", "optimizer.learning_rate": "1e-5",
       "optimizer.warmup_steps": "1"})
-  config.finetune.init = str(upper_run / "run")
   workdir = str(tmp_path / "ft")
   trainer.train(config, workdir)
   evals = [r for r in read_metrics(workdir) if "eval_bleu" in r]
@@ -144,13 +150,10 @@ def test_gpt_fine_tuned_as_a_decoder_only_seq2seq_model(upper_run, tmp_path, rea
   [eos]`, the loss on the target; evals generate by continuing `[bos] source [sep]`."""
   gpt = build_once("decoding_run", lambda root: trainer.train(
       tiny_gpt_config(root, **{"train.steps": "2", "train.eval_every": "0"}), str(root / "run")))
-  config = config_lib.apply_overrides(config_lib.load_preset("finetune:seq2seq"), {
-      "data.train": str(upper_run / "train.jsonl"), "data.eval": str(upper_run / "val.jsonl"),
-      "data.seq_len": "24", "train.steps": "30", "train.eval_every": "15",
-      "train.eval_generate": "10", "train.eval_steps": "2", "train.batch_size": "16",
+  config = _pairs_finetune_config(upper_run, str(gpt / "run"), **{
+      "train.steps": "30", "train.eval_every": "15", "train.eval_generate": "10",
       "train.log_every": "5", "checkpoint.every": "30", "optimizer.learning_rate": "3e-3",
       "optimizer.warmup_steps": "5"})
-  config.finetune.init = str(gpt / "run")
   workdir = str(tmp_path / "gpt_pairs")
   trainer.train(config, workdir)
   records = read_metrics(workdir)
