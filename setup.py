@@ -4,8 +4,10 @@ import setuptools
 
 # The installed package is exactly these folders of the repository, as pretrax.<folder>, whether
 # installed editable or not; tests/, benchmarks/ and setup.py are not part of it.
-SUBPACKAGES = ("modeling", "data", "training", "inference", "interop", "cli", "configs")
-PACKAGES = [f"pretrax.{name}" for name in SUBPACKAGES] + ["pretrax.training.tasks"]
+SUBPACKAGES = ("modeling", "data", "training", "inference", "interop", "experiments", "cli",
+               "configs")
+PACKAGES = [f"pretrax.{name}" for name in SUBPACKAGES] + ["pretrax.training.tasks",
+                                                         "pretrax.configs.sweeps"]
 
 setuptools.setup(
     name="pretrax",
@@ -35,6 +37,8 @@ setuptools.setup(
         "rouge-score",
         "jinja2",                # few-shot task files (lm-evaluation-harness YAML + Jinja)
         "pyyaml",
+        "tensorboardX>=2.6",     # every run's TensorBoard event files (training/tracking.py)
+        "matplotlib>=3.8",       # pretrax compare's plots (experiments/plots.py)
     ],
     extras_require={
         # Export/import and parity tests. Install torch first: pip install torch==2.13.0
@@ -43,8 +47,11 @@ setuptools.setup(
         "data": ["zstandard", "pyarrow"],
         # pretrax as an lm-evaluation-harness model (pretrax-lm-eval --model pretrax ...).
         "lm_eval": ["lm-eval>=0.4.13"],
+        # Weights & Biases logging (config.train.wandb_project).
+        "wandb": ["wandb>=0.19"],
         "test": ["pytest>=8", "pytest-xdist", "transformers>=4.40", "safetensors", "torch",
-                 "zstandard", "pyarrow", "lm-eval>=0.4.13", "accelerate"],
+                 "zstandard", "pyarrow", "lm-eval>=0.4.13", "accelerate",
+                 "tensorboard", "wandb>=0.19"],
     },
     entry_points={"console_scripts": [
         "pretrax = pretrax.cli.main:main",

@@ -74,6 +74,8 @@ class TrainConfig:
   eval_num_beams: int = 1       # those generations: 1 greedy, more: beam search
   nonfinite: str = "skip"       # a non-finite loss or gradient: skip (drop the update) | stop
   max_nonfinite_skips: int = 5  # with skip: abort after this many consecutive skipped steps
+  tensorboard: bool = True      # metrics and hyper-parameters as event files in WORKDIR/tensorboard/
+  wandb_project: str = ""       # also log to this Weights & Biases project ("": off; the wandb extra)
 
 
 @dataclasses.dataclass

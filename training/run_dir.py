@@ -8,6 +8,9 @@ A run directory holds:
   checkpoints_corrupt/N-TIME/     checkpoints proven corrupt, moved aside (never deleted)
   checkpoints_unverified/N-TIME/  checkpoints without a manifest that were not used, moved aside
   metrics.jsonl      one JSON object per log step
+  tensorboard/       TensorBoard event files of the metrics and the config (training/tracking.py)
+  wandb_id, wandb/   with train.wandb_project: the W&B run's id (a resume continues that run)
+                     and W&B's local files
   previous_runs/TIME/  what `train --restart` set aside: a complete run directory of its own
   .lock              held by the run training in this directory
 
@@ -24,7 +27,7 @@ import time
 import jax
 
 from pretrax.data import seq2seq_pipeline, sources, tokenizers
-from pretrax.training import config as config_lib, distributed
+from pretrax.training import config as config_lib, distributed, tracking
 from pretrax.training.config import Config, ConfigError
 
 CONFIG = "config.json"
@@ -164,7 +167,8 @@ def check_resumable(workdir: str) -> None:
 def set_aside_previous_run(workdir: str) -> str | None:
   """`train --restart`: moves the previous run's files into WORKDIR/previous_runs/TIME/ (itself a
   run directory eval can read) and returns that path; None if there was nothing to move."""
-  names = [CONFIG, METRICS, "checkpoints", *SET_ASIDE, *TOKENIZER_FILES, "labels.json"]
+  names = [CONFIG, METRICS, "checkpoints", *SET_ASIDE, *TOKENIZER_FILES, "labels.json",
+           tracking.TENSORBOARD_DIR, tracking.WANDB_ID, tracking.WANDB_DIR]
   present = [n for n in names if os.path.exists(os.path.join(workdir, n))]
   target = None
   if jax.process_index() == 0 and present:
@@ -269,15 +273,16 @@ def resolve_vocab(config: Config, tokenizer: tokenizers.Tokenizer) -> Config:
 
 
 # Settings that may change when a run is resumed: how long it runs and the learning-rate
-# schedule over that length, the cadence of logs, evals and checkpoints, the mesh, and paths to
-# the same computation (attention kernels, rematerialization, scanning, gradient accumulation,
-# loss chunking, compute dtype). Everything else shapes the parameters or the optimizer state,
-# or changes what training computes, and is refused; the data pipeline is checked against the
-# checkpoint's data fingerprint (training/checkpointing.py).
+# schedule over that length, the cadence of logs, evals and checkpoints, where metrics are sent
+# (TensorBoard, W&B), the mesh, and paths to the same computation (attention kernels,
+# rematerialization, scanning, gradient accumulation, loss chunking, compute dtype). Everything
+# else shapes the parameters or the optimizer state, or changes what training computes, and is
+# refused; the data pipeline is checked against the checkpoint's data fingerprint
+# (training/checkpointing.py).
 RESUMABLE_CHANGES = frozenset({
     "train.steps", "train.log_every", "train.eval_every", "train.eval_steps", "train.peak_flops",
     "train.compile_cache_dir", "train.nonfinite", "train.max_nonfinite_skips",
-    "train.grad_accum_steps", "train.loss_chunk_size",
+    "train.grad_accum_steps", "train.loss_chunk_size", "train.tensorboard", "train.wandb_project",
     "optimizer.learning_rate", "optimizer.warmup_steps", "optimizer.decay",
     "optimizer.min_lr_ratio",
     "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",

@@ -28,6 +28,7 @@ from pretrax.modeling import sharding
 from pretrax.training import checkpointing, compile_cache, mesh as mesh_lib
 from pretrax.training import metrics as metrics_lib, optimizer as optimizer_lib, run_dir
 from pretrax.training import report, sharding_report, step as step_lib, tasks as tasks_lib
+from pretrax.training import tracking
 from pretrax.training.config import Config, ConfigError
 from pretrax.training.tasks.base import Task
 
@@ -228,7 +229,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
     checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir)
     restored = checkpointer.restore_latest(abstract, data_iter, fingerprint, restart_data)
-    note = {}  # said once, in the next metrics line
+    note = {}  # said once, in the next metrics line (the first of each invocation)
     if restored is not None:
       start, state = restored.step, restored.state
       if writer.enabled:
@@ -249,6 +250,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
     n_params = metrics_lib.num_params(setup.abstract_params)
     flops_token = task.flops_per_token(n_params)
     peak = metrics_lib.mesh_peak_flops(mesh.devices.flat, tc.peak_flops)
+    note["num_params"] = n_params
     if jax.process_index() == 0:
       print(f"pretrax: {task.describe()}, {n_params / 1e6:.2f}M params, mesh "
             f"{dict(mesh.shape)}, {task.describe_step()}, "
@@ -269,9 +271,11 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
                     disable=jax.process_index() != 0 or not terminal)
     plain = report.PlainProgress(tc.steps, jax.process_index() == 0 and not terminal)
     began = time.perf_counter()
+    note["setup_s"] = began - called  # data, tokenizer, restore: before the loop's clock starts
     last, tick, tick_step = {}, time.perf_counter(), start
     step, saved_step, previous_metrics = start, start, None
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)
+    trackers = tracking.Trackers(config, workdir, start)  # TensorBoard, W&B: what writer writes
     try:
       while step < end:
         # Dispatch is asynchronous: this batch is read (Grain prefetches in threads) and copied
@@ -298,7 +302,8 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
           values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           elapsed = time.perf_counter() - tick
           tokens_per_sec = (step - tick_step) * task.tokens_per_step / elapsed
-          record = {"step": step, **values, "tokens_per_sec": tokens_per_sec,
+          record = {"step": step, **values, "tokens": step * task.tokens_per_step,
+                    "tokens_per_sec": tokens_per_sec,
                     "mfu": tokens_per_sec * flops_token / peak,
                     "elapsed_s": time.perf_counter() - began}
           eval_metrics = run_eval(state["params"]) if do_eval else None
@@ -308,6 +313,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
               bar.write(f"step {step}: " + ", ".join(
                   f"{k} {v:.4f}" for k, v in eval_metrics.items() if isinstance(v, float)))
           writer.write(record | note)
+          trackers.write(record | note)
           note = {}
           bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                           tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}",
@@ -333,6 +339,7 @@ def _train(task: Task, stop: StopRequest, stop_after, devices, print_sharding,
         _check_nonfinite(jax.device_get(previous_metrics), step, tc, checkpointer)
     finally:
       bar.close()
+      trackers.close()  # also when stopped by a signal or an error
     checkpointer.close()
     if not last and tc.eval_every > 0:  # nothing left to train: report the checkpoint's eval
       eval_metrics = run_eval(state["params"])
