@@ -10,6 +10,10 @@ r"""The `pretrax` command line.
   pretrax generate --workdir=DIR --input=FILE.jsonl --output=FILE.jsonl [--num_beams=4]
   pretrax export --workdir=DIR --format=hf|params --output=OUT [--step=N]
   pretrax import --format=hf --input=HF_DIR --workdir=DIR [--tokenizer=byte|PATH.model|PATH.json]
+  pretrax sweep --config=gpt:tiny --workdir=runs/NAME --grid=model.norm_position=pre,post \
+      [--grid=KEY=V1,V2 ...] [--set=KEY=VALUE ...] [--seeds=3] [--parallel=N] [--dry_run]
+  pretrax sweep --sweep=configs/sweeps/NAME.py --workdir=runs/NAME
+  pretrax compare runs/NAME [MORE_RUNS_OR_SWEEPS ...] [--output=DIR] [--metric=eval_loss]
   pretrax data build --config=gpt:small [--config.SECTION.FIELD=VALUE ...] [--workdir=DIR]
   pretrax tokenizer train --input=PATH [PATH ...] --output=PREFIX --vocab_size=N [--model_type=unigram|bpe]
 """
@@ -217,6 +221,52 @@ def _parser() -> argparse.ArgumentParser:
                       "pretrax's from pretrax export, else its Hugging Face tokenizer.json or "
                       "vocab.json + merges.txt)")
 
+  p = sub.add_parser(
+      "sweep", help="train every run of a grid of overrides (resumable), then compare them",
+      formatter_class=raw,
+      description="Each run is an ordinary `pretrax train` in WORKDIR/<run name>/, named after "
+                  "its overrides. Running the same command again skips finished runs and "
+                  "resumes the others from their checkpoints; a changed grid adds runs and "
+                  "never trains over one. SIGTERM / SIGINT checkpoint the running runs and stop. "
+                  "At the end, the table of `pretrax compare WORKDIR`.",
+      epilog="examples:\n"
+             "  pretrax sweep --config=gpt:tiny --workdir=runs/norm_pos "
+             "--grid=model.norm_position=pre,post --grid=model.position=learned,rope "
+             "--set=train.steps=500 --seeds=3\n"
+             "  pretrax sweep --sweep=gpt_norm_position --workdir=runs/norm_pos   "
+             "# configs/sweeps/gpt_norm_position.py\n"
+             "  pretrax sweep ... --dry_run > commands.txt   # one `pretrax train` per line, for "
+             "a scheduler")
+  p.add_argument("--workdir", required=True, help="the sweep's directory; one run per subdirectory")
+  p.add_argument("--sweep", default=None,
+                 help="a sweep file (configs/sweeps/NAME.py, or NAME for one shipped with "
+                      "pretrax) instead of --config")
+  p.add_argument("--grid", action="append", default=[],
+                 help="KEY=V1,V2,...: one axis of the grid (repeatable; runs = the product)")
+  p.add_argument("--set", action="append", default=[],
+                 help="KEY=VALUE for every run (repeatable; --config.KEY=VALUE works too)")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="N runs of every configuration, train.seed = seed, seed+1, ...")
+  p.add_argument("--parallel", type=int, default=1,
+                 help="runs at a time (they share this machine's devices)")
+  p.add_argument("--dry_run", action="store_true",
+                 help="print one `pretrax train` command per run and exit")
+
+  p = sub.add_parser(
+      "compare", help="collate runs and sweeps: a table, summary.csv and plots",
+      formatter_class=raw,
+      description="One row per run: the settings that differ between the runs, final train "
+                  "loss, the best of each eval metric, tokens/s, MFU, steps, wall time, "
+                  "parameters; runs differing only in train.seed are also summarized as mean ± "
+                  "std. Writes summary.csv and PNG plots to --output.",
+      epilog="examples:\n  pretrax compare runs/norm_pos\n"
+             "  pretrax compare runs/a runs/b workdirs/gpt_tiny --output=comparisons/ab")
+  p.add_argument("paths", nargs="+", help="run directories or sweep directories")
+  p.add_argument("--output", default=None,
+                 help="where summary.csv and plots/ go (default: the one path given)")
+  p.add_argument("--metric", default=None,
+                 help="the metric plotted (default: eval_loss, else the first eval metric)")
+
   p = sub.add_parser("data", help="data tools")
   dsub = p.add_subparsers(dest="data_command", required=True)
   d = dsub.add_parser(
@@ -296,6 +346,38 @@ def _data_build(args, preset, overrides) -> None:
                       "directory": store.directory, **store.manifest["build"]}), flush=True)
 
 
+def _sweep(args, preset, overrides) -> int:
+  from pretrax.experiments import grid, sweep
+  spec = grid.make_sweep(preset, args.grid, args.set, args.seeds, args.sweep, overrides)
+  if args.dry_run:
+    print("\n".join(sweep.command_lines(spec, args.workdir)))
+    return 0
+  if spec.question:
+    print(f"pretrax sweep: {spec.question.splitlines()[0]}", flush=True)
+  print(f"pretrax sweep: {len(spec.runs)} run(s) in {args.workdir}, {args.parallel} at a time",
+        flush=True)
+  outcome = sweep.run_sweep(spec, args.workdir, parallel=args.parallel, argv=sys.argv,
+                            log=lambda line: print(line, flush=True))
+  if outcome["signal"]:
+    print(f"pretrax sweep: stopped by {outcome['signal']}: {len(outcome['stopped'])} run(s) "
+          "checkpointed; run the same command again to resume", flush=True)
+  elif not outcome["failed"]:
+    _compare([args.workdir], None, None)
+  if outcome["failed"]:
+    print(f"pretrax sweep: {len(outcome['failed'])} run(s) failed: "
+          f"{', '.join(outcome['failed'])}; their train.log says why. Running the same command "
+          "again retries them.", file=sys.stderr)
+  print(json.dumps({"workdir": args.workdir, "runs": len(spec.runs)} | outcome))
+  return 1 if outcome["failed"] else 0
+
+
+def _compare(paths, output, metric) -> None:
+  from pretrax.experiments import compare
+  comparison = compare.compare(paths, output, metric)
+  print(comparison.table)
+  print(json.dumps(comparison.summary()))
+
+
 def _tokenizer_train(args) -> None:
   from pretrax.data import local_text, tokenizers
   texts = (text for path in args.input for _, text in local_text.read_local_documents(path))
@@ -349,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pretrax: error: {e}", file=sys.stderr)
     return 2
   args = _parser().parse_args(rest)
-  if (preset or overrides) and args.command not in ("train", "finetune", "data"):
-    print(f"pretrax: error: --config applies to `pretrax train`, `finetune` and `data build` only; "
+  if (preset or overrides) and args.command not in ("train", "finetune", "data", "sweep"):
+    print(f"pretrax: error: --config applies to `pretrax train`, `finetune`, `sweep` and "
+          f"`data build` only; "
           f"`{args.command}` reads the config saved in --workdir", file=sys.stderr)
     return 2
   _quiet_logs()
@@ -362,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
       from pretrax.training import distributed
       distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
       (_train if args.command == "train" else _finetune)(args, preset, overrides)
+    elif args.command == "sweep":
+      return _sweep(args, preset, overrides)
+    elif args.command == "compare":
+      _compare(args.paths, args.output, args.metric)
     elif args.command == "data" and args.data_command == "tasks":
       from pretrax.data import example_tasks
       print(json.dumps({"output": args.output,

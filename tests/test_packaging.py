@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-SUBPACKAGES = {"cli", "configs", "data", "inference", "interop", "modeling", "training"}
+SUBPACKAGES = {"cli", "configs", "data", "experiments", "inference", "interop", "modeling",
+               "training"}
 
 
 def test_editable_install_exposes_only_the_subpackages():
