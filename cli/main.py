@@ -523,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"pretrax: {args.command} interrupted", file=sys.stderr)
     return 130
+  except BrokenPipeError:  # the reader of stdout left (`pretrax compare ... | head`)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+    return 141
   except (InputError, FileNotFoundError) as e:
     # Input the user can fix gets one line; anything else is a bug and keeps its traceback.
     if os.environ.get("PRETRAX_TRACEBACK"):

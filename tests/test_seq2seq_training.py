@@ -48,9 +48,10 @@ def test_pretraining_learns_resumes_exactly_and_evaluates(tmp_path, preset, tiny
 @pytest.mark.slow
 def test_sharded_meshes_match_one_device(tmp_path, tiny_seq2seq_config, read_metrics):
   """Data, FSDP and tensor parallel over 8 fake devices give the single-device losses (T5: the
-  relative bias table and the untied head are sharded too)."""
+  relative bias table and the untied head are sharded too; pure data parallelism is tested with
+  the other tasks)."""
   losses = {}
-  for mesh in [(1, 1, 1), (8, 1, 1), (2, 2, 2)]:
+  for mesh in [(1, 1, 1), (2, 2, 2)]:
     overrides = {"mesh.data": str(mesh[0]), "mesh.fsdp": str(mesh[1]), "mesh.tensor": str(mesh[2]),
                  "train.steps": "4", "train.eval_every": "0"}
     config = tiny_seq2seq_config(tmp_path, **overrides)

@@ -19,8 +19,8 @@ from pretrax.experiments import grid
 
 # 1-layer runs of a few seconds; every run logs each step, so a stop lands mid-run.
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.max_seq_len=32",
-        "data.seq_len=32", "train.batch_size=8", "train.steps=30", "train.log_every=1",
-        "train.eval_every=15", "train.eval_steps=2", "checkpoint.every=5",
+        "data.seq_len=32", "train.batch_size=8", "train.steps=20", "train.log_every=1",
+        "train.eval_every=10", "train.eval_steps=2", "checkpoint.every=5",
         "optimizer.warmup_steps=2"]
 
 
@@ -120,13 +120,14 @@ def test_a_sweep_stopped_midway_resumes_without_training_a_step_twice(
   assert sweep.returncode == 0, out
   assert "stopped by SIGTERM" in out
   stopped_at = max(int(n) for n in os.listdir(second / "checkpoints"))
-  assert 3 <= stopped_at < 30, out
+  assert 3 <= stopped_at < 20, out
 
   # 2. The same grid grown by a value: the finished run is skipped, the stopped one resumes,
-  # two new runs train.
+  # two new runs train, two at a time.
   log_size = (first / "train.log").stat().st_size
   args = _sweep_args(workdir, corpus, ("learned", "rope"))
-  done = subprocess.run([*pretrax, *args], env=env, text=True, capture_output=True, timeout=600)
+  done = subprocess.run([*pretrax, *args, "--parallel=2"], env=env, text=True,
+                        capture_output=True, timeout=600)
   assert done.returncode == 0, done.stdout + done.stderr
   assert (first / "train.log").stat().st_size == log_size  # never started again
   events = _journal(workdir)
@@ -134,13 +135,13 @@ def test_a_sweep_stopped_midway_resumes_without_training_a_step_twice(
   for event in events:
     if event["event"] in ("finished", "stopped"):
       trained.setdefault(event["run"], []).append((event["from_step"], event["step"]))
-  assert trained == {first.name: [(0, 30)], second.name: [(0, stopped_at), (stopped_at, 30)],
-                     "norm_position=pre,position=rope": [(0, 30)],
-                     "norm_position=post,position=rope": [(0, 30)]}
+  assert trained == {first.name: [(0, 20)], second.name: [(0, stopped_at), (stopped_at, 20)],
+                     "norm_position=pre,position=rope": [(0, 20)],
+                     "norm_position=post,position=rope": [(0, 20)]}
   assert [e["run"] for e in events if e["event"] == "skipped"] == [first.name]
   for run in workdir.iterdir():
     if run.is_dir() and run.name != "plots":
-      assert _metric_steps(run) == list(range(1, 31)), run  # each step logged once
+      assert _metric_steps(run) == list(range(1, 21)), run  # each step logged once
 
   # 3. The table and summary.csv hold each run's own metrics.
   with open(workdir / "summary.csv") as f:
@@ -151,7 +152,7 @@ def test_a_sweep_stopped_midway_resumes_without_training_a_step_twice(
     assert float(row["train_loss"]) == pytest.approx(records[-1]["loss"], rel=1e-6)
     assert float(row["best_eval_loss"]) == pytest.approx(
         min(r["eval_loss"] for r in records if "eval_loss" in r), rel=1e-6)
-    assert int(float(row["steps"])) == 30
+    assert int(float(row["steps"])) == 20
   for png in (workdir / "plots").iterdir():
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
