@@ -44,6 +44,7 @@ def test_export_without_the_hf_extra_is_one_line_and_writes_nothing(tmp_path, ca
 
 
 @pytest.mark.slow
+@pytest.mark.long  # eval, sample, export and finetune each run in CI tests of their own
 def test_a_run_in_a_log_ends_with_a_summary_whose_commands_run(tmp_path, shakespeare_text):
   (tmp_path / "corpus.txt").write_text(shakespeare_text[:40_000])
   env = dict(os.environ, JAX_PLATFORMS="cpu", PRETRAX_DATA_DIR=str(tmp_path / "tfds"))

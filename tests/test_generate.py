@@ -122,6 +122,8 @@ def _pairs_finetune_config(upper_run, init: str, **overrides):
   return config
 
 
+@pytest.mark.slow
+@pytest.mark.long  # GPT's seq2seq fine-tuning, judged by generation too, runs in CI
 def test_seq2seq_finetuning_starts_from_init_and_is_judged_by_generation(
     upper_run, tmp_path, read_metrics):
   """finetune:seq2seq from the upper-casing run: its first eval already generates the targets
