@@ -47,7 +47,7 @@ import numpy as np
 
 from pretrax.data import files
 from pretrax.data.errors import InputError
-from pretrax.experiments import plots
+from pretrax.experiments import grid, plots
 from pretrax.training import config as config_lib
 
 # As training/run_dir.py names them (not imported: it brings JAX, and compare needs none).
@@ -177,17 +177,7 @@ def read_config(path: str) -> dict:
     raise InputError(f"{path}: {e}") from None
   except (TypeError, AttributeError, ValueError) as e:
     raise InputError(f"{path}: not a pretrax config ({e})") from None
-  return _flatten(config_lib.to_dict(config))
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in values.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
+  return config_lib.to_flat_dict(config)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -289,9 +279,8 @@ def config_label(run: Run, fields: list[str]) -> str:
   """A configuration's name for legends: `norm_position=post lr=0.001`; "all runs" if only seeds
   differ."""
   swept = [k for k in fields if k != SEED]
-  shorts = [k.rpartition(".")[2] for k in swept]
-  names = [s if shorts.count(s) == 1 else k for k, s in zip(swept, shorts)]
-  return " ".join(f"{n}={_text(run.config.get(k))}" for n, k in zip(names, swept)) or "all runs"
+  names = grid.short_keys(swept)
+  return " ".join(f"{names[k]}={_text(run.config.get(k))}" for k in swept) or "all runs"
 
 
 def aggregate(rows: list[dict], label: str, fields: list[str], numeric: list[str]) -> dict:

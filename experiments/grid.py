@@ -141,7 +141,7 @@ def _load_sweep_file(path: str):
   return runs, getattr(module, "SEEDS", None), (module.__doc__ or "").strip()
 
 
-def _short_keys(keys: list[str]) -> dict[str, str]:
+def short_keys(keys: list[str]) -> dict[str, str]:
   """Each key's last component, unless two keys share it (then the whole dotted key)."""
   last = [key.rsplit(".", 1)[-1] for key in keys]
   return {key: (short if last.count(short) == 1 else key) for key, short in zip(keys, last)}
@@ -152,7 +152,7 @@ def run_names(runs: list[dict[str, str]]) -> list[str]:
 
   Every key counts, even one with a single value, so a run keeps its name when the grid grows.
   """
-  short = _short_keys(list(dict.fromkeys(key for run in runs for key in run)))
+  short = short_keys(list(dict.fromkeys(key for run in runs for key in run)))
   names = []
   for run in runs:
     name = ",".join(f"{short[k]}={_NAME_CHARS.sub('_', value)}" for k, value in run.items())
@@ -192,13 +192,14 @@ def make_sweep(config: str | None, grid: list[str], common: list[str], seeds: in
   if both:
     raise ConfigError(f"{both[0]} is both swept and set for every run (--set or "
                       "--config.KEY); keep one")
+  base_config = config_lib.load_preset(config)  # once; each run applies its overrides to a copy
   seeds = file_seeds if seeds is None else seeds
   if seeds is not None:
     if not isinstance(seeds, int) or seeds < 1:
       raise ConfigError(f"--seeds={seeds}: expected a positive number of seeds")
     if any(SEED_KEY in run for run in runs):
       raise ConfigError(f"{SEED_KEY} is swept already; drop --seeds (or SEEDS)")
-    base = _resolve(config, common_overrides, {}, "the base config")
+    base = _resolve(base_config, common_overrides, {}, "the base config")
     # Seeds outermost: one run of every configuration comes before any configuration's second.
     runs = [run | {SEED_KEY: str(base.train.seed + i)} for i in range(seeds) for run in runs]
   names = run_names(runs)
@@ -206,7 +207,7 @@ def make_sweep(config: str | None, grid: list[str], common: list[str], seeds: in
     raise ConfigError("two runs of the sweep have the same overrides; each run must differ")
   resolved = []
   for name, run in zip(names, runs):
-    run_config = _resolve(config, common_overrides, run, f"run {name}")
+    run_config = _resolve(base_config, common_overrides, run, f"run {name}")
     try:
       tasks_lib.task_class(run_config).check_config(run_config)
     except ConfigError as e:
@@ -215,8 +216,9 @@ def make_sweep(config: str | None, grid: list[str], common: list[str], seeds: in
   return Sweep(config, common_overrides, resolved, question)
 
 
-def _resolve(config: str, common: dict[str, str], run: dict[str, str], what: str) -> Config:
+def _resolve(base: Config, common: dict[str, str], run: dict[str, str], what: str) -> Config:
+  """`base` with `common` and `run` applied, as a copy (apply_overrides copies)."""
   try:
-    return config_lib.apply_overrides(config_lib.load_preset(config), common | run)
+    return config_lib.apply_overrides(base, common | run)
   except ConfigError as e:
     raise ConfigError(f"{what}: {e}") from None

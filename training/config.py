@@ -317,6 +317,12 @@ def to_dict(config) -> dict:
   return dataclasses.asdict(config)
 
 
+def to_flat_dict(config: Config) -> dict:
+  """{"section.field": value} of every field (run_dir's resume check, trackers, compare)."""
+  return {f"{section}.{key}": value for section, fields in to_dict(config).items()
+          for key, value in fields.items()}
+
+
 def _build(cls, values: dict, prefix: str):
   types_here = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}

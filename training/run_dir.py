@@ -294,15 +294,10 @@ RESUMABLE_CHANGES = frozenset({
 DATA_POSITION_FIELDS = ("train.batch_size", "train.seed")  # and data.*: in the data fingerprint
 
 
-def _flat(config: Config) -> dict:
-  return {f"{section}.{key}": value for section, fields in config_lib.to_dict(config).items()
-          for key, value in fields.items()}
-
-
 def check_resume_config(saved: Config, config: Config, workdir: str) -> list[str]:
   """Refuses to resume `workdir` with settings its checkpoints cannot continue under, naming
   each; returns the allowed changes ("train.steps: 6 -> 8") for the log."""
-  old, new = _flat(saved), _flat(config)
+  old, new = config_lib.to_flat_dict(saved), config_lib.to_flat_dict(config)
   allowed, refused = [], []
   for key in old:
     if key.startswith("data.") or key in DATA_POSITION_FIELDS or old[key] == new[key]:

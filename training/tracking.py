@@ -41,12 +41,8 @@ def scalars(record: dict) -> dict[str, float]:
 
 def hparams(config: Config) -> dict[str, bool | int | float | str]:
   """The resolved config flattened to `section.field` keys; tuples (and None) as JSON strings."""
-  flat = {}
-  for section, fields in config_lib.to_dict(config).items():
-    for key, value in fields.items():
-      scalar = isinstance(value, (bool, int, float, str))
-      flat[f"{section}.{key}"] = value if scalar else json.dumps(value)
-  return flat
+  return {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+          for key, value in config_lib.to_flat_dict(config).items()}
 
 
 class TensorBoardWriter:
